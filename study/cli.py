@@ -1,0 +1,197 @@
+"""`study`: the thin command-line front. Each command parses, then calls one library function."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ldm-scaling: scaling-law studies of latent diffusion models.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configurations.")
+app.add_typer(config_app, name="config")
+
+CONFIG_ARG = typer.Argument(..., help="A YAML config (path or preset name: tiny, smoke, paper).")
+OVERRIDES = typer.Argument(None, help="Dotlist overrides, e.g. train.batch_size=64.")
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, no traceback."""
+
+
+def _load(config: str | None, overrides: list[str] | None):
+    from study.config import load_config
+
+    return load_config(config, overrides or [])
+
+
+def _echo_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@config_app.command("show")
+def config_show(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Print the resolved config (preset + overrides, validated)."""
+    from study.config import to_yaml
+
+    typer.echo(to_yaml(_load(config, overrides)), nl=False)
+
+
+@app.command()
+def ladder(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
+           format: str = typer.Option("table", "--format", help="table or json")) -> None:
+    """Parameters, forward GFLOPs and normalized cost of each size, measured on the model itself."""
+    from study.ladder import format_table, study_ladder
+
+    if format not in ("table", "json"):
+        raise UserError(f"--format {format!r}: expected 'table' or 'json'")
+    rows = study_ladder(_load(config, overrides))
+    if format == "json":
+        _echo_json([r.as_row() for r in rows])
+    else:
+        typer.echo(format_table(rows))
+
+
+@app.command()
+def prepare(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """Encode the data and build the evaluator and reference statistics (cached, resumable)."""
+    from study.prepare import prepare as run_prepare
+    from study.paths import require_paths
+
+    cfg = _load(config, overrides)
+    require_paths(cfg)
+    prep = run_prepare(cfg)
+    _echo_json({"prepared": str(prep.dir), "evaluator": str(prep.data_dir), **prep.meta})
+
+
+def _split_special(overrides: list[str] | None, keys: tuple[str, ...]) -> tuple[dict, list[str]]:
+    special, rest = {}, []
+    for o in overrides or []:
+        k, _, v = o.partition("=")
+        if k in keys:
+            try:
+                special[k] = int(v)
+            except ValueError:
+                raise UserError(f"{k}={v!r}: expected an integer") from None
+        else:
+            rest.append(o)
+    return special, rest
+
+
+@app.command()
+def train(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
+          dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")) -> None:
+    """Train one size: `study train CONFIG width=W [seed=S] [overrides]`; rerun to resume."""
+    from study.config import to_yaml
+
+    special, rest = _split_special(overrides, ("width", "seed"))
+    cfg = _load(config, rest)
+    if "width" not in special:
+        raise UserError(f"study train needs width=W, one of the config's widths {list(cfg.model.widths)}")
+    if dry_run:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    from study.paths import require_paths, run_dir
+    from study.prepare import prepare as run_prepare
+    from trainers import train_size
+
+    require_paths(cfg)
+    prep = run_prepare(cfg)
+    summary = train_size(cfg, special["width"], special.get("seed", cfg.sweep.seeds[0]), run_dir(cfg), prep.dir)
+    _echo_json(summary)
+
+
+@app.command()
+def sample(checkpoint: Path = typer.Argument(..., help="A milestone checkpoint folder."),
+           prompt: List[str] = typer.Option(..., "--prompt", help="Prompt (repeat for several)."),
+           out: Path = typer.Option(Path("grid.png"), "--out"),
+           sampler: str = typer.Option("ddim", "--sampler"), steps: int = typer.Option(32, "--steps"),
+           guidance: float = typer.Option(3.0, "--guidance"), n: int = typer.Option(8, "--n", help="Images per prompt."),
+           seed: int = typer.Option(0, "--seed"), weights: str = typer.Option("ema", "--weights")) -> None:
+    """Sample an image grid from a checkpoint: one row per prompt."""
+    from study.grid import sample_grid
+
+    path = sample_grid(checkpoint, list(prompt), out, sampler=sampler, steps=steps, guidance=guidance,
+                       per_prompt=n, seed=seed, weights=weights)
+    typer.echo(str(path))
+
+
+@app.command()
+def sweep(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+    """The training grid (Ray Tune) and the guidance search per cell (Optuna) into RUN_DIR/results."""
+    from sweeps.study import run_sweep
+
+    cfg = _load(config, overrides)
+    _echo_json(run_sweep(cfg))
+
+
+@app.command()
+def analyze(run_dir: Path = typer.Argument(..., help="A run folder with results.parquet or results.csv."),
+            bootstrap: int = typer.Option(200, "--bootstrap", help="Bootstrap resamples for intervals."),
+            seed: int = typer.Option(0, "--seed"),
+            wandb_mode: str = typer.Option("offline", "--wandb", help="offline, online or disabled.")) -> None:
+    """Fit scaling laws, find inference-budget crossovers, plot, export and write the report."""
+    from analysis.api import analyze_run
+
+    summary = analyze_run(run_dir, bootstrap=bootstrap, seed=seed,
+                          wandb_mode=None if wandb_mode == "disabled" else wandb_mode)
+    _echo_json(summary)
+
+
+@app.command()
+def fit(csv: Path = typer.Argument(..., help="Any CSV with the needed columns."),
+        law: str = typer.Option(..., "--law", help="power, chinchilla or optimal_size."),
+        x: List[str] = typer.Option(..., "--x", help="VAR=COLUMN, e.g. N=params (repeat for D=...)."),
+        y: str = typer.Option(..., "--y", help="The column to fit."),
+        bootstrap: int = typer.Option(200, "--bootstrap"), seed: int = typer.Option(0, "--seed"),
+        out: Optional[Path] = typer.Option(None, "--out", help="Write the fit as JSON here.")) -> None:
+    """Fit a named law to any CSV; parameters with bootstrap intervals as JSON."""
+    from analysis.api import fit_csv
+
+    xs = {}
+    for item in x:
+        var, sep, col = item.partition("=")
+        if not sep or not var or not col:
+            raise UserError(f"--x {item!r}: expected VAR=COLUMN, e.g. --x N=params")
+        xs[var] = col
+    _echo_json(fit_csv(csv, law, xs, y, bootstrap=bootstrap, seed=seed, out=str(out) if out else None))
+
+
+@app.command()
+def run(config: Optional[str] = typer.Argument(None, help="Config (default: configs/tiny.yaml)."),
+        overrides: Optional[List[str]] = OVERRIDES,
+        fresh: bool = typer.Option(False, "--fresh", help="Archive the run folder and start over."),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")) -> None:
+    """The whole study: prepare, train grid, guidance search, analysis, report. Rerun to resume."""
+    from study.config import to_yaml
+    from study.pipeline import run_study
+
+    cfg = _load(config or "tiny", overrides)
+    if dry_run:
+        typer.echo(to_yaml(cfg), nl=False)
+        return
+    run_study(cfg, fresh=fresh)
+
+
+def main() -> None:
+    """Entry point: user errors become one clear line (set LDM_SCALING_DEBUG=1 for tracebacks)."""
+    from study.config import ConfigError
+
+    try:
+        app()
+    except (UserError, ConfigError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("LDM_SCALING_DEBUG"):
+            raise
+        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
