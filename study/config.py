@@ -101,6 +101,12 @@ class EvalConfig:
     search: str = "optuna"  # optuna | grid (the paper's fixed grid, for comparison)
     grid: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     n_trials: int = 5  # Optuna trials per cell
+    optuna_sampler: str = "gp"  # gp (Gaussian process: few evaluations in 1-D) | tpe
+    # Where the full (sampler x steps) grid runs: every training budget ("all", as the paper) or the
+    # final one only; the other budgets then get the quality-vs-compute cell (curve_sampler, curve_steps).
+    grid_budgets: str = "all"
+    curve_sampler: str = "ddim"
+    curve_steps: int = 0  # 0: the largest of steps
     default_guidance: float = 7.5  # the paper's default, seeded first (clipped to the range)
     num_samples: int = 500
     batch_size: int = 250
@@ -294,6 +300,12 @@ def validate(cfg: StudyConfig) -> None:
            f"0 < guidance_min <= guidance_max ({e.guidance_max})", e.guidance_min)
     _check(e.search in ("optuna", "grid"), "eval.search", "'optuna' or 'grid'", e.search)
     _check(len(e.grid) > 0, "eval.grid", "a non-empty list of guidance scales", list(e.grid))
+    _check(e.optuna_sampler in ("gp", "tpe"), "eval.optuna_sampler", "'gp' or 'tpe'", e.optuna_sampler)
+    _check(e.grid_budgets in ("all", "final"), "eval.grid_budgets", "'all' or 'final'", e.grid_budgets)
+    _check(e.curve_sampler in e.samplers, "eval.curve_sampler", f"one of eval.samplers {list(e.samplers)}",
+           e.curve_sampler)
+    _check(e.curve_steps == 0 or e.curve_steps in e.steps, "eval.curve_steps",
+           f"0 or one of eval.steps {list(e.steps)}", e.curve_steps)
     _check(e.n_trials > 0, "eval.n_trials", "a positive number of Optuna trials per cell", e.n_trials)
     _check(e.num_samples > 1, "eval.num_samples", "at least 2 samples", e.num_samples)
     _check(e.batch_size > 0, "eval.batch_size", "a positive integer", e.batch_size)

@@ -1,0 +1,109 @@
+"""Evaluate one checkpoint at one (sampler, steps, guidance): generate, decode, FID/KID, alignment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from study.config import StudyConfig
+from study.prepare import Prepared
+
+
+def _device(gpus: float) -> torch.device:
+    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
+class Evaluator:
+    """Everything evaluation needs, loaded once per process from the prepared cache."""
+
+    def __init__(self, cfg: StudyConfig, prep: Prepared, device: torch.device | None = None):
+        from study.autoencoder import load_latent_space
+        from study.metrics import ClassifierExtractor, InceptionExtractor, load_classifier, load_reference
+
+        self.cfg, self.prep = cfg, prep
+        self.device = device or _device(cfg.eval.gpus_per_eval)
+        meta = prep.meta
+        self.latent_shape = tuple(meta["latent_shape"])
+        self.table = torch.from_numpy(np.asarray(prep.array("eval_table"), dtype=np.float32))
+        self.index = torch.from_numpy(np.asarray(prep.array("eval_index")))
+        self.uncond = torch.from_numpy(np.asarray(prep.array("uncond"), dtype=np.float32))
+        self.labels = (torch.from_numpy(np.asarray(prep.array("eval_labels"))) if meta["has_labels"] else None)
+        self.prompts = json.loads((prep.dir / "eval_prompts.json").read_text())
+        self.space = load_latent_space(cfg.autoencoder, prep.autoencoder_dir).to(self.device)
+        ref_meta = json.loads(prep.reference_path().read_text())
+        self.reference = load_reference(ref_meta["stats"])
+        self.floor_fid = ref_meta.get("floor_fid")
+        self.classifier = None
+        if cfg.eval.feature_extractor == "classifier":
+            self.classifier = load_classifier(prep.evaluator_dir, device=self.device)
+            self.extractor = ClassifierExtractor(self.classifier)
+        else:
+            self.extractor = InceptionExtractor.from_file(cfg.eval.inception_path, device=self.device)
+        self.clip = None
+        if cfg.eval.clip_path:
+            from study.metrics import ClipScorer
+
+            self.clip = ClipScorer.from_pretrained(cfg.eval.clip_path, device=self.device)
+
+    def prompt_order(self, n: int) -> torch.Tensor:
+        """Which evaluation prompt each of n samples uses: a fixed shuffle, cycled."""
+        g = torch.Generator().manual_seed(self.cfg.eval.seed)
+        perm = torch.randperm(len(self.index), generator=g)
+        return perm[torch.arange(n) % len(perm)]
+
+    @torch.no_grad()
+    def generate(self, unet, sampler: str, steps: int, guidance: float, n: int | None = None,
+                 seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n images in [0, 255] and their prompt ids, from fixed noise and prompts for the seed."""
+        from study.sampling import sample
+
+        n = n or self.cfg.eval.num_samples
+        seed = self.cfg.eval.seed if seed is None else seed
+        which = self.prompt_order(n)
+        # The same prompts and initial noise for every model and guidance (common random numbers):
+        # differences between cells are then not blurred by sampling different noise.
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn((n, *self.latent_shape), generator=gen)
+        images, bs = [], self.cfg.eval.batch_size
+        unet = unet.to(self.device).eval()
+        for i in range(0, n, bs):
+            idx = which[i:i + bs]
+            step_gen = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + i)
+            out = sample(unet, sampler, steps, guidance, self.table[self.index[idx]], self.uncond,
+                         noise[i:i + bs].to(self.device), generator=step_gen,
+                         timestep_spacing=self.cfg.eval.timestep_spacing,
+                         prediction_type=self.cfg.model.prediction_type)
+            images.append(self.space.decode(out).cpu())
+        return torch.cat(images), which
+
+    def evaluate(self, unet, sampler: str, steps: int, guidance: float) -> dict:
+        """FID, KID (with their evaluation noise), alignment and the noise floor for one setting."""
+        from study.metrics import evaluate_images, prompt_accuracy
+
+        images, which = self.generate(unet, sampler, steps, guidance)
+        labels = None if self.labels is None else self.labels[which]
+        res = evaluate_images(self.extractor, images, self.reference)
+        if self.classifier is not None and labels is not None:
+            res["alignment"] = float(prompt_accuracy(self.classifier, images, labels))
+            res["alignment_metric"] = "prompt_accuracy"
+        elif self.clip is not None:
+            res["alignment"] = float(self.clip.score(images, [self.prompts[int(i)] for i in which]))
+            res["alignment_metric"] = "clip_score"
+        else:
+            res["alignment"], res["alignment_metric"] = float("nan"), "none"
+        res["fid_floor"] = self.floor_fid
+        return res
+
+
+def load_evaluator(cfg: StudyConfig, prepared_dir: str | Path, device=None) -> Evaluator:
+    """An Evaluator for the prepared folder of a config."""
+    from study.prepare import prepared_paths
+
+    prep = prepared_paths(cfg)
+    if Path(prepared_dir).resolve() != prep.dir.resolve():
+        prep = Prepared(dir=Path(prepared_dir), data_dir=Path(json.loads((Path(prepared_dir) / "meta.json")
+                                                                      .read_text())["data_dir"]))
+    return Evaluator(cfg, prep, device)

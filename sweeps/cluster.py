@@ -1,0 +1,22 @@
+"""Join the cluster the study runs on, or start a local Ray on this machine."""
+
+from __future__ import annotations
+
+import os
+
+
+def ensure_ray(cfg) -> dict:
+    """Connect to resources.ray_address / RAY_ADDRESS, else start a local Ray; return its resources."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            # On a cluster the job's runtime env carries WANDB_API_KEY (ray job submit --runtime-env-json);
+            # it is never written into a config or a log by us.
+            ray.init(address=address)
+        else:
+            # Local workers inherit this process's environment (WANDB_MODE, LDM_* paths).
+            ray.init(num_cpus=cfg.resources.num_cpus or os.cpu_count(), num_gpus=cfg.resources.num_gpus,
+                     include_dashboard=False, logging_level="WARNING")
+    return ray.cluster_resources()

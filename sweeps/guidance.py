@@ -1,0 +1,116 @@
+"""The guidance search: one Optuna study per cell (size, budget, sampler, steps), objective FID."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One evaluation cell: a checkpoint, a sampler and a step count."""
+
+    width: int
+    seed: int
+    train_images: int
+    sampler: str
+    steps: int
+    spacing: str  # the resolved timestep spacing (recorded with every result)
+
+    @property
+    def study_name(self) -> str:
+        # Ray's OptunaSearch and resumes both key on the name: one study per cell.
+        return f"w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-{self.spacing}"
+
+
+def open_storage(url: str):
+    """An Optuna storage from a URL (sqlite:///, postgresql://, ...) or a journal file path (*.log)."""
+    if "://" in url:
+        # Several processes write one SQLite file; give each writer time to get the lock.
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(url)))
+
+
+def default_storage(run_dir: str | Path) -> str:
+    """SQLite in the run folder."""
+    return f"sqlite:///{Path(run_dir).resolve() / 'optuna.db'}"
+
+
+def _sampler(kind: str, seed: int):
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=2, deterministic_objective=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=2)
+
+
+def _has_point(study, g: float) -> bool:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING,
+                                                       TrialState.RUNNING)):
+        p = t.system_attrs.get("fixed_params", t.params)
+        if "guidance" in p and abs(float(p["guidance"]) - g) < 1e-9:
+            return True
+    return False
+
+
+def search_cell(cell: Cell, evaluate, storage, eval_cfg, seed_points: list[float], on_trial=None) -> list:
+    """Run the cell's study to eval.n_trials complete trials (grid mode: every grid point); resumable.
+
+    `evaluate(guidance) -> dict` must return at least "fid"; the dict is stored on the trial so the
+    results table can be rebuilt from the study alone.
+    """
+    lo, hi = eval_cfg.guidance_min, eval_cfg.guidance_max
+    dist = {"guidance": FloatDistribution(lo, hi)}
+    study = optuna.create_study(study_name=cell.study_name, storage=storage, direction="minimize",
+                                load_if_exists=True, sampler=_sampler(eval_cfg.optuna_sampler, eval_cfg.seed))
+    # A trial left RUNNING belongs to an evaluation that was killed: only one process owns a cell at a time.
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+    if eval_cfg.search == "grid":
+        points, target = [min(max(g, lo), hi) for g in eval_cfg.grid], len(eval_cfg.grid)
+    else:
+        points, target = seed_points, eval_cfg.n_trials
+    for g in dict.fromkeys(round(p, 6) for p in points):
+        if not _has_point(study, g):
+            study.enqueue_trial({"guidance": g})
+    while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < target:
+        trial = study.ask(dist)
+        g = trial.params["guidance"]
+        t0 = time.time()
+        try:
+            res = evaluate(g)
+        except Exception:
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        res["eval_seconds"] = round(time.time() - t0, 2)
+        trial.set_user_attr("result", json.dumps(res, default=float))
+        study.tell(trial, float(res["fid"]))
+        if on_trial is not None:
+            on_trial(trial.number, g, res)
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def completed_results(cell: Cell, storage) -> list[tuple[int, float, dict]]:
+    """(trial number, guidance, result dict) of every complete trial of a cell's study."""
+    try:
+        study = optuna.load_study(study_name=cell.study_name, storage=storage)
+    except KeyError:
+        return []
+    return [(t.number, float(t.params["guidance"]), json.loads(t.user_attrs["result"]))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+
+
+def best_guidance(cell: Cell, storage) -> float | None:
+    """The FID-optimal guidance of a cell so far (None before its first trial)."""
+    done = completed_results(cell, storage)
+    return min(done, key=lambda r: r[2]["fid"])[1] if done else None
