@@ -1,0 +1,102 @@
+"""Classifier-free guided sampling of latents, step for step what StableDiffusionPipeline.__call__ does."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import numbers
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from tqdm.auto import tqdm
+
+from study.schedulers import ETA, SAMPLERS, make_sampler, training_scheduler
+
+
+def _resolve_scheduler(
+    unet: torch.nn.Module,
+    scheduler: str | SchedulerMixin,
+    prediction_type: str | None,
+    timestep_spacing: str | None,
+) -> SchedulerMixin:
+    """A private scheduler for one sampling run: built from a name, or a copy of the caller's object."""
+    if isinstance(scheduler, str):
+        if scheduler not in SAMPLERS:
+            raise ValueError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(map(repr, SAMPLERS))}")
+        # Trainers may record it with unet.register_to_config(prediction_type=...); it survives save/load.
+        prediction_type = prediction_type or unet.config.get("prediction_type") or "epsilon"
+        return make_sampler(scheduler, training_scheduler(prediction_type), timestep_spacing)
+    if not isinstance(scheduler, SchedulerMixin):
+        raise TypeError(f"scheduler must be one of {SAMPLERS} or a diffusers scheduler, got {type(scheduler).__name__}")
+    if prediction_type is not None and prediction_type != scheduler.config.prediction_type:
+        raise ValueError(
+            f"prediction_type={prediction_type!r} contradicts the scheduler's {scheduler.config.prediction_type!r}"
+        )
+    if timestep_spacing is not None:
+        return type(scheduler).from_config(scheduler.config, timestep_spacing=timestep_spacing)
+    # set_timesteps and multistep solvers keep state on the object: leave the caller's untouched.
+    return copy.deepcopy(scheduler)
+
+
+@torch.no_grad()  # no_grad, not inference_mode: the latents may feed a later autograd graph (distillation)
+def sample(
+    unet: torch.nn.Module,
+    scheduler: str | SchedulerMixin,
+    steps: int,
+    guidance: float,
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    latents: torch.Tensor,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+    *,
+    prediction_type: str | None = None,
+    timestep_spacing: str | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Denoise `latents` [B, C, H, W] in `steps` steps with guidance scale `guidance`; returns final latents."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = int(steps)
+    if unet.config.get("time_cond_proj_dim") is not None:
+        # The pipeline would feed a guidance embedding (LCM-style UNets); refuse rather than silently differ.
+        raise ValueError("UNets with time_cond_proj_dim (guidance-embedded) are not supported")
+    scheduler = _resolve_scheduler(unet, scheduler, prediction_type, timestep_spacing)
+    device, dtype = unet.device, unet.dtype
+    batch = latents.shape[0]
+    # The pipeline's rule: guidance 1 is the conditional model alone, so skip the unconditional half.
+    do_cfg = guidance > 1.0
+
+    cond = cond.to(device=device, dtype=dtype)
+    if cond.shape[0] != batch:
+        raise ValueError(f"cond has batch {cond.shape[0]}, latents have {batch}")
+    if do_cfg:
+        if uncond is None:
+            raise ValueError("guidance > 1 needs uncond (the unconditional encoder hidden states)")
+        uncond = uncond.to(device=device, dtype=dtype)
+        if uncond.shape[0] not in (1, batch):
+            raise ValueError(f"uncond has batch {uncond.shape[0]}; expected 1 or {batch}")
+        # Same order as the pipeline: unconditional half first.
+        encoder_hidden_states = torch.cat([uncond.expand(batch, -1, -1), cond])
+    else:
+        encoder_hidden_states = cond
+
+    scheduler.set_timesteps(steps, device=device)
+    latents = latents.to(device=device, dtype=dtype) * scheduler.init_noise_sigma
+    # As the pipeline's prepare_extra_step_kwargs: eta only for schedulers that take it (DDIM).
+    step_params = inspect.signature(scheduler.step).parameters
+    step_kwargs = {}
+    if "eta" in step_params:
+        step_kwargs["eta"] = ETA
+    if "generator" in step_params:
+        step_kwargs["generator"] = generator
+
+    for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        model_input = scheduler.scale_model_input(model_input, t)
+        noise_pred = unet(model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        if do_cfg:
+            noise_uncond, noise_cond = noise_pred.chunk(2)
+            # Classifier-free guidance (Ho & Salimans 2022) in the pipeline's form.
+            noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
+        latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
+    return latents

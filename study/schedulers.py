@@ -1,0 +1,102 @@
+"""Noise schedules: SD1.5's training schedule and the three samplers of the study, built from it."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+PREDICTION_TYPES = ("epsilon", "v_prediction")
+SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+
+# DDIM's eta: 0 is deterministic DDIM, the default of StableDiffusionPipeline.__call__.
+ETA = 0.0
+
+_SAMPLER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
+
+# Overrides SD1.5 pipelines apply on top of the training config. steps_offset=1 is what SD1.5's
+# scheduler_config.json holds, and StableDiffusionPipeline.__init__ forces it (and clip_sample=False)
+# on any scheduler it is given, so every sampler gets it to sample what the pipeline would.
+_SAMPLER_OVERRIDES: dict[str, dict[str, Any]] = {
+    "ddpm": {"steps_offset": 1, "clip_sample": False},
+    "ddim": {"set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False},
+    "dpmsolver++": {"algorithm_type": "dpmsolver++", "solver_order": 2, "steps_offset": 1},
+}
+
+# Config keys that change what a sampler computes; recorded with every result.
+_RECORDED_KEYS = (
+    "num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type",
+    "timestep_spacing", "steps_offset", "clip_sample", "set_alpha_to_one", "variance_type",
+    "thresholding", "rescale_betas_zero_snr", "algorithm_type", "solver_order", "solver_type",
+    "lower_order_final", "euler_at_final", "final_sigmas_type", "use_karras_sigmas",
+    "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
+)
+
+
+def _check_choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """Raise a ValueError naming the allowed values when value is not one of them."""
+    if value not in allowed:
+        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(map(repr, allowed))}")
+
+
+def training_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
+    """SD1.5's training noise schedule: 1000 steps, scaled_linear betas 0.00085 to 0.012."""
+    _check_choice("prediction_type", prediction_type, PREDICTION_TYPES)
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        clip_sample=False,  # latents are not bounded to [-1, 1]
+        prediction_type=prediction_type,
+    )
+
+
+def default_timestep_spacing(name: str) -> str:
+    """The timestep spacing diffusers' sampler class uses when none is given."""
+    _check_choice("sampler", name, SAMPLERS)
+    return inspect.signature(_SAMPLER_CLASSES[name].__init__).parameters["timestep_spacing"].default
+
+
+def make_sampler(
+    name: str,
+    train_config_or_scheduler: SchedulerMixin | Mapping[str, Any],
+    timestep_spacing: str | None = None,
+) -> SchedulerMixin:
+    """A fresh diffusers sampler `name` built from the training scheduler's config, as SD1.5 pipelines do."""
+    _check_choice("sampler", name, SAMPLERS)
+    if timestep_spacing is None:
+        # Resolve the class default explicitly: from_config carries the training config's spacing
+        # ("leading") into DPM-Solver++ when that config came from disk but not when it came from
+        # memory (diffusers drops keys listed in `_use_default_values`), so "default" would depend
+        # on where the config came from.
+        timestep_spacing = default_timestep_spacing(name)
+    _check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
+    config = getattr(train_config_or_scheduler, "config", train_config_or_scheduler)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"expected a diffusers scheduler or its config, got {type(config).__name__}")
+    overrides = {**_SAMPLER_OVERRIDES[name], "timestep_spacing": timestep_spacing}
+    return _SAMPLER_CLASSES[name].from_config(config, **overrides)
+
+
+def sampler_name(scheduler: SchedulerMixin) -> str | None:
+    """The study's name for a scheduler object ("ddpm", "ddim", "dpmsolver++"), or None."""
+    for name, cls in _SAMPLER_CLASSES.items():
+        if type(scheduler) is cls and scheduler.config.get("algorithm_type", name) == name:
+            return name
+    return None
+
+
+def sampler_settings(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """The settings of a sampler worth recording with every result, as a JSON-serialisable dict."""
+    settings: dict[str, Any] = {"sampler": sampler_name(scheduler), "class_name": type(scheduler).__name__}
+    settings.update({k: scheduler.config[k] for k in _RECORDED_KEYS if k in scheduler.config})
+    if "eta" in inspect.signature(scheduler.step).parameters:
+        settings["eta"] = ETA
+    # Round-trip so tuples become lists and anything JSON cannot hold fails here, not at write time.
+    return json.loads(json.dumps(settings))
