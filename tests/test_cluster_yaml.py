@@ -27,7 +27,7 @@ INSTANCE_TYPES = {
     "m7i.8xlarge": (32, 0),
     "p5.48xlarge": (192, 8),  # 8x H100 80 GB
     "p4d.24xlarge": (96, 8),  # 8x A100 40 GB
-    "g6e.xlarge": (4, 1),  # 1x L40S 48 GB
+    "g6e.2xlarge": (8, 1),  # 1x L40S 48 GB
 }
 
 # node_config goes to EC2 RunInstances as keyword arguments and Ray's schema leaves it free-form,
