@@ -1,0 +1,57 @@
+"""`study sample`: an image grid from a checkpoint, one row per prompt."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def _find_config(checkpoint: Path) -> Path:
+    for d in (checkpoint, *checkpoint.parents):
+        if (d / "config.json").exists() and (d / "metrics.jsonl").exists():
+            return d / "config.json"
+    raise ValueError(f"{checkpoint}: no training run folder above it (expected config.json and metrics.jsonl "
+                     f"in a parent, as `study train` writes): pass a milestone checkpoint folder of a run")
+
+
+def sample_grid(checkpoint, prompts: list[str], out, sampler: str = "ddim", steps: int = 32,
+                guidance: float = 3.0, per_prompt: int = 8, seed: int = 0, weights: str = "ema") -> Path:
+    """Sample `per_prompt` images for each prompt and save them as one PNG grid."""
+    from PIL import Image
+
+    from study.autoencoder import load_latent_space
+    from study.config import from_dict
+    from study.prepare import prepared_paths
+    from study.sampling import sample
+    from study.text import load_text_encoder
+    from trainers import load_unet
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise ValueError(f"checkpoint {checkpoint} does not exist: list a run's milestones in "
+                         f"runs/NAME/train/wW-sS/milestones.json")
+    cfg = from_dict(json.loads(_find_config(checkpoint).read_text()))
+    unet = load_unet(checkpoint, weights=weights)
+    encoder = load_text_encoder(cfg.text_encoder)
+    space = load_latent_space(cfg.autoencoder, prepared_paths(cfg).autoencoder_dir)
+    texts = [p for p in prompts for _ in range(per_prompt)]
+    cond, uncond = encoder.encode(texts), encoder.encode([""])
+    c, h, w = unet.config.in_channels, unet.config.sample_size, unet.config.sample_size
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn((len(texts), c, h, w), generator=gen)
+    lat = sample(unet, sampler, steps, guidance, cond, uncond, noise, generator=gen,
+                 prediction_type=cfg.model.prediction_type)
+    imgs = space.decode(lat).round().clamp(0, 255).to(torch.uint8)  # [N, C, H, W]
+    n, ch, hh, ww = imgs.shape
+    grid = imgs.view(len(prompts), per_prompt, ch, hh, ww).permute(0, 3, 1, 4, 2).reshape(len(prompts) * hh,
+                                                                                         per_prompt * ww, ch)
+    arr = grid.numpy()
+    img = Image.fromarray(arr[..., 0] if ch == 1 else arr)
+    scale = max(1, 256 // max(hh, ww))  # 8x8 digits are unreadable at native size
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out

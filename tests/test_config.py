@@ -1,0 +1,77 @@
+"""Config: presets load, overrides apply, and every kind of user error is one clear line."""
+
+import subprocess
+import sys
+
+import pytest
+
+from study.config import ConfigError, config_hash, from_dict, load_config, to_dict
+
+
+@pytest.mark.parametrize("preset", ["tiny", "smoke", "paper"])
+def test_presets_load_and_round_trip(preset):
+    cfg = load_config(f"configs/{preset}.yaml")
+    assert from_dict(to_dict(cfg)) == cfg
+    assert cfg.model.widths
+
+
+def test_paper_preset_describes_the_replication():
+    cfg = load_config("paper")
+    assert list(cfg.model.widths) == [64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768]
+    assert cfg.train.total_images == 500_000 * 2048 and cfg.train.lr == 1e-4 and cfg.train.batch_size == 2048
+    assert list(cfg.eval.steps) == [4, 6, 8, 10, 20, 50]
+    assert (cfg.eval.guidance_min, cfg.eval.guidance_max) == (1.5, 8.0)
+    assert set(cfg.eval.samplers) == {"ddim", "ddpm", "dpmsolver++"}
+    assert cfg.text_encoder.kind == "clip" and cfg.autoencoder.kind == "pretrained"
+
+
+def test_overrides_apply_with_types():
+    cfg = load_config("tiny", ["train.batch_size=128", "model.widths=[8,16]", "eval.guidance_max=5"])
+    assert cfg.train.batch_size == 128 and list(cfg.model.widths) == [8, 16] and cfg.eval.guidance_max == 5.0
+
+
+def test_hash_changes_with_settings():
+    a, b = load_config("tiny"), load_config("tiny", ["train.lr=0.01"])
+    assert config_hash(a, "train") != config_hash(b, "train")
+    assert config_hash(a, "data") == config_hash(b, "data")
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.batch_sise=3", "unknown config key 'train.batch_sise'"),
+    ("train.batch_size=abc", "'train.batch_size'"),
+    ("model.widths=[]", "'model.widths'"),
+    ("model.widths=[-8]", "'model.widths'"),
+    ("eval.guidance_min=9", "'eval.guidance_min'"),
+    ("train.milestones=[0.5,0.25]", "'train.milestones'"),
+    ("eval.samplers=[euler]", "'eval.samplers'"),
+    ("data.eval_fraction=1.5", "'data.eval_fraction'"),
+    ("train.batch_size", "KEY=VALUE"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config("tiny", [override])
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_path_fails_before_work(tmp_path):
+    from study.paths import require_paths
+
+    cfg = load_config("tiny", [f"eval.clip_path={tmp_path / 'nope'}"])
+    with pytest.raises(ConfigError, match="eval.clip_path"):
+        require_paths(cfg)
+
+
+def test_cli_user_error_is_one_line_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "config", "show", "tiny", "train.lr=-1"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and "WARNING" not in ln]
+    assert lines == ["error: config key 'train.lr' = -1.0: expected a positive learning rate"]
+
+
+def test_cli_config_show_prints_resolved_yaml():
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "config", "show", "smoke", "train.batch_size=32"],
+                          capture_output=True, text=True, check=True)
+    assert "batch_size: 32" in proc.stdout and "ladder: tiny" in proc.stdout
