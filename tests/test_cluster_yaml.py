@@ -74,8 +74,15 @@ def _refuse_network(*args, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def offline():
-    """No sockets and no AWS credentials: validation that needed AWS would fail loudly."""
+def raw() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def ray_validate(cfg: dict) -> dict:
+    """What `ray up` checks before it calls the cloud: defaults merged, then Ray's schema.
+
+    Run with no sockets and no AWS credentials, so validation that needed AWS would fail loudly.
+    """
     with pytest.MonkeyPatch.context() as mp:
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
             mp.delenv(var, raising=False)
@@ -84,23 +91,13 @@ def offline():
         mp.setattr(socket, "create_connection", _refuse_network)
         mp.setattr(socket, "getaddrinfo", _refuse_network)
         mp.setattr(socket.socket, "connect", _refuse_network)
-        yield
-
-
-@pytest.fixture(scope="module")
-def raw() -> dict:
-    return yaml.safe_load(CLUSTER_YAML.read_text())
-
-
-def ray_validate(cfg: dict) -> dict:
-    """What `ray up` checks before it calls the cloud: defaults merged, then Ray's schema."""
-    prepared = prepare_config(copy.deepcopy(cfg))
-    validate_config(prepared)
+        prepared = prepare_config(copy.deepcopy(cfg))
+        validate_config(prepared)
     return prepared
 
 
 @pytest.fixture(scope="module")
-def prepared(raw, offline) -> dict:
+def prepared(raw) -> dict:
     before = set(sys.modules)
     cfg = ray_validate(raw)
     # The AWS half of `ray up` (IAM, subnets, key pairs, instance types) lives in these modules
@@ -150,7 +147,7 @@ def test_ray_validates_the_file_offline(prepared):
 
 
 @pytest.mark.parametrize("misspell", ["top level", "node type", "command list"])
-def test_a_misspelt_key_fails_validation(raw, offline, misspell):
+def test_a_misspelt_key_fails_validation(raw, misspell):
     bad = copy.deepcopy(raw)
     if misspell == "top level":
         bad["idle_timeout_minute"] = bad.pop("idle_timeout_minutes")
