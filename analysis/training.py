@@ -1,0 +1,111 @@
+"""Quality against training compute: per-size power laws, the compute-optimal envelope,
+the compute-optimal size N_opt = k C^a and the joint law E + A/N^alpha + B/D^beta.
+
+All on FID at the best guidance of one reference sampler and step count (`reference_cell`),
+averaged over seeds. A fit the data cannot support is recorded with the reason instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from analysis.bootstrap import bootstrap_fit
+from analysis.frontier import pareto_mask
+from analysis.laws import get_law
+from analysis.table import cells, curves, reference_cell, size_label
+
+MIN_POWER = 3  # points per size for E + A x^-alpha, as many as parameters
+MIN_JOINT = 5  # points for the joint law, with >= 2 sizes and >= 2 budgets
+
+
+def training_points(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """FID per (width, train_images) at the reference sampler and steps, and that choice."""
+    c = curves(cells(table, "fid"))
+    sampler, steps = reference_cell(c)
+    pts = c[(c["curve"] == sampler) & (c["steps"] == steps)]
+    pts = pts[["width", "params", "train_images", "train_flops", "value", "std", "n_seeds"]]
+    pts = pts.rename(columns={"value": "fid"}).sort_values(["params", "train_flops"])
+    mask = pareto_mask(pts["train_flops"].values, pts["fid"].values, lower_is_better=True)
+    pts = pts.assign(envelope=mask).reset_index(drop=True)
+    ref = {"sampler": sampler, "steps": steps,
+           "note": f"FID at the best guidance of {sampler} with {steps} steps (the most-"
+                   "evaluated step count of the reference sampler), mean over seeds"}
+    return pts, ref
+
+
+def _skip(reason: str) -> dict:
+    return {"skipped": True, "reason": reason}
+
+
+def _fit(law: str, xs: dict[str, np.ndarray], cols: dict[str, str], y: np.ndarray,
+         y_col: str, n_boot: int, seed: int, derived: dict | None, progress: bool) -> dict:
+    out = bootstrap_fit(get_law(law), list(xs.values()), y, n_boot=n_boot, seed=seed,
+                        derived=derived, progress=progress)
+    out.update(variables=cols, y=y_col, skipped=False)
+    return out
+
+
+def fit_training(pts: pd.DataFrame, n_boot: int = 200, seed: int = 0,
+                 progress: bool = False) -> dict:
+    """All training-compute fits, each with bootstrap intervals or a skip reason."""
+    fits: dict = {"per_size": {}}
+    for width, g in pts.groupby("width"):
+        label = size_label(g["params"].iloc[0])
+        if g["train_flops"].nunique() < MIN_POWER:
+            fits["per_size"][str(width)] = _skip(
+                f"{label}: {g['train_flops'].nunique()} training budget(s), the power law "
+                f"needs >= {MIN_POWER}")
+            continue
+        top = float(g["train_flops"].max())
+        fits["per_size"][str(width)] = _fit(
+            "power", {"x": g["train_flops"].values}, {"x": "train_flops"}, g["fid"].values,
+            "fid", n_boot, seed, {"fid_at_10x_compute": lambda p, t=top: p["E"] + p["A"] * (
+                10 * t) ** -p["alpha"]}, progress)
+        fits["per_size"][str(width)]["label"] = label
+    env = pts[pts["envelope"]]
+    fits["envelope"] = (_skip(f"{len(env)} compute-optimal point(s), need >= {MIN_POWER}")
+                        if len(env) < MIN_POWER else _fit(
+        "power", {"x": env["train_flops"].values}, {"x": "train_flops"}, env["fid"].values,
+        "fid", n_boot, seed, None, progress))
+    fits["optimal_size"] = _optimal_size(env, n_boot, seed, progress)
+    fits["chinchilla"] = _joint(pts, n_boot, seed, progress)
+    return fits
+
+
+def _optimal_size(env: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
+    # N_opt from the envelope: the size on the frontier at each compute it was evaluated.
+    if len(env) < MIN_POWER or env["params"].nunique() < 2:
+        return _skip(f"{len(env)} compute-optimal point(s) over {env['params'].nunique()} "
+                     f"size(s): N_opt = k C^a needs >= {MIN_POWER} points and >= 2 sizes")
+    top = float(env["train_flops"].max())
+    return _fit("optimal_size", {"C": env["train_flops"].values}, {"C": "train_flops"},
+                env["params"].values.astype(float), "params", n_boot, seed,
+                {"n_opt_at_10x_compute": lambda p: p["k"] * (10 * top) ** p["a"]}, progress)
+
+
+def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
+    n_sizes, n_budgets = pts["params"].nunique(), pts["train_images"].nunique()
+    if len(pts) < MIN_JOINT or n_sizes < 2 or n_budgets < 2:
+        return _skip(f"{len(pts)} point(s), {n_sizes} size(s), {n_budgets} budget(s): the joint "
+                     f"law needs >= {MIN_JOINT} points, >= 2 sizes and >= 2 budgets")
+    # FLOPs per parameter per image, to turn a compute budget C into N x D (C = c N D);
+    # it varies across the UNet ladder, so the mean is an approximation (stated in the JSON).
+    c = float(np.mean(pts["train_flops"] / (pts["params"] * pts["train_images"])))
+    top = float(pts["train_flops"].max())
+
+    def n_opt(p: dict[str, float], compute: float = top) -> float:
+        # Chinchilla eq. 4: N_opt = G (C/c)^(beta/(alpha+beta)), G = (alpha A / beta B)^(1/(a+b))
+        s = p["alpha"] + p["beta"]
+        g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / s)
+        return g * (compute / c) ** (p["beta"] / s)
+
+    out = _fit("chinchilla", {"N": pts["params"].values.astype(float),
+                              "D": pts["train_images"].values.astype(float)},
+               {"N": "params", "D": "train_images"}, pts["fid"].values, "fid", n_boot, seed,
+               {"n_opt_exponent": lambda p: p["beta"] / (p["alpha"] + p["beta"]),
+                "d_opt_exponent": lambda p: p["alpha"] / (p["alpha"] + p["beta"]),
+                "n_opt_at_max_compute": n_opt}, progress)
+    out["flops_per_param_image"] = c
+    out["max_compute"] = top
+    return out
