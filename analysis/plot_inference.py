@@ -1,0 +1,124 @@
+"""Figures of the inference budget: quality vs steps, quality vs sampling cost with the
+frontier and the crossovers, and the samplers side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis.figures import floor_line, legend_by_size, new_figure, save, size_colors
+from analysis.inference import FINAL, InferenceResult
+from analysis.table import METRIC_LABEL, size_label
+
+COST_LABEL = "sampling cost (normalized cost x steps; 1 = one step of the 866M model)"
+
+
+def _ylabel(res: InferenceResult) -> str:
+    return f"{METRIC_LABEL[res.metric]} ({'lower' if res.lower_is_better else 'higher'} is better)"
+
+
+def _floor(curve: pd.DataFrame) -> float:
+    f = curve["floor"].dropna()
+    return float(f.mean()) if len(f) else float("nan")
+
+
+def _final(res: InferenceResult) -> pd.DataFrame:
+    return res.curves[res.curves["budget"] == FINAL]
+
+
+def plot_steps(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
+    """Metric vs number of sampling steps per size, one panel per sampler."""
+    cur = _final(res)
+    samplers = list(pd.unique(cur["sampler"]))
+    fig, axes = new_figure(len(samplers))
+    colors = size_colors(cur["params"])
+    for ax, sampler in zip(axes, samplers):
+        sub = cur[cur["sampler"] == sampler]
+        for _, g in sub.groupby("params"):
+            p = float(g["params"].iloc[0])
+            ax.errorbar(g["steps"], g["value"], yerr=g["std"].fillna(0.0), marker="o",
+                        markersize=3, color=colors[p], label=size_label(p), capsize=2)
+        if res.metric == "fid":
+            floor_line(ax, _floor(sub))
+        ax.set_xscale("log")
+        steps = sorted(sub["steps"].unique())
+        ax.set_xticks(steps, [str(int(s)) for s in steps], fontsize=8)
+        ax.minorticks_off()
+        ax.set_xlabel("sampling steps")
+        ax.set_ylabel(_ylabel(res))
+        ax.set_title(f"{sampler}: at the FID-best guidance of each cell, final checkpoints",
+                     fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        legend_by_size(ax)
+    return save(fig, out_dir, f"{res.metric}_vs_steps")
+
+
+def _crossings(ax, res: InferenceResult, sampler: str, sub: pd.DataFrame) -> None:
+    cross = res.crossing(FINAL)
+    cross = cross[cross["sampler"] == sampler] if len(cross) else cross
+    for row in cross.itertuples():
+        small = sub[sub["width"] == row.smaller_width].sort_values("sampling_cost")
+        y = np.interp(np.log(row.crossover_cost), np.log(small["sampling_cost"]), small["value"])
+        xerr = None
+        if np.isfinite(row.low):
+            xerr = [[max(row.crossover_cost - row.low, 0)], [max(row.high - row.crossover_cost, 0)]]
+        ax.errorbar([row.crossover_cost], [y], xerr=xerr, fmt="X", color="crimson",
+                    markersize=8, capsize=3, zorder=5)
+        ax.annotate(f"{size_label(row.smaller_params)} = {size_label(row.larger_params)}",
+                    (row.crossover_cost, y), textcoords="offset points", xytext=(4, 6),
+                    fontsize=7, color="crimson")
+    if len(cross):
+        ax.plot([], [], "X", color="crimson", label="crossover [95% interval]")
+
+
+def plot_cost(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
+    """Metric vs sampling cost per size, frontier across sizes, crossovers marked."""
+    cur = _final(res)
+    samplers = list(pd.unique(cur["sampler"]))
+    fig, axes = new_figure(len(samplers), panel_size=(6.5, 4.6), max_cols=2)
+    colors = size_colors(cur["params"])
+    for ax, sampler in zip(axes, samplers):
+        sub = cur[cur["sampler"] == sampler]
+        for _, g in sub.groupby("params"):
+            p = float(g["params"].iloc[0])
+            ax.plot(g["sampling_cost"], g["value"], marker="o", markersize=3, color=colors[p],
+                    label=size_label(p))
+        front = res.frontier[(res.frontier["budget"] == FINAL)
+                             & (res.frontier["sampler"] == sampler)]
+        ax.step(front["sampling_cost"], front["value"], where="post", color="0.2",
+                linewidth=2.5, alpha=0.35, label="frontier (best size per budget)")
+        _crossings(ax, res, sampler, sub)
+        if res.metric == "fid":
+            floor_line(ax, _floor(sub))
+        ax.set_xscale("log")
+        ax.set_xlabel(COST_LABEL, fontsize=8)
+        ax.set_ylabel(_ylabel(res))
+        ax.set_title(f"{sampler}: {METRIC_LABEL[res.metric]} vs sampling cost, final "
+                     "checkpoints", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        legend_by_size(ax)
+    return save(fig, out_dir, f"{res.metric}_vs_sampling_cost")
+
+
+def plot_samplers(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
+    """One panel per size: the samplers' curves against sampling cost."""
+    cur = _final(res)
+    sizes = sorted(pd.unique(cur["params"]))
+    fig, axes = new_figure(len(sizes), panel_size=(4.6, 3.6))
+    styles = ["-o", "--s", ":^", "-.D", "-v", "--P"]
+    samplers = list(pd.unique(cur["sampler"]))
+    for ax, p in zip(axes, sizes):
+        sub = cur[cur["params"] == p]
+        for k, sampler in enumerate(samplers):
+            g = sub[sub["sampler"] == sampler]
+            ax.plot(g["sampling_cost"], g["value"], styles[k % len(styles)], markersize=3,
+                    label=sampler)
+        ax.set_xscale("log")
+        ax.set_xlabel("sampling cost (normalized cost x steps)", fontsize=8)
+        ax.set_ylabel(_ylabel(res), fontsize=8)
+        ax.set_title(f"{size_label(p)} parameters", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(title="sampler", fontsize=8, title_fontsize=8)
+    return save(fig, out_dir, f"{res.metric}_sampler_comparison")
