@@ -1,0 +1,103 @@
+"""`study analyze`'s library call end to end on a synthetic run folder."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from analysis.api import analyze_run
+from analysis.export import CROSSOVER_COLUMNS
+from analysis.synthetic import SyntheticSpec, make_results
+
+FIGURES = ["fid_vs_training_compute", "fid_vs_steps", "fid_vs_sampling_cost",
+           "alignment_vs_steps", "alignment_vs_sampling_cost", "optimal_guidance_heatmap",
+           "fid_sampler_comparison"]
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_figures_png_and_svg(analyzed, name):
+    run, _ = analyzed
+    png = imread(run / "analysis" / f"{name}.png")
+    assert png.shape[0] >= 300 and png.shape[1] >= 400 and png.std() > 0.01
+    svg = (run / "analysis" / f"{name}.svg").read_text()
+    assert "<svg" in svg and len(svg) > 10_000
+
+
+def test_fits_json(analyzed):
+    run, summary = analyzed
+    fits = json.loads((run / "analysis" / "fits.json").read_text())
+    assert fits["reference"]["sampler"] == "ddim" and fits["reference"]["steps"] == 250
+    f = fits["fits"]
+    assert set(f["per_size"]) == {"64", "128", "320"}
+    for fit in [*f["per_size"].values(), f["envelope"], f["chinchilla"]]:
+        assert fit["skipped"] is False
+        for p in fit["params"].values():
+            assert p["low"] <= p["value"] <= p["high"]
+    # 4 budgets x 3 sizes: the joint law fits, its exponents come with intervals.
+    assert 0 < f["chinchilla"]["derived"]["n_opt_exponent"]["value"] < 1
+
+
+def test_tables(analyzed):
+    run, summary = analyzed
+    out = run / "analysis"
+    cross = pd.read_csv(out / "crossovers.csv")
+    assert list(cross.columns) == CROSSOVER_COLUMNS
+    assert len(cross) == 6  # 3 pairs x 2 samplers, all crossing
+    assert ((cross["low"] <= cross["crossover_cost"]) & (cross["crossover_cost"] <= cross["high"])).all()
+    front = pd.read_csv(out / "frontier.csv")
+    assert {"fid", "alignment"} == set(front["metric"]) and len(front) > 10
+    assert summary["crossovers"][0]["sampler"] == "ddim"
+    assert summary["best_size_per_budget"][0]["size"] == "37.5M"
+
+
+def test_report_is_self_contained_with_findings(analyzed):
+    run, summary = analyzed
+    html = (run / "analysis" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6
+    assert 'src="http' not in html and "<script" not in html
+    assert re.search(r"at sampling cost [\d.]+, the [\d.]+M model beats the [\d.]+M model by "
+                     r"[\d.]+ FID \[[\d.]+, [\d.]+\]", html)
+    assert re.search(r"curves cross at sampling cost [\d.]+ \[[\d.]+, [\d.]+\]", html)
+    assert summary["report"].endswith("report.html")
+
+
+def test_offline_wandb_run_under_the_run_dir(analyzed):
+    run, summary = analyzed
+    files = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1 and files[0].stat().st_size > 1000
+    assert summary["wandb_dir"].startswith(str(run))
+
+
+def test_no_pyplot_figures_left_open(analyzed):
+    plt = sys.modules.get("matplotlib.pyplot")
+    assert plt is None or plt.get_fignums() == []
+
+
+def test_csv_fallback_without_wandb_and_skipped_fits(tmp_path):
+    # Two sizes, one sampler, CSV only; the small size has only two checkpoints.
+    spec = SyntheticSpec(widths=(64, 128), params=(37.5e6, 142.2e6), gflops=(52.8, 159.5),
+                         samplers={"ddim": 1.0}, steps=(4, 10, 25, 50), guidances=(3.0, 6.0),
+                         train_images=(1e6, 4e6, 16e6))
+    df = make_results(spec)
+    df = df[(df["width"] == 128) | (df["train_images"] > 1e6)]
+    df.to_csv(tmp_path / "results.csv", index=False)
+    summary = analyze_run(tmp_path, bootstrap=20, wandb_mode=None, progress=True)
+    out = tmp_path / "analysis"
+    assert summary["wandb_dir"] is None and not (tmp_path / "wandb").exists()
+    fits = json.loads((out / "fits.json").read_text())["fits"]
+    assert fits["per_size"]["64"]["skipped"] and "needs >= 3" in fits["per_size"]["64"]["reason"]
+    assert fits["per_size"]["128"]["skipped"] is False
+    assert list(pd.read_csv(out / "crossovers.csv").columns) == CROSSOVER_COLUMNS
+    assert "not fitted" in (out / "report.html").read_text()
+
+
+def test_bad_run_dir(tmp_path):
+    with pytest.raises(ValueError, match="not a folder"):
+        analyze_run(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no results table"):
+        analyze_run(tmp_path, wandb_mode=None)
