@@ -14,7 +14,7 @@ from analysis.plot_guidance import plot_guidance
 from analysis.plot_inference import plot_cost, plot_samplers, plot_steps
 from analysis.plot_training import plot_training
 from analysis.report import write_report
-from analysis.table import load_results, results_path, size_label
+from analysis.table import METRIC_LABEL, load_results, results_path, size_label
 from analysis.training import fit_training, training_points
 from analysis.wandb_log import log_analysis
 
@@ -93,12 +93,15 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     sections = [
         {"title": "Quality vs training compute", "figures": {"training": figs["training"]["png"]},
          "findings": {"fits (value [95% interval])": train_text}},
-        *[{"title": f"Inference budget: {m}", "figures": {
+        *[{"title": f"Inference budget: {METRIC_LABEL[m]}", "figures": {
             "cost": figs[f"{m}_cost"]["png"], "steps": figs[f"{m}_steps"]["png"]},
-           "findings": {"crossovers": found[m]["crossovers"],
+           "findings": {"crossovers (final checkpoints)": found[m]["crossovers"],
                         "best size per budget": found[m]["best_size"],
-                        "pairwise gaps at the ends of each shared cost range": found[m]["gaps"]}}
-          for m in results],
+                        "pairwise gaps at the ends of each shared cost range": found[m]["gaps"]},
+           "text": "Crossovers at every training budget (budget: train_images shared by the "
+                   "sizes, or each size's final checkpoint):",
+           "table": _budget_table(r.pairs)}
+          for m, r in results.items()],
         {"title": "Optimal guidance", "figures": {"guidance": figs["guidance"]["png"]},
          "table": guidance},
         {"title": "Samplers", "figures": {"samplers": figs["samplers"]["png"]}},
@@ -125,6 +128,17 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
         summary=_wandb_summary(fits, crossovers),
         config={"run_dir": str(run), "bootstrap": n_boot, "seed": seed, **ref})
     return summary
+
+
+def _budget_table(pairs: pd.DataFrame) -> pd.DataFrame:
+    cols = ["sampler", "budget", "smaller_params", "larger_params", "crossover_cost", "low",
+            "high", "p_cross", "n_crossings"]
+    if pairs.empty:
+        return pd.DataFrame(columns=cols)
+    out = pairs[pairs["crossover_cost"].notna()][cols].copy()
+    for c in ("smaller_params", "larger_params"):
+        out[c] = out[c].map(size_label)
+    return out.rename(columns={"smaller_params": "smaller", "larger_params": "larger"})
 
 
 def _wandb_summary(fits: dict, crossovers: pd.DataFrame) -> dict:

@@ -32,18 +32,19 @@ def _table(frame: pd.DataFrame, max_rows: int = 60) -> str:
 
 
 def write_report(path: str | Path, sections: list[dict], intro: list[str]) -> str:
-    """Write the report; each section has title, figures {name: png}, findings, table."""
+    """Write the report; a section has a title, figures {name: png}, findings {heading:
+    lines}, and optionally a table with a line of text introducing it."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>ldm-scaling analysis"
              f"</title><style>{STYLE}</style></head><body><h1>ldm-scaling analysis</h1>",
              _items(intro)]
     for sec in sections:
         parts.append(f"<h2>{html.escape(sec['title'])}</h2>")
-        if sec.get("text"):
-            parts.append(f"<p class='note'>{html.escape(sec['text'])}</p>")
         for name, png in sec.get("figures", {}).items():
             parts.append(_img(png, name))
         for sub, lines in sec.get("findings", {}).items():
             parts.append(f"<h3>{html.escape(sub)}</h3>" + _items(lines))
+        if sec.get("text"):  # introduces the table
+            parts.append(f"<p class='note'>{html.escape(sec['text'])}</p>")
         if sec.get("table") is not None:
             parts.append(_table(sec["table"]))
     parts.append("</body></html>")
