@@ -101,3 +101,17 @@ def test_bad_run_dir(tmp_path):
         analyze_run(tmp_path / "missing")
     with pytest.raises(ValueError, match="no results table"):
         analyze_run(tmp_path, wandb_mode=None)
+
+
+def test_degenerate_tables_are_reported_not_crashed(tmp_path):
+    # One size, one sampler, two step counts, no alignment, no std, no resamples.
+    spec = SyntheticSpec(widths=(64,), params=(37.5e6,), gflops=(52.8,), samplers={"ddim": 1.0},
+                         steps=(10, 50), guidances=(3.0,), train_images=(1e6, 4e6))
+    df = make_results(spec).drop(columns=["alignment", "fid_std", "fid_floor"])
+    df.to_parquet(tmp_path / "results.parquet")
+    summary = analyze_run(tmp_path, bootstrap=0, wandb_mode=None, progress=False)
+    assert summary["crossovers"] == []
+    fits = json.loads((tmp_path / "analysis" / "fits.json").read_text())["fits"]
+    assert fits["chinchilla"]["skipped"] and fits["optimal_size"]["skipped"]
+    assert (tmp_path / "analysis" / "fid_vs_sampling_cost.png").is_file()
+    assert not (tmp_path / "analysis" / "alignment_vs_steps.png").exists()

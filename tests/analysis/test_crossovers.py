@@ -76,3 +76,17 @@ def test_findings_per_budget_too(dense_result):
     early = dense_result.crossing("4000000")
     # Less training raises every floor by B D^-beta alike: the crossings barely move.
     assert len(early) == 6 and early["crossover_cost"].notna().all()
+
+
+def test_seeds_alone_give_intervals(tmp_path):
+    # No evaluation std, but three training seeds per size: resampling seeds is the noise.
+    spec = SyntheticSpec(seeds=(0, 1, 2), seed_sd=0.3, fid_std=0.0, guidances=(3.0, 6.0),
+                         train_images=(16e6,))
+    df = make_results(spec, seed=5).drop(columns=["fid_std"])
+    df.to_parquet(tmp_path / "results.parquet")
+    res = analyze_metric(load_results(tmp_path), "fid", n_boot=100, seed=0)
+    assert res.noisy
+    cross = res.crossing()
+    assert len(cross) == 6
+    assert (cross["high"] > cross["low"]).all()
+    assert ((cross["low"] <= cross["crossover_cost"]) & (cross["crossover_cost"] <= cross["high"])).all()
