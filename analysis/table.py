@@ -52,8 +52,9 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     """Load and normalise a run folder's results table (defaults for optional columns)."""
     df = read_table(results_path(run_dir)).copy()
     require_columns(df, REQUIRED, "the results table")
-    if df.empty:
-        raise ValueError("the results table has no rows: run an evaluation first")
+    if df.empty or not np.isfinite(pd.to_numeric(df["fid"], errors="coerce")).any():
+        raise ValueError("the results table has no rows with a finite fid: run (or finish) an "
+                         "evaluation first")
     if "seed" not in df:
         df["seed"] = 0
     if "timestep_spacing" not in df:

@@ -94,7 +94,7 @@ def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
     c = float(np.mean(pts["train_flops"] / (pts["params"] * pts["train_images"])))
     top = float(pts["train_flops"].max())
 
-    def n_opt(p: dict[str, float], compute: float = top) -> float:
+    def _n_opt(p: dict[str, float], compute: float = top) -> float:
         # Chinchilla eq. 4: N_opt = G (C/c)^(beta/(alpha+beta)), G = (alpha A / beta B)^(1/(a+b))
         s = p["alpha"] + p["beta"]
         g = (p["alpha"] * p["A"] / (p["beta"] * p["B"])) ** (1.0 / s)
@@ -105,7 +105,7 @@ def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
                {"N": "params", "D": "train_images"}, pts["fid"].values, "fid", n_boot, seed,
                {"n_opt_exponent": lambda p: p["beta"] / (p["alpha"] + p["beta"]),
                 "d_opt_exponent": lambda p: p["alpha"] / (p["alpha"] + p["beta"]),
-                "n_opt_at_max_compute": n_opt}, progress)
+                "n_opt_at_max_compute": _n_opt}, progress)
     out["flops_per_param_image"] = c
     out["max_compute"] = top
     return out
