@@ -81,20 +81,18 @@ class Evaluator:
 
     def evaluate(self, unet, sampler: str, steps: int, guidance: float) -> dict:
         """FID, KID (with their evaluation noise), alignment and the noise floor for one setting."""
-        from study.metrics import evaluate_images, prompt_accuracy
+        from study.metrics import evaluate_images
 
         images, which = self.generate(unet, sampler, steps, guidance)
-        labels = None if self.labels is None else self.labels[which]
-        res = evaluate_images(self.extractor, images, self.reference)
-        if self.classifier is not None and labels is not None:
-            res["alignment"] = float(prompt_accuracy(self.classifier, images, labels))
-            res["alignment_metric"] = "prompt_accuracy"
-        elif self.clip is not None:
-            res["alignment"] = float(self.clip.score(images, [self.prompts[int(i)] for i in which]))
-            res["alignment_metric"] = "clip_score"
-        else:
-            res["alignment"], res["alignment_metric"] = float("nan"), "none"
-        res["fid_floor"] = self.floor_fid
+        use_labels = self.classifier is not None and self.labels is not None
+        res = evaluate_images(self.extractor, images, self.reference,
+                              labels=self.labels[which].numpy() if use_labels else None,
+                              classifier=self.classifier if use_labels else None,
+                              texts=[self.prompts[int(i)] for i in which] if self.clip is not None else None,
+                              clip=self.clip, batch_size=self.cfg.eval.batch_size, seed=self.cfg.eval.seed)
+        res.setdefault("alignment", float("nan"))
+        res.setdefault("alignment_metric", "none")
+        res["fid_floor"] = res.pop("floor_fid", self.floor_fid)
         return res
 
 

@@ -159,7 +159,8 @@ def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, train, held, progress: 
     ref = compute_reference(extractor, torch.from_numpy(np.asarray(held.images)).float(), prep.data_dir,
                             key_parts={"data": _section(cfg, "data")}, batch_size=cfg.eval.batch_size,
                             floor_images=torch.from_numpy(floor_imgs).float(), floor_n=min(n, len(train)))
-    save_json(prep.reference_path(), {"stats": str(ref.path), "name": ref.name, "num_images": ref.num_images,
+    save_json(prep.reference_path(), {"stats": str(prep.data_dir / ref.key), "name": ref.name,
+                                       "num_images": ref.num_images,
                                        "floor_fid": ref.floor_fid, "floor_n": min(n, len(train))})
 
 
