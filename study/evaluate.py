@@ -28,9 +28,9 @@ class Evaluator:
         meta = prep.meta
         self.latent_shape = tuple(meta["latent_shape"])
         self.table = torch.from_numpy(np.asarray(prep.array("eval_table"), dtype=np.float32))
-        self.index = torch.from_numpy(np.asarray(prep.array("eval_index")))
+        self.index = torch.from_numpy(np.array(prep.array("eval_index")))
         self.uncond = torch.from_numpy(np.asarray(prep.array("uncond"), dtype=np.float32))
-        self.labels = (torch.from_numpy(np.asarray(prep.array("eval_labels"))) if meta["has_labels"] else None)
+        self.labels = (torch.from_numpy(np.array(prep.array("eval_labels"))) if meta["has_labels"] else None)
         self.prompts = json.loads((prep.dir / "eval_prompts.json").read_text())
         self.space = load_latent_space(cfg.autoencoder, prep.autoencoder_dir).to(self.device)
         ref_meta = json.loads(prep.reference_path().read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def default_storage(run_dir: str | Path) -> str:
 
 def _sampler(kind: str, seed: int):
     if kind == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=2, deterministic_objective=True)
+        # Each evaluation is deterministic (fixed noise and prompts per cell): tell the GP so.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=2, deterministic_objective=True)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=2)
 
 

@@ -62,7 +62,10 @@ def upsert_results(run_dir: str | Path, rows: list[dict]) -> pd.DataFrame:
     missing = [c for c in COLUMNS if c != "best" and c not in new.columns] if len(new) else []
     if missing:
         raise ValueError(f"result rows lack columns {missing}")
-    df = new if old.empty else pd.concat([old, new], ignore_index=True) if len(new) else old
+    if new.empty:
+        df = old
+    else:
+        df = new if old.empty else pd.concat([old, new], ignore_index=True)
     df = df.drop_duplicates(subset=KEY, keep="last")
     df = mark_best(df).sort_values(CELL + ["guidance"], kind="stable").reset_index(drop=True)
     df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
