@@ -22,3 +22,16 @@ REPO = Path(__file__).resolve().parent.parent
 def shared_cache(tmp_path_factory) -> Path:
     """One cache folder for the session, so prepared artefacts are built once across tests."""
     return tmp_path_factory.mktemp("cache")
+
+# The smoke study's settings, shrunk further for unit tests that need real prepared data.
+SMOKE_TEST_OVERRIDES = ["autoencoder.train_steps=30", "eval.num_samples=32", "eval.batch_size=32"]
+
+
+@pytest.fixture(scope="session")
+def smoke_prepared(shared_cache):
+    """The smoke config's prepared data (latent path: the small VAE), built once per session."""
+    from study.config import load_config
+    from study.prepare import prepare
+
+    cfg = load_config("smoke", [f"cache_dir={shared_cache}", *SMOKE_TEST_OVERRIDES])
+    return cfg, prepare(cfg, progress=False)

@@ -1,0 +1,59 @@
+"""`study prepare`: the cached artefacts every run reads, and their reuse."""
+
+import json
+
+import numpy as np
+
+from study.ladder import geometry
+
+
+def test_prepare_builds_the_contract(smoke_prepared):
+    cfg, prep = smoke_prepared
+    meta = prep.meta
+    geom = geometry(cfg)
+    lat = prep.array("latents")
+    assert lat.shape == (meta["n_train"], geom.in_channels, geom.sample_size, geom.sample_size)
+    assert lat.dtype == np.float16
+    # Latents are scaled to unit variance by the factor measured on the data (SD's 0.18215 convention).
+    assert 0.8 < float(np.asarray(lat, dtype=np.float32).std()) < 1.2
+    table, index = prep.array("caption_table"), prep.array("caption_index")
+    assert table.shape[1:] == (cfg.text_encoder.max_length, 384) and index.max() < len(table)
+    assert prep.array("uncond").shape == (1, cfg.text_encoder.max_length, 384)
+    assert (prep.autoencoder_dir / "config.json").exists()
+    ref = json.loads(prep.reference_path().read_text())
+    assert ref["floor_fid"] > 0 and ref["num_images"] == meta["n_held_out"]
+    assert len(json.loads((prep.dir / "eval_prompts.json").read_text())) == len(prep.array("eval_index"))
+
+
+def test_prepare_is_cached_and_keyed(smoke_prepared, monkeypatch):
+    from study.config import load_config
+    from study.prepare import prepare, prepared_paths
+
+    cfg, prep = smoke_prepared
+    import study.autoencoder as ae
+
+    monkeypatch.setattr(ae, "train_small_vae", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    assert prepare(cfg, progress=False).dir == prep.dir  # reused, nothing recomputed
+    other = load_config("smoke", [f"cache_dir={cfg.cache_dir}", "text_encoder.max_length=12"])
+    assert prepared_paths(other).dir != prep.dir  # a different encoder setting is a different cache
+
+
+def test_evaluator_scores_real_images_near_the_floor(smoke_prepared):
+    import torch
+
+    from study.data import load_splits
+    from study.evaluate import Evaluator
+    from study.metrics import evaluate_images
+
+    cfg, prep = smoke_prepared
+    ev = Evaluator(cfg, prep)
+    train, _ = load_splits(cfg.data)
+    real = torch.from_numpy(np.asarray(train.images[: cfg.eval.num_samples])).float()
+    noise = torch.rand_like(real) * 255
+    fid_real = evaluate_images(ev.extractor, real, ev.reference, bootstrap=0)["fid"]
+    fid_noise = evaluate_images(ev.extractor, noise, ev.reference, bootstrap=0)["fid"]
+    assert fid_real < 0.5 * fid_noise
+    # Round trip through the latent space keeps images recognisable for the classifier.
+    lat = ev.space.encode(real.to(torch.uint8))
+    acc = (ev.classifier(ev.space.decode(lat)).argmax(1).numpy() == train.labels[: len(real)]).mean()
+    assert acc > 0.5
