@@ -16,7 +16,11 @@ def ensure_ray(cfg) -> dict:
             # it is never written into a config or a log by us.
             ray.init(address=address)
         else:
-            # Local workers inherit this process's environment (WANDB_MODE, LDM_* paths).
+            # Local workers inherit this process's environment (WANDB_MODE, LDM_* paths). Their logs stay
+            # in Ray's session folder (/tmp/ray/session_latest/logs) so the console shows the study's own
+            # progress; errors still surface through the trials and tasks that raise them.
+            os.environ.setdefault("WANDB_SILENT", "true")
             ray.init(num_cpus=cfg.resources.num_cpus or os.cpu_count(), num_gpus=cfg.resources.num_gpus,
-                     include_dashboard=False, logging_level="WARNING")
+                     include_dashboard=False, logging_level="WARNING",
+                     log_to_driver=bool(os.environ.get("LDM_SCALING_DEBUG")))
     return ray.cluster_resources()

@@ -1,0 +1,99 @@
+"""How many FID evaluations the guidance search needs to come within the FID noise of the best value
+that the paper's full grid (1.5, 2, 3, ..., 8, clipped to the config's range) finds.
+
+Run after a study has trained its sizes (e.g. `study run` on the embedded default):
+
+    python benchmarks/guidance_search.py runs/tiny [--cells 12] [--budget 8]
+
+For each sampled cell (final checkpoint; every size, sampler and step count unless --cells caps it)
+it evaluates every grid point, then replays the Optuna search (same sampler and seeding as the
+study: the paper's default, then the neighbouring step count's optimum) in memory, and reports the
+first evaluation whose FID is within one bootstrap std (the evaluation noise) of the grid's best.
+Evaluations are deterministic per guidance (fixed noise and prompts), so the grid's values are
+cached and reused by the search where the search asks for the same point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("--cells", type=int, default=0, help="at most this many cells (0: all)")
+    ap.add_argument("--budget", type=int, default=8, help="search evaluations per cell (the grid has 8)")
+    args = ap.parse_args(argv)
+
+    import optuna
+    import torch
+
+    from study.config import from_dict
+    from study.evaluate import load_evaluator
+    from study.prepare import prepared_paths
+    from sweeps.eval_grid import plan_chains
+    from sweeps.guidance import search_cell
+    from sweeps.study import trained_sizes
+    from trainers import load_unet
+
+    cfg = from_dict(json.loads((args.run_dir / "config.json").read_text()))
+    torch.set_num_threads(1)
+    sizes = trained_sizes(cfg, args.run_dir)
+    if not sizes:
+        print(f"{args.run_dir}: no trained sizes; run `study run` (or `study sweep`) first", file=sys.stderr)
+        return 2
+    finals = {k: [v[-1]] for k, v in sizes.items()}
+    chains = plan_chains(cfg, finals)
+    evaluator = load_evaluator(cfg, prepared_paths(cfg).dir)
+    lo, hi = cfg.eval.guidance_min, cfg.eval.guidance_max
+    grid = sorted({min(max(g, lo), hi) for g in (1.5, 2, 3, 4, 5, 6, 7, 8)})
+    search_cfg = cfg.eval
+    search_cfg.search, search_cfg.n_trials = "optuna", args.budget
+    rows, done = [], 0
+    for chain in chains:
+        unet = load_unet(chain.checkpoint, weights=cfg.eval.checkpoint)
+        prev = None
+        for cell in chain.cells():
+            if args.cells and done >= args.cells:
+                break
+            cache: dict[float, dict] = {}
+
+            def evaluate(g, steps=cell.steps):
+                key = round(g, 6)
+                if key not in cache:
+                    cache[key] = evaluator.evaluate(unet, chain.sampler, steps, g)
+                return dict(cache[key])
+
+            grid_res = {g: evaluate(g) for g in grid}
+            g_best = min(grid_res, key=lambda g: grid_res[g]["fid"])
+            best, noise = grid_res[g_best]["fid"], grid_res[g_best]["fid_std"] or 0.0
+            order = []
+            seeds = [min(max(cfg.eval.default_guidance, lo), hi)] + ([prev] if prev is not None else [])
+            search_cell(cell, evaluate, optuna.storages.InMemoryStorage(), search_cfg, seeds,
+                        on_trial=lambda n, g, res: order.append((res["fid"], g)))
+            hit = next((i + 1 for i, (f, _) in enumerate(order) if f <= best + noise), None)
+            prev = min(order)[1]  # the next step count is seeded with this cell's optimum, as in the study
+            order = [f for f, _ in order]
+            rows.append({"width": chain.width, "sampler": chain.sampler, "steps": cell.steps, "grid_best_g": g_best,
+                         "grid_best_fid": best, "noise": noise, "search_best_fid": min(order),
+                         "evals_to_within_noise": hit})
+            done += 1
+            print(f"w{chain.width:<3} {chain.sampler:<12} steps {cell.steps:<3} grid best {best:7.3f} @ g={g_best:<4} "
+                  f"(noise {noise:.3f}); search best {min(order):7.3f}; within noise after "
+                  f"{hit if hit else f'>{args.budget}'} evaluations", flush=True)
+    hits = [r["evals_to_within_noise"] for r in rows]
+    reached = [h for h in hits if h is not None]
+    print(f"\n{len(rows)} cells, grid: {len(grid)} evaluations per cell")
+    print(f"search within the FID noise of the grid's best in {len(reached)}/{len(rows)} cells; "
+          f"evaluations needed: median {np.median(reached) if reached else float('nan'):.1f}, "
+          f"mean {np.mean(reached) if reached else float('nan'):.2f}, max {max(reached) if reached else 'n/a'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
