@@ -1,0 +1,144 @@
+"""The Ray Train worker loop: one ladder width on the prepared latents, DeepSpeed data-parallel."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from trainers import checkpoint as ckpt
+from trainers.budget import plan, warmup_lr
+from trainers.data import PreparedData
+from trainers.diffusion import diffusion_loss, step_generator
+from trainers.engine import initialize, micro_batch, module_dtype, set_lr
+from trainers.rundir import add_milestone, mark_nonfinite
+from trainers.tracking import Tracker
+
+
+def _mean_over_ranks(x: torch.Tensor, world_size: int) -> float:
+    if world_size > 1:  # every rank must agree on "finite", or they would stop at different steps
+        torch.distributed.all_reduce(x)
+    return x.item() / world_size
+
+
+def _test_hooks(hooks: dict, rank: int, images: int) -> None:
+    # Test-only (set by tests through LDM_SCALING_TEST_HOOKS): rank 0 kills itself once, recorded by a marker.
+    at, marker = hooks.get("kill_after_images"), hooks.get("kill_marker")
+    if at is not None and rank == 0 and images >= at and not os.path.exists(marker):
+        Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def train_loop(config: dict) -> None:
+    """Train (or resume) one run to its final milestone; the driver (trainers.run) reads what it wrote."""
+    import ray.train
+    import ray.train.torch
+    from diffusers.training_utils import EMAModel
+    from ray.train.v2._internal.execution import context as ray_context
+
+    # Ray Train logs every report in full at INFO; metrics.jsonl and the progress bar already show them.
+    ray_context.logger.setLevel(logging.WARNING)
+
+    from study.config import from_dict
+    from study.ladder import LADDERS, build_unet
+    from study.schedulers import training_scheduler
+
+    cfg, width, seed = from_dict(config["cfg"]), config["width"], config["seed"]
+    tc, hooks, precision = cfg.train, config["test_hooks"], config["precision"]
+    size_dir = Path(config["size_dir"])
+    root = size_dir / "checkpoints"
+    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
+    torch.set_num_threads(config["threads"])
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+
+    data = PreparedData(config["prepared_dir"], seed)
+    budget = plan(tc, config["fwd_flops"])
+    B, mb, dtype = budget.global_batch, micro_batch(tc, world), module_dtype(precision)
+    torch.manual_seed(seed)  # the same initial weights on every rank and every rerun
+    engine = initialize(build_unet(LADDERS[cfg.model.ladder], width, data.geometry), tc, world, precision)
+    params = list(engine.module.parameters())
+    # The EMA lives on rank 0 only (it writes checkpoints), in fp32 whatever the training precision.
+    ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True) if rank == 0 else None
+    state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0) or {}
+    step = state.get("train_steps", 0)
+    tracker = None
+    if rank == 0:
+        tracker = Tracker(size_dir, cfg, config["cfg"], width, seed, budget.total_images, step * B,
+                          config["progress"])
+    scheduler, uncond = training_scheduler(cfg.model.prediction_type), data.uncond_embedding(device)
+    log_steps = max(1, round((tc.log_every_images or budget.total_images / 50) / B))
+    ckpt_steps = math.ceil(tc.checkpoint_every_images / B) if tc.checkpoint_every_images > 0 else 0
+    t0, elapsed0 = time.perf_counter(), state.get("elapsed_s", 0.0)
+    last_log, loss_sum, n_loss = (step * B, t0), 0.0, 0
+    saved_images = step * B  # the budget of the newest checkpoint on disk
+
+    while step < budget.total_steps:
+        start = step * B
+        lr = warmup_lr(tc.lr, tc.warmup_images, start + B)
+        set_lr(engine, lr)
+        step_loss = torch.zeros((), device=device)
+        for m in range(tc.grad_accum):
+            # This rank's micro-batch m: a fixed slice of the global batch, so the order is a function of position.
+            latents, context = data.batch(start + (m * world + rank) * mb, mb, device)
+            gen = step_generator(device, seed, step, rank, m)
+            loss = diffusion_loss(engine, scheduler, latents, context, uncond, tc.cond_drop_prob, gen, dtype)
+            if hooks.get("nan_at_images") is not None and start >= hooks["nan_at_images"]:
+                loss = loss * float("nan")  # test-only: poison the loss
+            engine.backward(loss)
+            engine.step()  # DeepSpeed applies the update (with clipping) after the last micro-batch
+            step_loss += loss.detach().float()
+        loss_value = _mean_over_ranks(step_loss / tc.grad_accum, world)
+        if not math.isfinite(loss_value):
+            point = budget.point(start)
+            message = (f"loss became {loss_value} at optimizer step {step + 1} of w{width}-s{seed}, after "
+                       f"{start} images ({point['train_flops']:.3g} training FLOPs); the checkpoints up to "
+                       f"{saved_images} images are kept in {root}: lower train.lr or check the prepared data, "
+                       f"then rerun with --fresh")
+            if rank == 0:
+                mark_nonfinite(size_dir, {**point, "step": step + 1, "loss": str(loss_value), "message": message})
+                tracker.close()
+            return  # a normal return: Ray must not retry a NaN (the driver raises NonFiniteLossError)
+        step += 1
+        images = step * B
+        if ema is not None:
+            ema.step(params)
+        loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
+
+        if step % log_steps == 0 or step == budget.total_steps:
+            now = time.perf_counter()
+            row = {**budget.point(images), "loss": loss_sum / n_loss, "lr": lr,
+                   "images_per_s": (images - last_log[0]) / (now - last_log[1]), "elapsed_s": elapsed0 + now - t0}
+            if tracker is not None:
+                tracker.log(row)
+            last_log, loss_sum, n_loss = (images, now), 0.0, 0
+
+        is_milestone = step in budget.milestone_steps
+        if is_milestone or (ckpt_steps and step % ckpt_steps == 0):
+            state = {**budget.point(images), "ema_step": ema.optimization_step if ema else 0,
+                     "elapsed_s": elapsed0 + time.perf_counter() - t0, "world_size": world,
+                     "zero_stage": tc.zero_stage, "precision": precision, "width": width, "seed": seed}
+            if is_milestone:
+                folder = root / ckpt.milestone_name(images)
+                if not (folder / ckpt.STATE).exists():  # never rewrite a milestone
+                    ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0)
+                ckpt.write_latest_from(root, folder, rank, world)
+                if rank == 0:
+                    add_milestone(size_dir, {**budget.point(images), "path": f"checkpoints/{folder.name}",
+                                             "width": width, "seed": seed, **config["rung"]})
+                # To Ray (and Tune, through TuneReportCallback) at milestones only: report is a barrier that
+                # waits for the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default).
+                ray.train.report({**budget.point(images), "loss": loss_value, "milestone": folder.name})
+            else:
+                ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0)
+            saved_images = images
+        _test_hooks(hooks, rank, images)
+
+    if tracker is not None:
+        tracker.close()

@@ -1,0 +1,120 @@
+"""The driver of one training run: checks the run folder, launches the Ray Train job, returns its summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from study.config import ConfigError, to_dict
+from trainers.budget import plan
+from trainers.data import PreparedData
+from trainers.engine import resolve_precision
+from trainers.checkpoint import LATEST, STATE
+from trainers.rundir import (NonFiniteLossError, check_config, done_summary, load_milestones, mark_done,
+                             nonfinite_message, run_dir_for, write_config)
+
+TEST_HOOKS_ENV = "LDM_SCALING_TEST_HOOKS"  # JSON; tests only (kill a worker, poison the loss)
+
+
+def _ensure_ray(cfg) -> bool:
+    """Join or start Ray unless it is already up; True when this call started a local instance."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    ray.init(num_cpus=cfg.resources.num_cpus, num_gpus=cfg.resources.num_gpus, include_dashboard=False)
+    return True
+
+
+def _use_gpu(setting: str) -> bool:
+    import ray
+
+    setting = str(setting).lower()
+    if setting == "auto":  # what the cluster offers, not what the driver's machine has
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return setting == "true"
+
+
+def _check_fits(cfg, use_gpu: bool) -> None:
+    """On a local Ray a run that asks for more than the machine has would wait forever: fail instead."""
+    import ray
+
+    have = ray.cluster_resources()
+    t = cfg.train
+    for kind, need in (("CPU", t.num_workers * t.cpus_per_worker), ("GPU", t.num_workers if use_gpu else 0)):
+        if need > have.get(kind, 0):
+            raise ConfigError(f"train.num_workers={t.num_workers} needs {need:g} {kind}s, the local Ray has "
+                              f"{have.get(kind, 0):g}: lower train.num_workers or train.cpus_per_worker")
+
+
+def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool = True, callbacks=None) -> dict:
+    """Train one ladder width to its final milestone (resuming what a previous call left); return the summary."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from study.ladder import ladder
+    from trainers.loop import train_loop
+
+    t0 = time.time()
+    size_dir = run_dir_for(Path(run_dir).resolve(), width, seed)
+    prepared = Path(prepared_dir).resolve()
+    cfg_dict = to_dict(cfg)
+    check_config(size_dir, cfg_dict)
+    done = done_summary(size_dir, cfg_dict)
+    if done is not None:
+        return {**done, "skipped": True}
+    if nonfinite_message(size_dir):  # rerunning would replay the same steps into the same NaN
+        raise NonFiniteLossError(nonfinite_message(size_dir))
+    geometry = PreparedData(prepared, seed).geometry  # fail here, not in a worker, if the data is missing
+    rung = ladder(cfg.model.ladder, [width], geometry, cfg.model.reference_width)[0]
+    budget = plan(cfg.train, rung.flops)
+    write_config(size_dir, cfg_dict)  # only once the config is known to be trainable
+
+    started = _ensure_ray(cfg)
+    use_gpu = _use_gpu(cfg.train.use_gpu)
+    if started:
+        _check_fits(cfg, use_gpu)
+    precision = resolve_precision(cfg.train.precision, use_gpu)
+    loop_config = {
+        "cfg": cfg_dict, "width": width, "seed": seed, "size_dir": str(size_dir), "prepared_dir": str(prepared),
+        "precision": precision, "progress": progress, "fwd_flops": rung.flops,
+        "rung": {"params": rung.params, "gflops": rung.gflops, "normalized_cost": rung.normalized_cost},
+        "threads": cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)),
+        "test_hooks": json.loads(os.environ.get(TEST_HOOKS_ENV) or "{}"),
+    }
+    storage = cfg.sweep.storage_path or str(Path(run_dir).resolve() / "ray")
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"{cfg.name}-train-w{width}-s{seed}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.sweep.max_failures),
+                             callbacks=list(callbacks or [])),
+    )
+    trainer.fit()
+
+    message = nonfinite_message(size_dir)
+    if message:
+        raise NonFiniteLossError(message)
+    rows = load_milestones(size_dir)
+    if not rows or rows[-1]["train_images"] != budget.total_images:
+        raise RuntimeError(f"{size_dir}: training returned without its final milestone "
+                           f"({budget.total_images} images): rerun the same command to resume")
+    final = rows[-1]
+    train_s = json.loads((size_dir / "checkpoints" / LATEST / STATE).read_text())["elapsed_s"]
+    summary = {"width": width, "seed": seed, "params": rung.params, "gflops": rung.gflops,
+               "train_images": final["train_images"], "train_steps": final["train_steps"],
+               "train_flops": final["train_flops"], "train_flops_paper": final["train_flops_paper"],
+               "milestones": rows, "precision": precision, "num_workers": cfg.train.num_workers,
+               "train_s": train_s,  # training-loop time summed over every resume
+               "wall_s": time.time() - t0,  # this call, Ray and worker start-up included
+               "run_dir": str(size_dir)}
+    mark_done(size_dir, cfg_dict, summary)
+    return summary

@@ -1,0 +1,124 @@
+"""What a training run folder holds: config, metrics, milestone index, DONE and non-finite markers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from study.config import ConfigError
+
+# Settings that change how a run executes but not what it computes: a rerun may change them freely.
+OPERATIONAL = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images", "checkpoint_every_images")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite: a property of the run, not a transient failure, so never retried."""
+
+
+def run_dir_for(run_dir, width: int, seed: int) -> Path:
+    """The folder of one (width, seed) training run."""
+    return Path(run_dir) / "train" / f"w{width}-s{seed}"
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temp file, fsync, rename): a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def identity(cfg_dict: dict) -> dict:
+    """The part of a resolved config that decides what a training run computes."""
+    model = {k: v for k, v in cfg_dict["model"].items() if k in ("ladder", "prediction_type")}
+    train = {k: v for k, v in cfg_dict["train"].items() if k not in OPERATIONAL}
+    return {"data": cfg_dict["data"], "text_encoder": cfg_dict["text_encoder"],
+            "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
+
+
+def identity_hash(cfg_dict: dict) -> str:
+    return hashlib.sha256(json.dumps(identity(cfg_dict), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _first_difference(old, new, prefix: str = "") -> tuple[str, object, object] | None:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            diff = _first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
+            if diff:
+                return diff
+        return None
+    return None if old == new else (prefix.rstrip("."), old, new)
+
+
+def check_config(size_dir: Path, cfg_dict: dict) -> None:
+    """Fail, naming the first differing key, if the run folder was trained with another config."""
+    path = size_dir / "config.json"
+    if not path.exists():
+        return
+    diff = _first_difference(identity(json.loads(path.read_text())), identity(cfg_dict))
+    if diff:
+        key, old, new = diff
+        raise ConfigError(f"{size_dir} holds a run trained with {key}={old!r}, this config has {key}={new!r}: "
+                          f"use a new run name (name=...) or --fresh to start this run over")
+
+
+def write_config(size_dir: Path, cfg_dict: dict) -> None:
+    """The resolved config of a new run (kept as first written: a resume may change operational keys)."""
+    if not (size_dir / "config.json").exists():
+        size_dir.mkdir(parents=True, exist_ok=True)
+        write_json(size_dir / "config.json", cfg_dict)
+
+
+def done_summary(size_dir: Path, cfg_dict: dict) -> dict | None:
+    """The final summary if this run already finished with this config, else None."""
+    path = size_dir / "DONE"
+    if path.exists():
+        done = json.loads(path.read_text())
+        if done.get("config_hash") == identity_hash(cfg_dict):
+            return done["summary"]
+    return None
+
+
+def mark_done(size_dir: Path, cfg_dict: dict, summary: dict) -> None:
+    write_json(size_dir / "DONE", {"config_hash": identity_hash(cfg_dict), "summary": summary})
+
+
+def load_milestones(size_dir) -> list[dict]:
+    """The milestone index of a run: one row per milestone checkpoint, paths relative to the run folder."""
+    path = Path(size_dir) / "milestones.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def add_milestone(size_dir: Path, row: dict) -> None:
+    """Append a milestone row (idempotent: a milestone already indexed is not added twice)."""
+    rows = [r for r in load_milestones(size_dir) if r["train_images"] != row["train_images"]]
+    write_json(size_dir / "milestones.json", sorted(rows + [row], key=lambda r: r["train_images"]))
+
+
+def nonfinite_message(size_dir: Path) -> str | None:
+    path = size_dir / "nonfinite.json"
+    return json.loads(path.read_text())["message"] if path.exists() else None
+
+
+def mark_nonfinite(size_dir: Path, record: dict) -> None:
+    write_json(size_dir / "nonfinite.json", record)
+
+
+def truncate_metrics(path: Path, max_images: int) -> None:
+    """Drop metric rows logged after the checkpoint a run resumes from: they are about to be redone."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["train_images"] <= max_images:
+                keep.append(line)
+        except (ValueError, KeyError):  # a line cut short by a kill
+            pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)

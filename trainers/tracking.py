@@ -1,0 +1,59 @@
+"""Rank 0's record of a run: metrics.jsonl, Weights & Biases (imported only when used), a progress bar."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from trainers.rundir import identity_hash, truncate_metrics
+
+
+def wandb_mode(mode: str) -> str:
+    """`online` only with an API key in the environment; otherwise runs are kept offline for `wandb sync`."""
+    return "offline" if mode == "online" and not os.environ.get("WANDB_API_KEY") else mode
+
+
+class Tracker:
+    """Writes one JSON line per log point, mirrors it to W&B and a progress bar; rank 0 only."""
+
+    def __init__(self, size_dir: Path, cfg, cfg_dict: dict, width: int, seed: int, total_images: int,
+                 resumed_images: int, progress: bool):
+        self.path = size_dir / "metrics.jsonl"
+        truncate_metrics(self.path, resumed_images)
+        self.file = open(self.path, "a")
+        self.run = None
+        if cfg.tracking.wandb_mode != "disabled":
+            import wandb
+
+            self.run = wandb.init(
+                project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.name, job_type="train",
+                name=f"{cfg.name}-w{width}-s{seed}",
+                # The same id on every rerun, so a resumed run continues one W&B run.
+                id=f"{cfg.name}-w{width}-s{seed}-{identity_hash(cfg_dict)}", resume="allow",
+                dir=str(size_dir), mode=wandb_mode(cfg.tracking.wandb_mode),
+                config={**cfg_dict, "width": width, "seed": seed}, settings=wandb.Settings(console="off"))
+            self.run.define_metric("train_images")
+            self.run.define_metric("*", step_metric="train_images")
+        self.bar, self.name = None, f"w{width}-s{seed}"
+        if progress:
+            from ray.experimental.tqdm_ray import tqdm
+
+            self.bar = tqdm(desc=self.name, total=total_images, unit="img")
+            self.bar.update(resumed_images)
+
+    def log(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.run is not None:
+            self.run.log(row)
+        if self.bar is not None:
+            self.bar.set_description(f"{self.name} loss {row['loss']:.4f} {row['images_per_s']:.0f} img/s")
+            self.bar.update(row["train_images"] - self.bar.n)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.run is not None:
+            self.run.finish()
+        if self.bar is not None:
+            self.bar.close()
