@@ -77,12 +77,6 @@ def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage) -> list[dict
             for n, g, res in completed_results(cell, storage)]
 
 
-def chain_done(cfg: StudyConfig, chain: Chain, storage) -> bool:
-    """Whether every cell of a chain has its trials."""
-    target = len(cfg.eval.grid) if cfg.eval.search == "grid" else cfg.eval.n_trials
-    return all(len(completed_results(c, storage)) >= target for c in chain.cells())
-
-
 def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, storage_url: str) -> list[dict]:
     """Search every cell of a chain (one process, one loaded model) and return its rows."""
     import torch
@@ -113,20 +107,23 @@ def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, stora
     return chain_rows(cfg, chain, rung, storage)
 
 
+def _trials_target(cfg: StudyConfig) -> int:
+    return len(cfg.eval.grid) if cfg.eval.search == "grid" else cfg.eval.n_trials
+
+
+def chain_done(cfg: StudyConfig, chain: Chain, storage) -> bool:
+    """Whether every cell of a chain has its trials."""
+    return all(len(completed_results(c, storage)) >= _trials_target(cfg) for c in chain.cells())
+
+
 def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: list[Chain],
                   rungs: dict[int, dict], storage_url: str, progress: bool = True) -> dict:
-    """Submit every unfinished chain as a Ray task, collect rows into the results table as they land."""
+    """Submit every unfinished chain as a Ray task; rows reach the results table as trials complete."""
     import ray
     from tqdm.auto import tqdm
 
     storage = open_storage(storage_url)
-    todo, rows = [], []
-    for ch in chains:
-        if chain_done(cfg, ch, storage):
-            rows += chain_rows(cfg, ch, rungs[ch.width], storage)
-        else:
-            todo.append(ch)
-    upsert_results(run_dir, rows)
+    todo = [ch for ch in chains if not chain_done(cfg, ch, storage)]
     remote = ray.remote(run_chain).options(
         num_cpus=cfg.eval.cpus_per_eval, num_gpus=cfg.eval.gpus_per_eval,
         max_retries=cfg.eval.max_retries, retry_exceptions=True)
@@ -135,17 +132,26 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     todo.sort(key=lambda c: (-rungs[c.width]["normalized_cost"] * sum(c.steps), c.sampler))
     pending = {remote.remote(cfg_dict, str(prepared_dir), ch, rungs[ch.width], storage_url): ch for ch in todo}
     failed = []
-    n_cells = sum(len(c.steps) for c in chains)
-    bar = tqdm(total=n_cells, initial=n_cells - sum(len(c.steps) for c in todo), unit="cell",
-               desc="evaluate: guidance search", disable=not progress)
+
+    def sync() -> int:
+        """Rebuild every chain's rows from the Optuna studies (the source of truth) into the table."""
+        rows = [r for ch in chains for r in chain_rows(cfg, ch, rungs[ch.width], storage)]
+        upsert_results(run_dir, rows)
+        return len(rows)
+
+    total = sum(len(c.steps) for c in chains) * _trials_target(cfg)
+    bar = tqdm(total=total, initial=min(total, sync()), unit="eval", desc="evaluate: guidance search",
+               disable=not progress)
     while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        ch = pending.pop(ready[0])
-        try:
-            upsert_results(run_dir, ray.get(ready[0]))
-        except Exception as err:  # a chain that failed after its retries: keep going, report it
-            failed.append(f"{ch.width}/{ch.train_images}/{ch.sampler}: {type(err).__name__}: {err}".splitlines()[0])
-        bar.update(len(ch.steps))
-        bar.set_postfix_str(f"w{ch.width} {ch.sampler}")
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+        for ref in ready:
+            ch = pending.pop(ref)
+            try:
+                ray.get(ref)
+            except Exception as err:  # a chain that failed after its retries: keep going, report it
+                failed.append(f"evaluation of w{ch.width} at {ch.train_images} images, {ch.sampler}: "
+                              f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
+            bar.set_postfix_str(f"w{ch.width} {ch.sampler} done")
+        bar.update(min(total, sync()) - bar.n)
     bar.close()
     return {"chains": len(chains), "evaluated": len(todo), "failed": failed}

@@ -28,6 +28,12 @@ SMOKE_TEST_OVERRIDES = ["autoencoder.train_steps=30", "eval.num_samples=32", "ev
 
 
 @pytest.fixture(scope="session")
+def smoke_overrides(shared_cache) -> list[str]:
+    """Overrides that shrink the smoke config for unit tests, sharing the session's cache."""
+    return [f"cache_dir={shared_cache}", *SMOKE_TEST_OVERRIDES]
+
+
+@pytest.fixture(scope="session")
 def smoke_prepared(shared_cache):
     """The smoke config's prepared data (latent path: the small VAE), built once per session."""
     from study.config import load_config

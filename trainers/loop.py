@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -58,6 +60,10 @@ def train_loop(config: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
+    # Which node and process ran each rank, appended at every (re)start: a cluster run's placement record.
+    with open(size_dir / "nodes.jsonl", "a") as f:
+        f.write(json.dumps({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                            "host": socket.gethostname(), "time": time.time()}) + "\n")
     data = PreparedData(config["prepared_dir"], seed)
     budget = plan(tc, config["fwd_flops"])
     B, mb, dtype = budget.global_batch, micro_batch(tc, world), module_dtype(precision)

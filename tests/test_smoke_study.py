@@ -1,0 +1,124 @@
+"""The real entry point end to end: `study run configs/smoke.yaml`, killed half-way, rerun, checked."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _study(args, **kw):
+    env = {**os.environ, "WANDB_MODE": "offline", "RAY_ADDRESS": ""}
+    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def _milestone_times(run_dir: Path) -> dict:
+    return {str(p.relative_to(run_dir)): p.stat().st_mtime_ns
+            for p in run_dir.glob("train/*/checkpoints/milestone-*/*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """Kill a smoke study once its first size is trained, then rerun the same command to the end."""
+    root = tmp_path_factory.mktemp("smoke")
+    args = ["run", "smoke", f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
+    run_dir = root / "runs" / "smoke"
+    proc = _study(args)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if list(run_dir.glob("train/*/DONE")):
+            break
+        time.sleep(1)
+    assert proc.poll() is None, "the study ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # a crash: no clean-up handler runs
+    proc.wait()
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # the local cluster the killed run started
+    done_before = {p.parent.name for p in run_dir.glob("train/*/DONE")}
+    times_before = _milestone_times(run_dir)
+    proc = _study(args)
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+    return run_dir, out, done_before, times_before
+
+
+def test_results_table(smoke_run):
+    run_dir, *_ = smoke_run
+    from study.config import load_config
+    from sweeps.results import CELL, COLUMNS
+
+    cfg = load_config("smoke")
+    df = pd.read_parquet(run_dir / "results.parquet")
+    assert set(COLUMNS) <= set(df.columns)
+    assert len(pd.read_csv(run_dir / "results.csv")) == len(df)
+    # No duplicate rows after the kill and the rerun: one per (cell, Optuna trial).
+    assert not df.duplicated(["optuna_study", "optuna_trial"]).any()
+    # Every cell has its trials and exactly one best row, the lowest FID.
+    cells = df.groupby(CELL)
+    assert (cells.size() == cfg.eval.n_trials).all()
+    assert (cells["best"].sum() == 1).all()
+    best = df[df["best"]].set_index(CELL)["fid"]
+    assert (best == cells["fid"].min()).all()
+    # The full grid at every budget (smoke's grid_budgets=all): sizes x budgets x samplers x steps.
+    n_cells = len(cfg.model.widths) * len(cfg.train.milestones) * len(cfg.eval.samplers) * len(cfg.eval.steps)
+    assert cells.ngroups == n_cells
+    row = df.iloc[0]
+    assert row["sampling_cost"] == pytest.approx(row["normalized_cost"] * row["steps"])
+    assert row["train_flops"] > row["train_flops_paper"] > 0
+    assert (df["guidance"].between(cfg.eval.guidance_min, cfg.eval.guidance_max)).all()
+    assert df["fid"].gt(0).all() and df["fid_std"].gt(0).all() and df["alignment"].between(0, 1).all()
+    assert df["num_samples"].eq(cfg.eval.num_samples).all()
+
+
+def test_rerun_after_kill_retrains_nothing_finished(smoke_run):
+    run_dir, out, done_before, times_before = smoke_run
+    assert done_before, "the kill came before any size finished"
+    after = _milestone_times(run_dir)
+    for key, t in times_before.items():
+        if key.split("/")[1] in done_before:
+            assert after[key] == t, f"{key} was rewritten by the rerun"
+
+
+def test_analysis_outputs(smoke_run):
+    run_dir, out, *_ = smoke_run
+    a = run_dir / "analysis"
+    assert (a / "report.html").stat().st_size > 10_000
+    assert "data:image/png;base64," in (a / "report.html").read_text()
+    assert list(pd.read_csv(a / "crossovers.csv").columns) == ["sampler", "smaller_width", "larger_width",
+                                                               "crossover_cost", "low", "high"]
+    fits = json.loads((a / "fits.json").read_text())
+    assert fits
+    assert list(a.glob("*.png")) and list(a.glob("*.svg"))
+    assert any(p.stat().st_size > 0 for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert {"train", "evaluate", "analyze", "total"} <= set(stages)
+    assert "report:" in out and "wall time:" in out
+
+
+def test_rerun_of_a_finished_study_is_quick_and_identical(smoke_run, tmp_path):
+    run_dir, *_ = smoke_run
+    before = pd.read_parquet(run_dir / "results.parquet")
+    root = run_dir.parent.parent
+    proc = _study(["run", "smoke", f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"])
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    after = pd.read_parquet(run_dir / "results.parquet")
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_changed_study_definition_is_refused(smoke_run):
+    run_dir, *_ = smoke_run
+    root = run_dir.parent.parent
+    proc = _study(["run", "smoke", f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}", "train.lr=0.01"])
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "different train.lr" in out and "--fresh" in out and "Traceback" not in out
