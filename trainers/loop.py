@@ -18,7 +18,7 @@ from trainers.budget import plan, warmup_lr
 from trainers.data import PreparedData
 from trainers.diffusion import diffusion_loss, step_generator
 from trainers.engine import initialize, micro_batch, module_dtype, set_lr
-from trainers.rundir import add_milestone, mark_nonfinite
+from trainers.rundir import add_milestone, load_milestones, mark_nonfinite
 from trainers.tracking import Tracker
 
 
@@ -26,6 +26,10 @@ def _mean_over_ranks(x: torch.Tensor, world_size: int) -> float:
     if world_size > 1:  # every rank must agree on "finite", or they would stop at different steps
         torch.distributed.all_reduce(x)
     return x.item() / world_size
+
+
+def _milestone_row(budget, images: int, folder: Path, width: int, seed: int, rung: dict) -> dict:
+    return {**budget.point(images), "path": f"checkpoints/{folder.name}", "width": width, "seed": seed, **rung}
 
 
 def _test_hooks(hooks: dict, rank: int, images: int) -> None:
@@ -74,6 +78,11 @@ def train_loop(config: dict) -> None:
     ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True) if rank == 0 else None
     state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0) or {}
     step = state.get("train_steps", 0)
+    if rank == 0:  # a kill between publishing a milestone and indexing it leaves it unindexed
+        indexed = {r["train_images"] for r in load_milestones(size_dir)}
+        for images, folder in ckpt.complete(root):
+            if folder.name.startswith("milestone-") and images not in indexed:
+                add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
     tracker = None
     if rank == 0:
         tracker = Tracker(size_dir, cfg, config["cfg"], width, seed, budget.total_images, step * B,
@@ -136,8 +145,7 @@ def train_loop(config: dict) -> None:
                     ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0)
                 ckpt.write_latest_from(root, folder, rank, world)
                 if rank == 0:
-                    add_milestone(size_dir, {**budget.point(images), "path": f"checkpoints/{folder.name}",
-                                             "width": width, "seed": seed, **config["rung"]})
+                    add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
                 # To Ray (and Tune, through TuneReportCallback) at milestones only: report is a barrier that
                 # waits for the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default).
                 ray.train.report({**budget.point(images), "loss": loss_value, "milestone": folder.name})

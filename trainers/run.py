@@ -55,11 +55,7 @@ def _check_fits(cfg, use_gpu: bool) -> None:
 
 def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool = True, callbacks=None) -> dict:
     """Train one ladder width to its final milestone (resuming what a previous call left); return the summary."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from study.ladder import ladder
-    from trainers.loop import train_loop
 
     t0 = time.time()
     size_dir = run_dir_for(Path(run_dir).resolve(), width, seed)
@@ -88,17 +84,7 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         "threads": cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)),
         "test_hooks": json.loads(os.environ.get(TEST_HOOKS_ENV) or "{}"),
     }
-    storage = cfg.sweep.storage_path or str(Path(run_dir).resolve() / "ray")
-    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    trainer = TorchTrainer(
-        train_loop, train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=f"{cfg.name}-train-w{width}-s{seed}", storage_path=storage,
-                             failure_config=FailureConfig(max_failures=cfg.sweep.max_failures),
-                             callbacks=list(callbacks or [])),
-    )
-    trainer.fit()
+    _trainer(cfg, width, seed, run_dir, loop_config, use_gpu, callbacks).fit()
 
     message = nonfinite_message(size_dir)
     if message:
@@ -107,14 +93,38 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
     if not rows or rows[-1]["train_images"] != budget.total_images:
         raise RuntimeError(f"{size_dir}: training returned without its final milestone "
                            f"({budget.total_images} images): rerun the same command to resume")
-    final = rows[-1]
-    train_s = json.loads((size_dir / "checkpoints" / LATEST / STATE).read_text())["elapsed_s"]
-    summary = {"width": width, "seed": seed, "params": rung.params, "gflops": rung.gflops,
-               "train_images": final["train_images"], "train_steps": final["train_steps"],
-               "train_flops": final["train_flops"], "train_flops_paper": final["train_flops_paper"],
-               "milestones": rows, "precision": precision, "num_workers": cfg.train.num_workers,
-               "train_s": train_s,  # training-loop time summed over every resume
-               "wall_s": time.time() - t0,  # this call, Ray and worker start-up included
-               "run_dir": str(size_dir)}
+    summary = _summary(size_dir, rows, rung, precision, cfg.train.num_workers, time.time() - t0)
     mark_done(size_dir, cfg_dict, summary)
     return summary
+
+
+def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bool, callbacks):
+    """The Ray Train job: one worker per data-parallel rank, restarted from `latest` on failure."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainers.loop import train_loop
+
+    storage = cfg.sweep.storage_path or str(Path(run_dir) / "ray")
+    if "://" not in storage:  # Ray wants an absolute local path (or a URI such as s3://)
+        storage = str(Path(storage).resolve())
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    return TorchTrainer(
+        train_loop, train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"{cfg.name}-train-w{width}-s{seed}", storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.sweep.max_failures),
+                             callbacks=list(callbacks or [])),
+    )
+
+
+def _summary(size_dir: Path, rows: list[dict], rung, precision: str, num_workers: int, wall_s: float) -> dict:
+    final = rows[-1]
+    state = json.loads((size_dir / "checkpoints" / LATEST / STATE).read_text())
+    return {"width": final["width"], "seed": final["seed"], "params": rung.params, "gflops": rung.gflops,
+            **{k: final[k] for k in ("train_images", "train_steps", "train_flops", "train_flops_paper")},
+            "milestones": rows, "precision": precision, "num_workers": num_workers,
+            "train_s": state["elapsed_s"],  # training-loop time summed over every resume
+            "wall_s": wall_s,  # this call, Ray and worker start-up included
+            "run_dir": str(size_dir)}

@@ -1,0 +1,161 @@
+"""Trainer throughput beside a bare PyTorch loop on the same model, batch and data, measured in one run.
+
+    python benchmarks/train_throughput.py            # CPU: tiny-ladder width 16, 4x16x16 latents
+    python benchmarks/train_throughput.py --gpu-only # GPU: also c=320 at 64x64x4 in bf16, with MFU
+
+Steady state only: the first --warmup steps of each loop are left out and the rate is taken at the
+median step time (robust to bursts of other work on a shared machine); the trainer's start-up (Ray,
+worker imports, DeepSpeed init) is printed on its own line. The bare loop does the same work per
+step (the same diffusion loss, AdamW, clipping, EMA) with none of the machinery: no DeepSpeed,
+no Ray, batches gathered from tensors already in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Dense bf16 peak of common accelerators, for MFU (pass --peak-tflops for others).
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0, "L4": 121.0}
+
+
+def fake_data(root: Path, n: int, c: int, h: int, t: int, d: int, seed: int = 0) -> Path:
+    """A prepared-data folder (the `study prepare` contract) filled with random float16 arrays."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "latents.npy", rng.standard_normal((n, c, h, h), dtype=np.float32).astype(np.float16))
+    np.save(root / "caption_table.npy", rng.standard_normal((64, t, d), dtype=np.float32).astype(np.float16))
+    np.save(root / "caption_index.npy", rng.integers(0, 64, n).astype(np.int64))
+    np.save(root / "uncond.npy", rng.standard_normal((1, t, d), dtype=np.float32).astype(np.float16))
+    (root / "meta.json").write_text(json.dumps({"n_train": n, "latent_shape": [c, h, h], "context_shape": [t, d]}))
+    return root
+
+
+def steady_rate(step_times, batch: int) -> float:
+    """Images per second at the median step time: robust to bursts of other work on a shared machine."""
+    return batch / float(np.median(step_times))
+
+
+def run_trainer(cfg, width: int, prep: Path, out: Path, warmup: int) -> tuple[float, float]:
+    """(steady images/s, start-up seconds) of trainers.train_size on this config."""
+    import trainers
+
+    summary = trainers.train_size(cfg, width, 0, out, prep, progress=False)
+    rows = [json.loads(x) for x in (trainers.run_dir_for(out, width, 0) / "metrics.jsonl").read_text().splitlines()]
+    step_times = np.diff([r["elapsed_s"] for r in rows])[warmup:]  # one row per step (log_every_images=batch)
+    return steady_rate(step_times, cfg.train.batch_size), summary["wall_s"] - summary["train_s"]
+
+
+def run_bare(cfg, width: int, prep: Path, steps: int, warmup: int, device: str, bf16: bool) -> float:
+    """Steady images/s of a plain loop: same model, batches, loss, AdamW, clipping and EMA."""
+    from diffusers.training_utils import EMAModel
+
+    from study.ladder import LADDERS, build_unet
+    from study.schedulers import training_scheduler
+    from trainers.data import PreparedData
+    from trainers.diffusion import diffusion_loss, step_generator
+
+    tc, dev = cfg.train, torch.device(device)
+    data = PreparedData(prep, seed=0)
+    latents = torch.from_numpy(np.asarray(data.latents, dtype=np.float32)).to(dev)
+    table = torch.from_numpy(np.asarray(data.table, dtype=np.float32)).to(dev)
+    caption = torch.from_numpy(np.array(data.caption_index)).to(dev)
+    uncond = data.uncond_embedding(dev)
+    torch.manual_seed(0)
+    unet = build_unet(LADDERS[cfg.model.ladder], width, data.geometry).to(dev)
+    params = list(unet.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.adam_beta1, tc.adam_beta2))
+    ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True)
+    scheduler, B = training_scheduler(cfg.model.prediction_type), tc.batch_size
+    times, last = [], time.perf_counter()
+    for step in range(steps):
+        idx = torch.from_numpy(data.indices(step * B, B)).to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = diffusion_loss(unet, scheduler, latents[idx], table[caption[idx]], uncond, tc.cond_drop_prob,
+                                  step_generator(dev, 0, step, 0, 0), torch.float32)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(params)
+        loss.item()  # the trainer reads the loss every step (NaN check), so the bare loop does too
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    return steady_rate(times[warmup:], B)
+
+
+def config(ladder: str, width: int, batch: int, steps: int, threads: int, use_gpu: bool):
+    from study.config import load_config
+
+    return load_config(None, [
+        "name=bench", f"model.ladder={ladder}", f"model.widths=[{width}]", f"train.batch_size={batch}",
+        f"train.total_images={batch * steps}", "train.milestones=[1.0]", f"train.log_every_images={batch}",
+        "train.num_workers=1", f"train.cpus_per_worker={threads}", f"train.torch_threads={threads}",
+        f"train.use_gpu={str(use_gpu).lower()}", "tracking.wandb_mode=disabled", "sweep.max_failures=0"])
+
+
+def compare(name, cfg, width, prep, steps, warmup, device, bf16, tmp: Path, fwd_flops=None, peak=None):
+    # Bare, trainer, bare again: the reference is the mean of the two bare runs, so a machine whose speed
+    # drifts during the run (shared or throttled CPUs) does not bias the ratio.
+    bare1 = run_bare(cfg, width, prep, steps, warmup, device, bf16)
+    trainer, startup = run_trainer(cfg, width, prep, tmp / f"run-{name}", warmup)
+    bare2 = run_bare(cfg, width, prep, steps, warmup, device, bf16)
+    bare = (bare1 + bare2) / 2
+    print(f"[{name}] bare PyTorch loop  {bare:9.1f} images/s (before {bare1:.1f}, after {bare2:.1f})")
+    print(f"[{name}] trainer            {trainer:9.1f} images/s   ratio trainer / bare {trainer / bare:.3f}")
+    print(f"[{name}] trainer start-up   {startup:9.1f} s (Ray, worker imports, DeepSpeed init; not in the rates)")
+    if fwd_flops and peak:  # training FLOPs per image = 3 x forward (forward + backward)
+        for label, rate in (("bare", bare), ("trainer", trainer)):
+            print(f"[{name}] MFU {label:8s} {3 * fwd_flops * rate / (peak * 1e12):.1%} of {peak:g} TFLOP/s bf16")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=120)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gpu-batch", type=int, default=32)
+    ap.add_argument("--gpu-steps", type=int, default=60)
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--gpu-only", action="store_true", help="skip the CPU comparison")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (others' work skews CPU rates)")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if not args.gpu_only:
+            prep = fake_data(tmp / "prep-cpu", 4096, 4, args.size, 16, 384)
+            cfg = config("tiny", args.width, args.batch, args.steps, args.threads, use_gpu=False)
+            print(f"CPU: tiny ladder c={args.width}, 4x{args.size}x{args.size} latents, 16x384 context, "
+                  f"batch {args.batch}, fp32, {args.threads} threads, {args.steps} steps ({args.warmup} warm-up)")
+            compare("cpu", cfg, args.width, prep, args.steps, args.warmup, "cpu", False, tmp)
+        if not torch.cuda.is_available():
+            print("GPU: skipped (no CUDA device): c=320 at 64x64x4 latents in bf16 needs a GPU")
+            return
+        from study.ladder import ladder
+        from trainers.data import PreparedData
+
+        name = torch.cuda.get_device_name()
+        peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+        prep = fake_data(tmp / "prep-gpu", 4096, 4, 64, 77, 768)  # SD1.5: 64x64x4 latents, 77 CLIP tokens
+        rung = ladder("paper", [320], PreparedData(prep, 0).geometry)[0]
+        cfg = config("paper", 320, args.gpu_batch, args.gpu_steps, 8, use_gpu=True)  # precision auto -> bf16
+        print(f"GPU {name}: paper ladder c=320 ({rung.params / 1e6:.0f}M params, {rung.gflops:.0f} GFLOPs/forward), "
+              f"64x64x4 latents, batch {args.gpu_batch}, bf16" + ("" if peak else " (pass --peak-tflops for MFU)"))
+        compare("gpu", cfg, 320, prep, args.gpu_steps, min(args.warmup, args.gpu_steps // 3), "cuda", True, tmp,
+                rung.flops, peak)
+
+
+if __name__ == "__main__":
+    main()
