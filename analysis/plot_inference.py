@@ -12,7 +12,23 @@ from analysis.figures import floor_line, legend_by_size, new_figure, save, size_
 from analysis.inference import FINAL, InferenceResult
 from analysis.table import METRIC_LABEL, size_label
 
-COST_LABEL = "sampling cost (normalized cost x steps; 1 = one step of the 866M model)"
+
+
+def cost_label(curves: pd.DataFrame) -> str:
+    """The sampling-cost axis, naming the reference model whose one step costs 1."""
+    ref = curves.loc[np.isclose(curves["normalized_cost"], 1.0), "params"] if "normalized_cost" in curves else []
+    who = f"the {size_label(float(ref.iloc[0]))} model" if len(ref) else "the reference model"
+    return f"sampling cost (normalized cost x steps; 1 = one step of {who})"
+
+
+def _log_cost_axis(ax) -> None:
+    # Cost spans one or two decades: plain numbers read better than 2x10^-1, and minor labels collide.
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _ylabel(res: InferenceResult) -> str:
@@ -92,8 +108,8 @@ def plot_cost(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
         _crossings(ax, res, sampler, sub)
         if res.metric == "fid":
             floor_line(ax, _floor(sub))
-        ax.set_xscale("log")
-        ax.set_xlabel(COST_LABEL, fontsize=8)
+        _log_cost_axis(ax)
+        ax.set_xlabel(cost_label(cur), fontsize=8)
         ax.set_ylabel(_ylabel(res))
         ax.set_title(f"{sampler}: {METRIC_LABEL[res.metric]} vs sampling cost, final "
                      "checkpoints", fontsize=10)
@@ -115,7 +131,7 @@ def plot_samplers(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
             g = sub[sub["sampler"] == sampler]
             ax.plot(g["sampling_cost"], g["value"], styles[k % len(styles)], markersize=3,
                     label=sampler)
-        ax.set_xscale("log")
+        _log_cost_axis(ax)
         ax.set_xlabel("sampling cost (normalized cost x steps)", fontsize=8)
         ax.set_ylabel(_ylabel(res), fontsize=8)
         ax.set_title(f"{size_label(p)} parameters", fontsize=10)
