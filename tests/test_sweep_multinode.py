@@ -42,7 +42,7 @@ def test_train_and_eval_grid_spread_over_nodes(cluster, smoke_prepared, smoke_ov
     out = run_train_grid(cfg, run_dir, prep.dir, progress=False)
     assert out["errors"] == [] and out["trials"] == 2
 
-    worker_nodes = {n.unique_id for n in nodes}
+    worker_nodes = {n.node_id for n in nodes}
     placed = {}
     for w in cfg.model.widths:
         rows = [json.loads(line) for line in (run_dir_for(run_dir, w, 0) / "nodes.jsonl").read_text().splitlines()]
