@@ -15,8 +15,11 @@ from analysis.frontier import pareto_mask
 from analysis.laws import get_law
 from analysis.table import cells, curves, reference_cell, size_label
 
-MIN_POWER = 3  # points per size for E + A x^-alpha, as many as parameters
-MIN_JOINT = 5  # points for the joint law, with >= 2 sizes and >= 2 budgets
+# More points than parameters: with as many points as parameters the fit is exact, the residuals are
+# zero, and a bootstrap over points returns a zero-width interval that claims a precision it lacks.
+MIN_POWER = 4  # points per size for E + A x^-alpha (3 parameters)
+MIN_OPT = 3  # envelope points for N_opt = k C^a (2 parameters)
+MIN_JOINT = 6  # points for the joint law (5 parameters), with >= 2 sizes and >= 2 budgets
 
 
 def training_points(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -55,7 +58,7 @@ def fit_training(pts: pd.DataFrame, n_boot: int = 200, seed: int = 0,
         if g["train_flops"].nunique() < MIN_POWER:
             fits["per_size"][str(width)] = _skip(
                 f"{label}: {g['train_flops'].nunique()} training budget(s), the power law "
-                f"needs >= {MIN_POWER}")
+                f"needs >= {MIN_POWER} (more than its 3 parameters): add train.milestones")
             continue
         top = float(g["train_flops"].max())
         fits["per_size"][str(width)] = _fit(
@@ -75,9 +78,9 @@ def fit_training(pts: pd.DataFrame, n_boot: int = 200, seed: int = 0,
 
 def _optimal_size(env: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
     # N_opt from the envelope: the size on the frontier at each compute it was evaluated.
-    if len(env) < MIN_POWER or env["params"].nunique() < 2:
+    if len(env) < MIN_OPT or env["params"].nunique() < 2:
         return _skip(f"{len(env)} compute-optimal point(s) over {env['params'].nunique()} "
-                     f"size(s): N_opt = k C^a needs >= {MIN_POWER} points and >= 2 sizes")
+                     f"size(s): N_opt = k C^a needs >= {MIN_OPT} points and >= 2 sizes")
     top = float(env["train_flops"].max())
     return _fit("optimal_size", {"C": env["train_flops"].values}, {"C": "train_flops"},
                 env["params"].values.astype(float), "params", n_boot, seed,

@@ -79,10 +79,11 @@ def test_no_pyplot_figures_left_open(analyzed):
 
 
 def test_csv_fallback_without_wandb_and_skipped_fits(tmp_path):
-    # Two sizes, one sampler, CSV only; the small size has only two checkpoints.
+    # Two sizes, one sampler, CSV only; the small size has only three checkpoints, as many as the
+    # power law's parameters: an exact fit whose bootstrap interval would be a false zero width.
     spec = SyntheticSpec(widths=(64, 128), params=(37.5e6, 142.2e6), gflops=(52.8, 159.5),
                          samplers={"ddim": 1.0}, steps=(4, 10, 25, 50), guidances=(3.0, 6.0),
-                         train_images=(1e6, 4e6, 16e6))
+                         train_images=(1e6, 2e6, 4e6, 16e6))
     df = make_results(spec)
     df = df[(df["width"] == 128) | (df["train_images"] > 1e6)]
     df.to_csv(tmp_path / "results.csv", index=False)
@@ -90,7 +91,7 @@ def test_csv_fallback_without_wandb_and_skipped_fits(tmp_path):
     out = tmp_path / "analysis"
     assert summary["wandb_dir"] is None and not (tmp_path / "wandb").exists()
     fits = json.loads((out / "fits.json").read_text())["fits"]
-    assert fits["per_size"]["64"]["skipped"] and "needs >= 3" in fits["per_size"]["64"]["reason"]
+    assert fits["per_size"]["64"]["skipped"] and "needs >= 4" in fits["per_size"]["64"]["reason"]
     assert fits["per_size"]["128"]["skipped"] is False
     assert list(pd.read_csv(out / "crossovers.csv").columns) == CROSSOVER_COLUMNS
     assert "not fitted" in (out / "report.html").read_text()
