@@ -232,6 +232,17 @@ def config_hash(cfg: StudyConfig, *sections: str) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def first_difference(old, new, prefix: str = "") -> tuple[str, object, object] | None:
+    """The first dotted key (sorted order) where two nested config dicts differ: (key, old, new)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new)):
+            diff = first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
+            if diff:
+                return diff
+        return None
+    return None if old == new else (prefix.rstrip("."), old, new)
+
+
 def _check(cond: bool, key: str, expected: str, value) -> None:
     if not cond:
         raise ConfigError(f"config key {key!r} = {value!r}: expected {expected}")

@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from study.config import ConfigError, StudyConfig, to_dict, to_yaml
+from study.config import ConfigError, StudyConfig, first_difference, to_dict, to_yaml
 from study.paths import run_dir
 
 # Settings that define what a run folder's results mean: a rerun that changes one of them would mix
@@ -25,16 +25,6 @@ def _get(d: dict, dotted: str):
     return d
 
 
-def _first_difference(a, b, prefix: str) -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            diff = _first_difference(a.get(k), b.get(k), f"{prefix}.{k}")
-            if diff:
-                return diff
-        return None
-    return None if a == b else f"{prefix} (was {a!r}, now {b!r})"
-
-
 def check_run_folder(cfg: StudyConfig, out: Path) -> None:
     """Refuse to resume a run folder made with a different study definition; record the config."""
     saved = out / "config.json"
@@ -42,10 +32,12 @@ def check_run_folder(cfg: StudyConfig, out: Path) -> None:
     if saved.exists():
         old = json.loads(saved.read_text())
         for key in IDENTITY:
-            diff = _first_difference(_get(old, key), _get(now, key), key)
+            diff = first_difference(_get(old, key), _get(now, key), f"{key}.")
             if diff:
-                raise ConfigError(f"{out} holds a study with a different {diff}: rerun with --fresh to start "
-                                  f"over (the old folder is archived), or set name=... for a new run")
+                where, was, now_value = diff
+                raise ConfigError(f"{out} holds a study with a different {where} (was {was!r}, now {now_value!r}): "
+                                  f"rerun with --fresh to start over (the old folder is archived), or set name=... "
+                                  f"for a new run")
     out.mkdir(parents=True, exist_ok=True)
     ident = out / "run.json"
     if not ident.exists():  # a fresh folder is a new experiment, even on external Tune storage

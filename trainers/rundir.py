@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from study.config import ConfigError
+from study.config import ConfigError, first_difference
 
 # Settings that change how a run executes but not what it computes: a rerun may change them freely.
 OPERATIONAL = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images", "checkpoint_every_images")
@@ -44,22 +44,12 @@ def identity_hash(cfg_dict: dict) -> str:
     return hashlib.sha256(json.dumps(identity(cfg_dict), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _first_difference(old, new, prefix: str = "") -> tuple[str, object, object] | None:
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
-            diff = _first_difference(old.get(k), new.get(k), f"{prefix}{k}.")
-            if diff:
-                return diff
-        return None
-    return None if old == new else (prefix.rstrip("."), old, new)
-
-
 def check_config(size_dir: Path, cfg_dict: dict) -> None:
     """Fail, naming the first differing key, if the run folder was trained with another config."""
     path = size_dir / "config.json"
     if not path.exists():
         return
-    diff = _first_difference(identity(json.loads(path.read_text())), identity(cfg_dict))
+    diff = first_difference(identity(json.loads(path.read_text())), identity(cfg_dict))
     if diff:
         key, old, new = diff
         raise ConfigError(f"{size_dir} holds a run trained with {key}={old!r}, this config has {key}={new!r}: "
