@@ -1,0 +1,97 @@
+"""The real-data path with small local stand-ins: an image folder with metadata.jsonl, an SD-style
+model folder (CLIP text encoder + tokenizer, VAE), clean-fid's Inception file and COCO prompts."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_metrics_models import _InceptionStandIn
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A tiny SD-style folder: tokenizer/, text_encoder/ (CLIP, hidden 32) and vae/ (AutoencoderKL, /2)."""
+    from diffusers import AutoencoderKL
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for suffix in ("", "</w>"):
+        for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+            vocab[ch + suffix] = len(vocab)
+    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                 num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  norm_num_groups=4, sample_size=16, scaling_factor=0.18215).save_pretrained(root / "vae")
+    return root
+
+
+@pytest.fixture(scope="module")
+def real_cfg(sd_folder, tmp_path_factory):
+    from study.config import load_config
+
+    root = tmp_path_factory.mktemp("real")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(images / f"{i}.png")
+        rows.append({"file_name": f"{i}.png", "text": f"a photo of thing number {i % 5}"})
+    (images / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    coco = root / "captions_val2014.json"
+    coco.write_text(json.dumps({"images": [{"id": k} for k in range(6)],
+                                "annotations": [{"id": k, "image_id": k, "caption": f"a red square {k}"}
+                                                for k in range(6)]}))
+    inception = root / "inception-2015-12-05.pt"
+    torch.manual_seed(0)
+    torch.jit.script(_InceptionStandIn()).save(str(inception))
+    return load_config("paper", [
+        f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}", f"data.root={images}", "data.resolution=16",
+        "data.eval_fraction=0.25", f"data.eval_captions={coco}", f"text_encoder.path={sd_folder}",
+        "text_encoder.max_length=8", f"autoencoder.path={sd_folder}", f"eval.inception_path={inception}",
+        "eval.clip_path=null", "eval.num_samples=6", "eval.batch_size=6", "model.widths=[8]", "model.ladder=tiny",
+        "model.reference_width=8", "eval.gpus_per_eval=0"])
+
+
+def test_geometry_is_read_from_the_local_models(real_cfg):
+    from study.ladder import geometry
+
+    g = geometry(real_cfg)
+    # The VAE halves 16x16 to 8x8 with 4 channels; the context width is the text encoder's hidden size.
+    assert (g.in_channels, g.sample_size, g.context_dim, g.tokens) == (4, 8, 32, 8)
+
+
+def test_clip_text_encoder_from_sd_folder(real_cfg):
+    from study.text import load_text_encoder
+
+    enc = load_text_encoder(real_cfg.text_encoder)
+    out = enc.encode(["a photo", ""])
+    assert out.shape == (2, 8, 32) and not torch.allclose(out[0], out[1])
+
+
+def test_prepare_and_evaluate_on_real_data(real_cfg):
+    from study.evaluate import Evaluator
+    from study.ladder import LADDERS, build_unet, geometry
+    from study.prepare import prepare
+
+    prep = prepare(real_cfg, progress=False)
+    meta = prep.meta
+    assert meta["latent_shape"] == [4, 8, 8] and meta["context_shape"] == [8, 32] and not meta["has_labels"]
+    assert json.loads((prep.dir / "eval_prompts.json").read_text())[0] == "a red square 0"  # COCO prompts
+    ev = Evaluator(real_cfg, prep)
+    assert ev.space.scaling_factor == pytest.approx(0.18215)
+    torch.manual_seed(0)
+    unet = build_unet(LADDERS["tiny"], 8, geometry(real_cfg))
+    res = ev.evaluate(unet, "ddim", 2, 2.0)
+    assert np.isfinite(res["fid"]) and res["num_samples"] == 6 and res["extractor"].startswith("cleanfid-")
+    images, _ = ev.generate(unet, "ddim", 2, 2.0)
+    assert images.shape == (6, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 255
