@@ -122,3 +122,18 @@ def test_changed_study_definition_is_refused(smoke_run):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "different train.lr" in out and "--fresh" in out and "Traceback" not in out
+
+
+def test_sample_writes_an_image_grid(smoke_run, tmp_path):
+    from PIL import Image
+
+    run_dir, *_ = smoke_run
+    milestone = sorted(run_dir.glob("train/w8-s0/checkpoints/milestone-*"))[-1]
+    out = tmp_path / "grid.png"
+    proc = _study(["sample", str(milestone), "--prompt", "a handwritten digit seven", "--prompt", "digit 3",
+                   "--n", "4", "--steps", "4", "--out", str(out)])
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, text[-2000:]
+    with Image.open(out) as im:
+        # Two prompts (rows) of four 16x16 samples, scaled up for reading.
+        assert im.width == 2 * im.height and im.height >= 32
