@@ -27,7 +27,7 @@ def run_sweep(cfg: StudyConfig, progress: bool = True, timings: dict | None = No
     from study.paths import require_paths, run_dir
     from study.pipeline import check_run_folder
     from study.prepare import prepare
-    from sweeps.cluster import ensure_ray
+    from study.raycluster import ensure_ray
     from sweeps.eval_grid import plan_chains, run_eval_grid
     from sweeps.guidance import default_storage
     from sweeps.train_grid import run_train_grid

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from study.config import ConfigError, to_dict
+from study.raycluster import ensure_ray
 from trainers.budget import plan
 from trainers.data import PreparedData
 from trainers.engine import resolve_precision
@@ -16,20 +17,6 @@ from trainers.rundir import (NonFiniteLossError, check_config, done_summary, loa
                              nonfinite_message, run_dir_for, write_config)
 
 TEST_HOOKS_ENV = "LDM_SCALING_TEST_HOOKS"  # JSON; tests only (kill a worker, poison the loss)
-
-
-def _ensure_ray(cfg) -> bool:
-    """Join or start Ray unless it is already up; True when this call started a local instance."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return False
-    ray.init(num_cpus=cfg.resources.num_cpus, num_gpus=cfg.resources.num_gpus, include_dashboard=False)
-    return True
 
 
 def _use_gpu(setting: str) -> bool:
@@ -72,7 +59,7 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
     budget = plan(cfg.train, rung.flops)
     write_config(size_dir, cfg_dict)  # only once the config is known to be trainable
 
-    started = _ensure_ray(cfg)
+    started = ensure_ray(cfg, worker_logs=progress)
     use_gpu = _use_gpu(cfg.train.use_gpu)
     if started:
         _check_fits(cfg, use_gpu)
