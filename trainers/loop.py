@@ -17,7 +17,7 @@ from trainers import checkpoint as ckpt
 from trainers.budget import plan, warmup_lr
 from trainers.data import PreparedData
 from trainers.diffusion import diffusion_loss, step_generator
-from trainers.engine import initialize, micro_batch, module_dtype, set_lr
+from trainers.engine import initialize, micro_batch, module_dtype, optimizer_step, set_lr
 from trainers.rundir import add_milestone, load_milestones, mark_nonfinite
 from trainers.tracking import Tracker
 
@@ -107,7 +107,7 @@ def train_loop(config: dict) -> None:
             if hooks.get("nan_at_images") is not None and start >= hooks["nan_at_images"]:
                 loss = loss * float("nan")  # test-only: poison the loss
             engine.backward(loss)
-            engine.step()  # DeepSpeed applies the update (with clipping) after the last micro-batch
+            optimizer_step(engine, params, tc, precision, boundary=m == tc.grad_accum - 1)
             step_loss += loss.detach().float()
         loss_value = _mean_over_ranks(step_loss / tc.grad_accum, world)
         if not math.isfinite(loss_value):
