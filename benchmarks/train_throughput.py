@@ -1,7 +1,8 @@
 """Trainer throughput beside a bare PyTorch loop on the same model, batch and data, measured in one run.
 
-    python benchmarks/train_throughput.py            # CPU: tiny-ladder width 16, 4x16x16 latents
-    python benchmarks/train_throughput.py --gpu-only # GPU: also c=320 at 64x64x4 in bf16, with MFU
+    python benchmarks/train_throughput.py             # CPU: tiny-ladder c=16, 4x16x16 latents; then the
+                                                      # GPU comparison if there is one
+    python benchmarks/train_throughput.py --gpu-only  # only the GPU: c=320, 64x64x4 latents, bf16, MFU
 
 Steady state only: the first --warmup steps of each loop are left out and the rate is taken at the
 median step time (robust to bursts of other work on a shared machine); the trainer's start-up (Ray,
@@ -89,6 +90,9 @@ def run_bare(cfg, width: int, prep: Path, steps: int, warmup: int, device: str, 
         now = time.perf_counter()
         times.append(now - last)
         last = now
+    del unet, params, opt, ema, latents, table
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()  # hand the memory back: the trainer's worker is another process on this GPU
     return steady_rate(times[warmup:], B)
 
 
@@ -125,7 +129,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--gpu-batch", type=int, default=32)
+    ap.add_argument("--gpu-batch", type=int, default=32)  # lower it if c=320 runs out of memory
     ap.add_argument("--gpu-steps", type=int, default=60)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--gpu-only", action="store_true", help="skip the CPU comparison")
@@ -150,7 +154,8 @@ def main() -> None:
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
         prep = fake_data(tmp / "prep-gpu", 4096, 4, 64, 77, 768)  # SD1.5: 64x64x4 latents, 77 CLIP tokens
         rung = ladder("paper", [320], PreparedData(prep, 0).geometry)[0]
-        cfg = config("paper", 320, args.gpu_batch, args.gpu_steps, 8, use_gpu=True)  # precision auto -> bf16
+        threads = min(8, os.cpu_count() or 1)
+        cfg = config("paper", 320, args.gpu_batch, args.gpu_steps, threads, use_gpu=True)  # precision auto: bf16
         print(f"GPU {name}: paper ladder c=320 ({rung.params / 1e6:.0f}M params, {rung.gflops:.0f} GFLOPs/forward), "
               f"64x64x4 latents, batch {args.gpu_batch}, bf16" + ("" if peak else " (pass --peak-tflops for MFU)"))
         compare("gpu", cfg, 320, prep, args.gpu_steps, min(args.warmup, args.gpu_steps // 3), "cuda", True, tmp,

@@ -255,3 +255,18 @@ def test_two_workers_zero1_worker_killed_and_restarted_by_ray(ray_local, prep, t
     latest = trainers.run_dir_for(tmp_path / "killed_run", 8, 0) / "checkpoints" / "latest"
     assert sorted(p.name for p in latest.glob("optimizer-rank*.pt")) == ["optimizer-rank0.pt", "optimizer-rank1.pt"]
     _assert_same_weights(tmp_path / "clean", tmp_path / "killed_run")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_bf16_worker_killed_and_restarted(ray_local, prep, tmp_path):
+    # precision=auto is bf16 on GPU: raw weights in bf16, fp32 master weights restored from the optimizer
+    # state on restart, the EMA in fp32.
+    hooks = {"kill_after_images": 160, "kill_marker": str(tmp_path / "killed")}
+    summary = _train(tmp_path, prep, "train.use_gpu=true", "train.checkpoint_every_images=32",
+                     "sweep.max_failures=1", hooks=hooks)
+    assert summary["precision"] == "bf16" and [r["train_images"] for r in summary["milestones"]] == MILESTONES
+    assert (tmp_path / "killed").exists()
+    assert {v.dtype for v in _weights(tmp_path, 256, "raw").values()} == {torch.bfloat16}
+    assert {v.dtype for v in _weights(tmp_path, 256, "ema").values()} == {torch.float32}
+    assert torch.isfinite(torch.cat([v.flatten() for v in _weights(tmp_path, 256, "ema").values()])).all()

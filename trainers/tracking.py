@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from trainers.rundir import identity_hash, truncate_metrics
@@ -29,8 +30,9 @@ class Tracker:
             self.run = wandb.init(
                 project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.name, job_type="train",
                 name=f"{cfg.name}-w{width}-s{seed}",
-                # The same id on every rerun, so a resumed run continues one W&B run.
-                id=f"{cfg.name}-w{width}-s{seed}-{identity_hash(cfg_dict)}", resume="allow",
+                # The same id on every rerun, so a resumed run continues one W&B run (ids allow [A-Za-z0-9_-]).
+                id=re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.name}"[:40]) + f"-w{width}-s{seed}-{identity_hash(cfg_dict)}",
+                resume="allow",
                 dir=str(size_dir), mode=wandb_mode(cfg.tracking.wandb_mode),
                 config={**cfg_dict, "width": width, "seed": seed}, settings=wandb.Settings(console="off"))
             self.run.define_metric("train_images")
