@@ -42,7 +42,11 @@ def smoke_run(tmp_path_factory):
     assert proc.poll() is None, "the study ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # a crash: no clean-up handler runs
     proc.wait()
-    subprocess.run(["ray", "stop", "--force"], capture_output=True)  # the local cluster the killed run started
+    # The local cluster the killed run started. `ray` is the venv's console script, which need not be on PATH
+    # (`make test` runs .venv/bin/python without activating the venv).
+    ray_cli = Path(sys.executable).with_name("ray")
+    assert ray_cli.exists(), f"no ray command next to {sys.executable}"
+    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True)
     done_before = {p.parent.name for p in run_dir.glob("train/*/DONE")}
     times_before = _milestone_times(run_dir)
     proc = _study(args)
