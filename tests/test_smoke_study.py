@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,47 @@ def _milestone_times(run_dir: Path) -> dict:
             for p in run_dir.glob("train/*/checkpoints/milestone-*/*") if p.is_file()}
 
 
+def _crash(proc: subprocess.Popen) -> None:
+    """SIGKILL the study and every process of its session (its local Ray cluster too), as a machine crash would.
+
+    No clean-up handler runs. Only this run's processes are touched: `ray stop` would also stop any other
+    Ray on the machine.
+    """
+    import psutil
+
+    def session():
+        procs = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == proc.pid:
+                    procs.append(p)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return procs
+
+    proc.kill()  # the study first, so it starts nothing new
+    proc.wait()
+    deadline = time.time() + 30
+    while (alive := [p for p in session() if _running(p)]) and time.time() < deadline:
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        time.sleep(0.5)
+    assert not alive, f"processes of the killed run still alive: {alive}"
+
+
+def _running(p) -> bool:
+    """Alive and not a zombie (an orphan's exit status waits for whatever reaps it, if anything does)."""
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Kill a smoke study once its first size is trained, then rerun the same command to the end."""
@@ -40,13 +80,7 @@ def smoke_run(tmp_path_factory):
             break
         time.sleep(1)
     assert proc.poll() is None, "the study ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
-    os.killpg(proc.pid, signal.SIGKILL)  # a crash: no clean-up handler runs
-    proc.wait()
-    # The local cluster the killed run started. `ray` is the venv's console script, which need not be on PATH
-    # (`make test` runs .venv/bin/python without activating the venv).
-    ray_cli = Path(sys.executable).with_name("ray")
-    assert ray_cli.exists(), f"no ray command next to {sys.executable}"
-    subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True)
+    _crash(proc)
     done_before = {p.parent.name for p in run_dir.glob("train/*/DONE")}
     times_before = _milestone_times(run_dir)
     proc = _study(args)
