@@ -68,7 +68,7 @@ def bootstrap_fit(law: Law, xs: list[np.ndarray], y: np.ndarray, n_boot: int = 2
     out_derived = {name: _entry(values[name], samples[:, len(law.params) + i], level)
                    for i, name in enumerate(derived)}
     return {"law": law.name, "formula": law.formula, "params": params, "derived": out_derived,
-            "n_points": n, "loss": fit.loss, "converged": fit.converged,
+            "n_points": n, "loss": fit.loss, "converged": fit.converged, "at_bound": fit.at_bound,
             "bootstrap": {"resamples": n_boot, "valid": valid, "level": level, "seed": seed},
             "samples": {name: samples[:, i] for i, name in enumerate(names)}}
 

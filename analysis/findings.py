@@ -77,8 +77,16 @@ def inference_findings(res: InferenceResult) -> dict[str, list[str]]:
     return out
 
 
+def regression_findings(regressions: list[dict]) -> list[str]:
+    """One sentence per size whose FID rose with more training (analysis.training.regressions)."""
+    return [f"{size_label(r['params'])}: FID rose from {num(r['from_fid'])} at {r['from_images']:,} training "
+            f"images to {num(r['to_fid'])} at {r['to_images']:,}, beyond the evaluation noise: the run "
+            f"may have diverged (see the loss in train/w{r['width']}-s*/metrics.jsonl; lower train.lr or "
+            f"train.adam_beta2); its fit and that budget's frontier inherit it" for r in regressions]
+
+
 def training_findings(fits: dict) -> list[str]:
-    """One sentence per training-compute fit, or the reason it was skipped."""
+    """One sentence per training-compute fit, or the reason it was skipped; then any regressions."""
     out = []
     named = [(f"per-size fit, {f.get('label', w)}", f) for w, f in fits["per_size"].items()]
     named += [("compute-optimal envelope", fits["envelope"]),
@@ -92,9 +100,12 @@ def training_findings(fits: dict) -> list[str]:
                        for k, v in fit["params"].items())
         ds = ", ".join(f"{k} = {num(v['value'])} {bracket(v['low'], v['high'])}"
                        for k, v in fit["derived"].items())
+        hits = fit.get("at_bound") or {}
+        warn = (f"; {', '.join(f'{k} at its {side} search bound' for k, side in hits.items())}: "
+                f"not determined by these points" if hits else "")
         out.append(f"{name}: {ps}" + (f"; {ds}" if ds else "")
-                   + f" ({fit['n_points']} points, {fit['bootstrap']['valid']} valid resamples)")
-    return out
+                   + f" ({fit['n_points']} points, {fit['bootstrap']['valid']} valid resamples{warn})")
+    return out + regression_findings(fits.get("regressions", []))
 
 
 def frame_of(findings: dict[str, list[str]]) -> pd.DataFrame:

@@ -48,6 +48,23 @@ class FitResult:
     converged: bool
     # Distinct local optima found from the grid, best first: warm starts for the bootstrap.
     optima: list[np.ndarray] = field(default_factory=list)
+    # Published parameters whose optimum sits on a search bound: "lower" or "upper".
+    at_bound: dict[str, str] = field(default_factory=dict)
+
+
+def bound_hits(law: Law, theta: np.ndarray, tol: float = 1e-6) -> dict[str, str]:
+    """Published parameters whose internal value sits on one of the law's bounds.
+
+    Such a parameter is not determined by the points (an exponent at its upper bound is a drop too
+    steep for the law, a floor at its lower bound is no floor resolved); its interval is the bound's.
+    """
+    hits = {}
+    for name, value, (low, high) in zip(law.params, theta, law.bounds):
+        if low is not None and value <= low + tol:
+            hits[name] = "lower"
+        elif high is not None and value >= high - tol:
+            hits[name] = "upper"
+    return hits
 
 
 def huber_objective(theta: np.ndarray, law: Law, data: FitData, weights: np.ndarray,
@@ -121,5 +138,6 @@ def fit_law(law: Law, xs: list[np.ndarray], y: np.ndarray, delta: float = HUBER_
     theta, loss, ok, optima = optimize(law, data, grid, delta=delta)
     result = FitResult(law=law.name, theta=theta,
                        params=law.to_public(theta, data.shift_x, data.shift_y),
-                       loss=loss, n_points=int(data.v.shape[0]), converged=ok, optima=optima)
+                       loss=loss, n_points=int(data.v.shape[0]), converged=ok, optima=optima,
+                       at_bound=bound_hits(law, theta))
     return result, data

@@ -37,6 +37,33 @@ def training_points(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     return pts, ref
 
 
+def regressions(pts: pd.DataFrame, z: float = 3.0) -> list[dict]:
+    """Sizes whose FID got worse with more training, beyond the evaluation noise.
+
+    More training should not make a model worse; when it does (a loss spike, a diverged run, a bad
+    checkpoint) the per-size fit, the envelope and that budget's frontier inherit the damage. For each
+    size, the largest rise of FID over the best earlier budget, kept when it exceeds z standard errors
+    of the difference (FID std of both points), or 25 % where the table has no std.
+    """
+    out = []
+    for width, g in pts.sort_values("train_flops").groupby("width", sort=False):
+        best, worst = None, None
+        for row in g.itertuples():
+            if best is not None:
+                rise = row.fid - best.fid
+                noise = float(np.hypot(row.std, best.std)) if np.isfinite([row.std, best.std]).all() else np.nan
+                beyond = rise > z * noise if np.isfinite(noise) and noise > 0 else rise > 0.25 * best.fid
+                if beyond and (worst is None or rise > worst["rise"]):
+                    worst = {"width": int(width), "params": int(row.params), "rise": float(rise),
+                             "from_images": int(best.train_images), "from_fid": float(best.fid),
+                             "to_images": int(row.train_images), "to_fid": float(row.fid)}
+            if best is None or row.fid < best.fid:
+                best = row
+        if worst:
+            out.append(worst)
+    return out
+
+
 def _skip(reason: str) -> dict:
     return {"skipped": True, "reason": reason}
 
@@ -73,6 +100,7 @@ def fit_training(pts: pd.DataFrame, n_boot: int = 200, seed: int = 0,
         "fid", n_boot, seed, None, progress))
     fits["optimal_size"] = _optimal_size(env, n_boot, seed, progress)
     fits["chinchilla"] = _joint(pts, n_boot, seed, progress)
+    fits["regressions"] = regressions(pts)
     return fits
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from analysis.findings import inference_findings, training_findings
 from analysis.inference import InferenceResult
+from analysis.training import regressions
 from analysis.wandb_log import resolve_mode
 
 
@@ -48,6 +49,43 @@ def test_skipped_fit_is_reported_with_reason():
     lines = training_findings({"per_size": {"64": skip}, "envelope": skip,
                                "optimal_size": skip, "chinchilla": skip})
     assert lines[0] == "per-size fit, 64: not fitted (2 training budget(s))"
+
+
+def test_fit_on_a_search_bound_is_said():
+    fit = {"params": {"E": {"value": 2.4, "low": 1.3, "high": 8.8}, "alpha": {"value": 5.0, "low": 2.5, "high": 5.0}},
+           "derived": {}, "n_points": 4, "bootstrap": {"valid": 138}, "at_bound": {"alpha": "upper"}}
+    skip = {"skipped": True, "reason": "1 point"}
+    line = training_findings({"per_size": {"32": fit}, "envelope": skip, "optimal_size": skip,
+                              "chinchilla": skip})[0]
+    assert line.endswith("(4 points, 138 valid resamples; alpha at its upper search bound: "
+                         "not determined by these points)")
+
+
+def _points(fids: dict[int, list[float]], std: float) -> pd.DataFrame:
+    images = [4000, 8000, 16000, 32000]
+    return pd.DataFrame([{"width": w, "params": 1000 * w, "train_images": n, "train_flops": 1e9 * w * n,
+                          "fid": f, "std": std} for w, fs in fids.items() for n, f in zip(images, fs)])
+
+
+def test_fid_rising_with_training_beyond_noise_is_found_and_said():
+    # The 6.3M model of a tiny run whose loss spiked near the end: FID 1.57 at 16K, 9.37 at 32K.
+    pts = _points({24: [7.7, 3.0, 1.0, 0.85], 32: [8.77, 2.65, 1.57, 9.37]}, std=0.3)
+    found = regressions(pts)
+    assert [(r["width"], r["from_images"], r["to_images"]) for r in found] == [(32, 16000, 32000)]
+    skip = {"skipped": True, "reason": "-"}
+    line = training_findings({"per_size": {}, "envelope": skip, "optimal_size": skip, "chinchilla": skip,
+                              "regressions": found})[-1]
+    assert ": FID rose from 1.57 at 16,000 training images to 9.37 at 32,000, beyond the evaluation noise" in line
+    assert "train/w32-s*/metrics.jsonl" in line
+
+
+def test_rise_within_noise_is_not_a_regression():
+    # 1.57 -> 1.9 is within 3 standard errors when each FID has std 0.3; with std 0.05 it is not.
+    assert regressions(_points({32: [8.0, 2.6, 1.57, 1.9]}, std=0.3)) == []
+    assert len(regressions(_points({32: [8.0, 2.6, 1.57, 1.9]}, std=0.05))) == 1
+    # Without a std (one seed, no bootstrap), only a rise of more than 25 % counts.
+    assert regressions(_points({32: [8.0, 2.6, 1.57, 1.9]}, std=float("nan"))) == []
+    assert len(regressions(_points({32: [8.0, 2.6, 1.57, 2.1]}, std=float("nan")))) == 1
 
 
 def test_wandb_mode(monkeypatch):

@@ -29,6 +29,17 @@ def test_power_recovers_parameters():
     _check(out, truth, rel=0.25)
     assert out["params"]["alpha"]["value"] == pytest.approx(0.3, abs=0.03)
     assert out["bootstrap"]["valid"] == 100
+    assert out["at_bound"] == {}  # a well-determined fit is not flagged
+
+
+def test_parameter_on_a_search_bound_is_flagged():
+    # A 3x drop in one doubling, then flat: no power law's exponent is steep enough, so alpha runs
+    # to its upper bound and the fit must say so.
+    x = np.array([1e12, 2e12, 4e12, 8e12])
+    y = np.array([9.0, 3.0, 3.0, 3.0])
+    out = bootstrap_fit(get_law("power"), [x], y, n_boot=20, seed=0)
+    assert out["at_bound"].get("alpha") == "upper", out["params"]
+    assert out["params"]["alpha"]["value"] == pytest.approx(LAWS["power"].bounds[2][1])
 
 
 def test_chinchilla_recovers_parameters():
