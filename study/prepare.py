@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from study import __version__
+from study.atomic import write_atomic, write_json
 from study.config import StudyConfig, config_hash
 
 # Bump when the on-disk layout of a prepared folder changes, so old caches are not misread.
@@ -72,20 +73,12 @@ def _hash(obj) -> str:
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
     """Atomic .npy write: a killed write never leaves a file that looks complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.save(f, arr))
 
 
 def save_json(path: Path, obj) -> None:
     """Atomic JSON write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json(path, obj, indent=2)
 
 
 def _say(msg: str, progress: bool) -> None:

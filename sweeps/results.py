@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from study.atomic import write_atomic
 
 # The columns the analysis reads; every row has all of them (extra columns may follow).
 COLUMNS = [
@@ -46,13 +46,6 @@ def mark_best(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def upsert_results(run_dir: str | Path, rows: list[dict]) -> pd.DataFrame:
     """Add rows (replacing any with the same key), re-mark the best rows, write parquet and CSV atomically."""
     run_dir = Path(run_dir)
@@ -69,6 +62,6 @@ def upsert_results(run_dir: str | Path, rows: list[dict]) -> pd.DataFrame:
     df = df.drop_duplicates(subset=KEY, keep="last")
     df = mark_best(df).sort_values(CELL + ["guidance"], kind="stable").reset_index(drop=True)
     df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
-    _atomic_write(results_path(run_dir), lambda p: df.to_parquet(p, index=False))
-    _atomic_write(run_dir / "results.csv", lambda p: df.to_csv(p, index=False))
+    write_atomic(results_path(run_dir), lambda f: df.to_parquet(f, index=False))
+    write_atomic(run_dir / "results.csv", lambda f: df.to_csv(f, index=False), binary=False)
     return df

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
+from study.atomic import write_atomic, write_json
 from study.config import ConfigError, first_difference
 
 # Settings that change how a run executes but not what it computes: a rerun may change them freely.
@@ -20,16 +20,6 @@ class NonFiniteLossError(RuntimeError):
 def run_dir_for(run_dir, width: int, seed: int) -> Path:
     """The folder of one (width, seed) training run."""
     return Path(run_dir) / "train" / f"w{width}-s{seed}"
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON atomically (temp file, fsync, rename): a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def identity(cfg_dict: dict) -> dict:
@@ -109,6 +99,4 @@ def truncate_metrics(path: Path, max_images: int) -> None:
                 keep.append(line)
         except (ValueError, KeyError):  # a line cut short by a kill
             pass
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write("".join(ln + "\n" for ln in keep)), binary=False)

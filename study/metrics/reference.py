@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from study.atomic import write_atomic
 
 from study.metrics.extractors import FeatureExtractor, extract_features
 from study.metrics.fid import feature_stats, noise_floor
@@ -48,27 +48,14 @@ def _paths(stem: Path) -> tuple[Path, Path]:
     return stem.parent / f"{stem.name}.npz", stem.parent / f"{stem.name}.json"
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_reference(ref: ReferenceStats, cache_dir: str | Path) -> Path:
     """Write <key>.npz then <key>.json (the JSON last: its presence marks a complete entry)."""
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     npz, meta_path = _paths(cache_dir / ref.key)
-    _write_atomic(npz, lambda f: np.savez(f, mu=ref.mu, sigma=ref.sigma, feats=ref.feats.astype(np.float32)))
+    write_atomic(npz, lambda f: np.savez(f, mu=ref.mu, sigma=ref.sigma, feats=ref.feats.astype(np.float32)))
     meta = json.dumps(ref.meta(), indent=2, default=str).encode()
-    _write_atomic(meta_path, lambda f: f.write(meta))
+    write_atomic(meta_path, lambda f: f.write(meta))
     return npz
 
 
