@@ -13,7 +13,6 @@ from analysis.inference import FINAL, InferenceResult
 from analysis.table import METRIC_LABEL, size_label
 
 
-
 def cost_label(curves: pd.DataFrame) -> str:
     """The sampling-cost axis, naming the reference model whose one step costs 1."""
     ref = curves.loc[np.isclose(curves["normalized_cost"], 1.0), "params"] if "normalized_cost" in curves else []

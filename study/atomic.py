@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable
 
 
 def write_atomic(path: str | Path, write: Callable[[IO], object], binary: bool = True) -> None:

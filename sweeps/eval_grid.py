@@ -133,10 +133,16 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     pending = {remote.remote(cfg_dict, str(prepared_dir), ch, rungs[ch.width], storage_url): ch for ch in todo}
     failed = []
 
+    written = [-1]  # rows in the table after the last write
+
     def sync() -> int:
-        """Rebuild every chain's rows from the Optuna studies (the source of truth) into the table."""
+        """Rebuild every chain's rows from the Optuna studies (the source of truth) into the table.
+
+        Completed trials never change, so the table is rewritten only when their number has."""
         rows = [r for ch in chains for r in chain_rows(cfg, ch, rungs[ch.width], storage)]
-        upsert_results(run_dir, rows)
+        if len(rows) != written[0]:
+            upsert_results(run_dir, rows)
+            written[0] = len(rows)
         return len(rows)
 
     total = sum(len(c.steps) for c in chains) * _trials_target(cfg)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import json
+import os
 from pathlib import Path
 
 from study.config import StudyConfig, config_hash, to_dict
@@ -66,17 +66,17 @@ def run_train_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, progress
                              prepared_dir=str(Path(prepared_dir).resolve())),
         {"CPU": 0.01})  # the driver itself needs (almost) nothing
     path = f"{storage.rstrip('/')}/{name}"
-    progress_cb = GridProgress(cfg.train.total_images, len(cfg.model.widths) * len(cfg.sweep.seeds), progress)
     if tune.Tuner.can_restore(path):  # the run config, callbacks included, is restored with it
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         # Widest first: with more trials than slots, the longest jobs start first.
         space = {"width": tune.grid_search(sorted(cfg.model.widths, reverse=True)),
                  "seed": tune.grid_search(list(cfg.sweep.seeds))}
+        bar = GridProgress(cfg.train.total_images, len(cfg.model.widths) * len(cfg.sweep.seeds), progress)
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_trials(cfg)),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[progress_cb],
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[bar],
                                       failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries)))
     grid = tuner.fit()
     errors = [f"width={r.config['width']} seed={r.config['seed']}: {str(r.error).strip().splitlines()[-1]}"

@@ -10,9 +10,9 @@ from pathlib import Path
 from study.config import ConfigError, to_dict
 from study.raycluster import ensure_ray
 from trainers.budget import plan
+from trainers.checkpoint import LATEST, STATE
 from trainers.data import PreparedData
 from trainers.engine import resolve_precision
-from trainers.checkpoint import LATEST, STATE
 from trainers.rundir import (NonFiniteLossError, check_config, done_summary, load_milestones, mark_done,
                              nonfinite_message, run_dir_for, write_config)
 
@@ -52,8 +52,9 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
     done = done_summary(size_dir, cfg_dict)
     if done is not None:
         return {**done, "skipped": True}
-    if nonfinite_message(size_dir):  # rerunning would replay the same steps into the same NaN
-        raise NonFiniteLossError(nonfinite_message(size_dir))
+    message = nonfinite_message(size_dir)
+    if message:  # rerunning would replay the same steps into the same NaN
+        raise NonFiniteLossError(message)
     geometry = PreparedData(prepared, seed).geometry  # fail here, not in a worker, if the data is missing
     rung = ladder(cfg.model.ladder, [width], geometry, cfg.model.reference_width)[0]
     budget = plan(cfg.train, rung.flops)
