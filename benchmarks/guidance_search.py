@@ -34,12 +34,12 @@ def main(argv=None) -> int:
     import torch
 
     from study.config import from_dict
-    from study.evaluate import load_evaluator
+    from study.evaluator import load_evaluator
     from study.prepare import prepared_paths
     from sweeps.eval_grid import plan_chains
     from sweeps.guidance import search_cell
-    from sweeps.study import trained_sizes
-    from trainers import load_unet
+    from sweeps.sweep import trained_sizes
+    from study.weights import load_unet
 
     cfg = from_dict(json.loads((args.run_dir / "config.json").read_text()))
     torch.set_num_threads(1)

@@ -113,7 +113,7 @@ def sample(checkpoint: Path = typer.Argument(..., help="A milestone checkpoint f
            guidance: float = typer.Option(3.0, "--guidance"), n: int = typer.Option(8, "--n", help="Images per prompt."),
            seed: int = typer.Option(0, "--seed"), weights: str = typer.Option("ema", "--weights")) -> None:
     """Sample an image grid from a checkpoint: one row per prompt."""
-    from study.grid import sample_grid
+    from study.imagegrid import sample_grid
 
     path = sample_grid(checkpoint, list(prompt), out, sampler=sampler, steps=steps, guidance=guidance,
                        per_prompt=n, seed=seed, weights=weights)
@@ -123,7 +123,7 @@ def sample(checkpoint: Path = typer.Argument(..., help="A milestone checkpoint f
 @app.command()
 def sweep(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES) -> None:
     """The training grid (Ray Tune) and the guidance search per cell (Optuna) into RUN_DIR/results."""
-    from sweeps.study import run_sweep
+    from sweeps.sweep import run_sweep
 
     cfg = _load(config, overrides)
     _echo_json(run_sweep(cfg))
@@ -168,7 +168,7 @@ def run(config: Optional[str] = typer.Argument(None, help="Config (default: conf
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")) -> None:
     """The whole study: prepare, train grid, guidance search, analysis, report. Rerun to resume."""
     from study.config import to_yaml
-    from study.pipeline import run_study
+    from study.runner import run_study
 
     cfg = _load(config or "tiny", overrides)
     if dry_run:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -86,6 +84,10 @@ class TrainConfig:
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0
     torch_threads: int = 0  # 0: cpus_per_worker
+    # Samples shuffled together (whole shards): each epoch permutes the shard order, then the samples within
+    # windows of this many images; memory is 8 bytes per window image, not per data-set image. A window
+    # holding the whole set (the digits) is a full shuffle.
+    shuffle_window_images: int = 1048576
     seed: int = 0
 
 
@@ -111,13 +113,16 @@ class EvalConfig:
     num_samples: int = 500
     batch_size: int = 250
     seed: int = 1234
+    # FID of num_samples split over this many tasks, each generating a slice with its own fixed noise and
+    # returning sufficient statistics that merge exactly (study.evaluator.Evaluator.slice_stats); 1: one task,
+    # with the noise of eval.seed itself.
+    fid_slices: int = 1
     checkpoint: str = "ema"  # ema | raw weights
     # "classifier": the domain classifier trained by `study prepare` (digits);
     # "inception": clean-fid's Inception loaded from inception_path (real data).
     feature_extractor: str = "classifier"
     inception_path: Optional[str] = None
     clip_path: Optional[str] = None  # local CLIP folder for the CLIP score (real data)
-    workers: int = 2  # evaluation cells run at once (Ray tasks)
     cpus_per_eval: float = 1.0
     gpus_per_eval: float = 0.0
     max_retries: int = 2
@@ -185,13 +190,33 @@ def _omegaconf_message(err: OmegaConfBaseException) -> str:
     return f"config key {key!r}: {msg}" if key else msg
 
 
+def _load_yaml(path: Path):
+    """A config file's mapping; a file that is not YAML, or not a mapping, fails with one line naming it."""
+    import yaml
+    from omegaconf import DictConfig
+
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1}: {err.problem})" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the file, or check that "
+                          f"you passed the right one") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not a text file: pass a YAML config") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} holds a {type(loaded).__name__.replace('Config', '').lower()}"
+                          f", not a mapping of keys: write it as `key: value` lines (see configs/tiny.yaml)")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> StudyConfig:
     """Load a YAML preset, merge dotlist overrides onto the typed schema, validate, return it."""
     schema = OmegaConf.structured(StudyConfig)
     try:
         layers = [schema]
         if path is not None:
-            layers.append(OmegaConf.load(resolve_config_path(path)))
+            layers.append(_load_yaml(resolve_config_path(path)))
         if overrides:
             bad = [o for o in overrides if "=" not in o]
             if bad:
@@ -226,10 +251,12 @@ def from_dict(d: dict) -> StudyConfig:
 
 def config_hash(cfg: StudyConfig, *sections: str) -> str:
     """A short stable hash of the whole config or of some sections, for cache and result keys."""
+    from study.identity import stable_hash
+
     d = to_dict(cfg)
     if sections:
         d = {s: d[s] for s in sections}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+    return stable_hash(d)
 
 
 def first_difference(old, new, prefix: str = "") -> tuple[str, object, object] | None:
@@ -248,9 +275,40 @@ def _check(cond: bool, key: str, expected: str, value) -> None:
         raise ConfigError(f"config key {key!r} = {value!r}: expected {expected}")
 
 
+def _nonfinite(obj, prefix: str = "") -> tuple[str, float] | None:
+    """The first float of a config (dataclasses, lists, dicts) that is NaN or infinite: (key, value)."""
+    import dataclasses
+    import math
+
+    if dataclasses.is_dataclass(obj):
+        items = ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
+    elif isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(obj))
+    else:
+        return (prefix.rstrip("."), obj) if isinstance(obj, float) and not math.isfinite(obj) else None
+    for k, v in items:
+        found = _nonfinite(v, f"{prefix}{k}.")
+        if found:
+            return found
+    return None
+
+
+# A run's folder name: it must stay inside runs_dir (no separators, no "." or "..") and be portable.
+NAME_PATTERN = r"[A-Za-z0-9_.-]+"
+
+
 def validate(cfg: StudyConfig) -> None:
     """Reject impossible values before any work starts, naming the key and what is expected."""
+    import re
+
     from study.ladder import LADDERS  # local: the ladder imports torch-heavy modules lazily too
+
+    bad = _nonfinite(cfg)
+    _check(bad is None, bad[0] if bad else "", "a finite number (not nan or inf)", bad[1] if bad else None)
+    _check(re.fullmatch(NAME_PATTERN, cfg.name) is not None and cfg.name not in (".", ".."), "name",
+           "a plain folder name inside runs_dir: letters, digits, '-', '_' and '.', not '.' or '..'", cfg.name)
 
     d, te, ae, m, t, e, s = (cfg.data, cfg.text_encoder, cfg.autoencoder, cfg.model, cfg.train,
                              cfg.eval, cfg.sweep)
@@ -292,6 +350,9 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.batch_size % (t.grad_accum * t.num_workers) == 0, "train.batch_size",
            f"a multiple of grad_accum x num_workers ({t.grad_accum * t.num_workers})", t.batch_size)
     _check(t.lr > 0, "train.lr", "a positive learning rate", t.lr)
+    _check(ae.lr > 0, "autoencoder.lr", "a positive learning rate", ae.lr)
+    _check(t.shuffle_window_images > 0, "train.shuffle_window_images", "a positive number of images",
+           t.shuffle_window_images)
     _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", "a probability in [0, 1)", t.cond_drop_prob)
     _check(0 <= t.ema_decay < 1, "train.ema_decay", "a decay in [0, 1)", t.ema_decay)
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3", t.zero_stage)
@@ -305,6 +366,11 @@ def validate(cfg: StudyConfig) -> None:
            f"a non-empty list from {list(SAMPLERS)}", list(e.samplers))
     _check(len(e.steps) > 0 and all(isinstance(x, int) and x > 0 for x in e.steps), "eval.steps",
            "a non-empty list of positive step counts", list(e.steps))
+    for sampler, cap in dict(e.max_steps).items():
+        _check(sampler in SAMPLERS, f"eval.max_steps.{sampler}", f"a sampler from {list(SAMPLERS)}", sampler)
+        _check(isinstance(cap, int) and not isinstance(cap, bool) and cap >= min(e.steps),
+               f"eval.max_steps.{sampler}", f"an integer cap >= the smallest of eval.steps ({min(e.steps)}); "
+               f"to skip a sampler, remove it from eval.samplers", cap)
     _check(e.timestep_spacing in (None, "leading", "linspace", "trailing"), "eval.timestep_spacing",
            "null, 'leading', 'linspace' or 'trailing'", e.timestep_spacing)
     _check(0 < e.guidance_min <= e.guidance_max, "eval.guidance_min",
@@ -319,6 +385,8 @@ def validate(cfg: StudyConfig) -> None:
            f"0 or one of eval.steps {list(e.steps)}", e.curve_steps)
     _check(e.n_trials > 0, "eval.n_trials", "a positive number of Optuna trials per cell", e.n_trials)
     _check(e.num_samples > 1, "eval.num_samples", "at least 2 samples", e.num_samples)
+    _check(0 < e.fid_slices <= e.num_samples // 2, "eval.fid_slices",
+           f"between 1 and num_samples / 2 ({e.num_samples // 2}): each slice needs 2 samples", e.fid_slices)
     _check(e.batch_size > 0, "eval.batch_size", "a positive integer", e.batch_size)
     _check(e.checkpoint in ("ema", "raw"), "eval.checkpoint", "'ema' or 'raw'", e.checkpoint)
     _check(e.feature_extractor in ("classifier", "inception"), "eval.feature_extractor",

@@ -19,14 +19,14 @@ def _find_config(checkpoint: Path) -> Path:
 def sample_grid(checkpoint, prompts: list[str], out, sampler: str = "ddim", steps: int = 32,
                 guidance: float = 3.0, per_prompt: int = 8, seed: int = 0, weights: str = "ema") -> Path:
     """Sample `per_prompt` images for each prompt and save them as one PNG grid."""
-    from PIL import Image
+    from torchvision.utils import make_grid, save_image
 
     from study.autoencoder import load_latent_space
     from study.config import from_dict
     from study.prepare import prepared_paths
     from study.sampling import sample
     from study.text import load_text_encoder
-    from trainers import load_unet
+    from study.weights import load_unet
 
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
@@ -43,15 +43,10 @@ def sample_grid(checkpoint, prompts: list[str], out, sampler: str = "ddim", step
     noise = torch.randn((len(texts), c, h, w), generator=gen)
     lat = sample(unet, sampler, steps, guidance, cond, uncond, noise, generator=gen,
                  prediction_type=cfg.model.prediction_type)
-    imgs = space.decode(lat).round().clamp(0, 255).to(torch.uint8)  # [N, C, H, W]
-    n, ch, hh, ww = imgs.shape
-    grid = imgs.view(len(prompts), per_prompt, ch, hh, ww).permute(0, 3, 1, 4, 2).reshape(len(prompts) * hh,
-                                                                                         per_prompt * ww, ch)
-    arr = grid.numpy()
-    img = Image.fromarray(arr[..., 0] if ch == 1 else arr)
-    scale = max(1, 256 // max(hh, ww))  # 8x8 digits are unreadable at native size
-    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    imgs = space.decode(lat).round().clamp(0, 255) / 255.0  # [N, C, H, W] in [0, 1]
+    scale = max(1, 256 // max(imgs.shape[-2:]))  # 8x8 digits are unreadable at native size
+    imgs = torch.nn.functional.interpolate(imgs, scale_factor=scale, mode="nearest")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    img.save(out)
+    save_image(make_grid(imgs, nrow=per_prompt, padding=0), out)  # one row per prompt
     return out

@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
-from study.config import ConfigError, StudyConfig, first_difference, to_dict, to_yaml
+from study.atomic import write_json
+from study.config import StudyConfig
 from study.paths import run_dir
-
-# Settings that define what a run folder's results mean: a rerun that changes one of them would mix
-# incomparable numbers into one table. Widths, seeds, samplers and steps may grow between reruns.
-IDENTITY = ("data", "text_encoder", "autoencoder", "train", "model.ladder", "model.prediction_type",
-            "model.reference_width", "eval.num_samples", "eval.seed", "eval.guidance_min", "eval.guidance_max",
-            "eval.search", "eval.timestep_spacing", "eval.checkpoint", "eval.feature_extractor")
-
-
-def _get(d: dict, dotted: str):
-    for part in dotted.split("."):
-        d = d[part]
-    return d
-
-
-def check_run_folder(cfg: StudyConfig, out: Path) -> None:
-    """Refuse to resume a run folder made with a different study definition; record the config."""
-    saved = out / "config.json"
-    now = to_dict(cfg)
-    if saved.exists():
-        old = json.loads(saved.read_text())
-        for key in IDENTITY:
-            diff = first_difference(_get(old, key), _get(now, key), f"{key}.")
-            if diff:
-                where, was, now_value = diff
-                raise ConfigError(f"{out} holds a study with a different {where} (was {was!r}, now {now_value!r}): "
-                                  f"rerun with --fresh to start over (the old folder is archived), or set name=... "
-                                  f"for a new run")
-    out.mkdir(parents=True, exist_ok=True)
-    ident = out / "run.json"
-    if not ident.exists():  # a fresh folder is a new experiment, even on external Tune storage
-        ident.write_text(json.dumps({"run_uuid": uuid.uuid4().hex[:12], "created": time.ctime()}))
-    saved.write_text(json.dumps(now, indent=2))
-    (out / "config.yaml").write_text(to_yaml(cfg))
 
 
 def archive(out: Path) -> Path | None:
@@ -85,7 +51,7 @@ def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> d
 
     from analysis.api import analyze_run
     from study.paths import require_paths
-    from sweeps.study import run_sweep
+    from sweeps.sweep import run_sweep
 
     console = Console(stderr=True)
     require_paths(cfg)
@@ -107,6 +73,6 @@ def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> d
     analysis = analyze_run(out, wandb_mode=mode, wandb_project=cfg.tracking.project, progress=progress)
     timings["analyze"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - t0, 1)
-    (out / "stages.json").write_text(json.dumps(timings, indent=2))
+    write_json(out / "stages.json", timings, indent=2)
     _print_summary(console, out, analysis, timings)
     return {"run_dir": str(out), "timings": timings, "analysis": analysis, "sweep": sweep}

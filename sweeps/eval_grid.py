@@ -8,6 +8,7 @@ from pathlib import Path
 
 from study import __version__
 from study.config import StudyConfig, config_hash, from_dict, to_dict
+from study.identity import TRAINING_SECTIONS
 from sweeps.guidance import Cell, completed_results, open_storage, search_cell
 from sweeps.results import upsert_results
 
@@ -62,8 +63,7 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
         "sampler": chain.sampler, "steps": cell.steps, "timestep_spacing": chain.spacing, "guidance": g,
         "sampling_cost": float(rung["normalized_cost"]) * cell.steps, "fid": res["fid"], "kid": res.get("kid"),
         "alignment": res.get("alignment"), "num_samples": int(res["num_samples"]), "seed": chain.seed,
-        "checkpoint": chain.checkpoint, "config_hash": config_hash(cfg, "data", "text_encoder", "autoencoder",
-                                                                   "model", "train"),
+        "checkpoint": chain.checkpoint, "config_hash": config_hash(cfg, *TRAINING_SECTIONS),
         "version": __version__, "fid_std": res.get("fid_std"), "kid_std": res.get("kid_std"),
         "fid_floor": res.get("fid_floor"), "alignment_metric": res.get("alignment_metric"),
         "search": cfg.eval.search, "optuna_study": cell.study_name, "optuna_trial": number,
@@ -81,9 +81,9 @@ def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, stora
     """Search every cell of a chain (one process, one loaded model) and return its rows."""
     import torch
 
-    from study.evaluate import load_evaluator
+    from study.evaluator import load_evaluator
     from study.schedulers import make_sampler, sampler_settings, training_scheduler
-    from trainers import load_unet
+    from study.weights import load_unet
 
     cfg = from_dict(cfg_dict)
     torch.set_num_threads(max(1, int(cfg.eval.cpus_per_eval)))

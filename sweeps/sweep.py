@@ -25,7 +25,7 @@ def run_sweep(cfg: StudyConfig, progress: bool = True, timings: dict | None = No
     """Train the grid and search guidance for every cell; rerun to resume. Returns a summary."""
     from study.ladder import study_ladder
     from study.paths import require_paths, run_dir
-    from study.pipeline import check_run_folder
+    from study.runfolder import check_run_folder
     from study.prepare import prepare
     from study.raycluster import ensure_ray
     from sweeps.eval_grid import plan_chains, run_eval_grid

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from pathlib import Path
 
 from study.config import StudyConfig, config_hash, to_dict
-from sweeps.progress import GridProgress
+from study.identity import TRAINING_SECTIONS, stable_hash
+from study.runfolder import run_uuid
+from sweeps.train_progress import GridProgress
 
 
 def _trial(config: dict, cfg_dict: dict, run_dir: str, prepared_dir: str) -> None:
@@ -46,11 +46,9 @@ def concurrent_trials(cfg: StudyConfig) -> int | None:
 
 def experiment_name(cfg: StudyConfig, run_dir: Path) -> str:
     """The Tune experiment of this grid: a new run folder, grid or training config is a new experiment."""
-    ident = Path(run_dir) / "run.json"
-    run_uuid = json.loads(ident.read_text())["run_uuid"] if ident.exists() else ""
-    key = json.dumps({"run": run_uuid, "grid": [sorted(cfg.model.widths), sorted(cfg.sweep.seeds)],
-                      "train": config_hash(cfg, "data", "text_encoder", "autoencoder", "model", "train")})
-    return "train-grid-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    key = {"run": run_uuid(run_dir), "grid": [sorted(cfg.model.widths), sorted(cfg.sweep.seeds)],
+           "train": config_hash(cfg, *TRAINING_SECTIONS)}
+    return "train-grid-" + stable_hash(key, 8)
 
 
 def run_train_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, progress: bool = True) -> dict:

@@ -42,7 +42,7 @@ def test_evaluator_scores_real_images_near_the_floor(smoke_prepared):
     import torch
 
     from study.data import load_splits
-    from study.evaluate import Evaluator
+    from study.evaluator import Evaluator
     from study.metrics import evaluate_images
 
     cfg, prep = smoke_prepared

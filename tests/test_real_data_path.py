@@ -79,7 +79,7 @@ def test_clip_text_encoder_from_sd_folder(real_cfg):
 
 
 def test_prepare_and_evaluate_on_real_data(real_cfg):
-    from study.evaluate import Evaluator
+    from study.evaluator import Evaluator
     from study.ladder import LADDERS, build_unet, geometry
     from study.prepare import prepare
 

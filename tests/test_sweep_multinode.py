@@ -29,7 +29,7 @@ def test_train_and_eval_grid_spread_over_nodes(cluster, smoke_prepared, smoke_ov
     from study.config import load_config
     from sweeps.eval_grid import plan_chains, run_eval_grid
     from sweeps.guidance import default_storage
-    from sweeps.study import trained_sizes
+    from sweeps.sweep import trained_sizes
     from sweeps.train_grid import run_train_grid
     from trainers import run_dir_for
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+
 LATEST = "latest"
-STATE = "state.json"  # trainer state; a checkpoint folder only ever appears whole (see publish)
+from study.weights import STATE, load_unet  # noqa: F401  (the reader lives in the core; re-exported)
 
 
 def milestone_name(images: int) -> str:
@@ -141,22 +142,6 @@ def load_ema(ema, module: torch.nn.Module, folder: Path, ema_step: int) -> None:
     for (name, _), shadow in zip(module.named_parameters(), ema.shadow_params):
         shadow.copy_(avg[name])
     ema.optimization_step = ema_step
-
-
-def load_unet(checkpoint_dir, weights: str = "ema"):
-    """A UNet2DConditionModel from a checkpoint folder: JSON config plus safetensors, nothing unpickled."""
-    from diffusers import UNet2DConditionModel
-
-    if weights not in ("ema", "raw"):
-        raise ValueError(f"weights={weights!r}: expected 'ema' or 'raw'")
-    folder = Path(checkpoint_dir)
-    if not (folder / STATE).is_file():
-        raise FileNotFoundError(f"{folder} is not a complete checkpoint (no {STATE}); list them with "
-                                f"trainers.load_milestones(<run folder>)")
-    config = json.loads((folder / "unet.json").read_text())
-    unet = UNet2DConditionModel.from_config(config)
-    unet.load_state_dict(load_file(folder / f"{weights}.safetensors"))
-    return unet.eval()
 
 
 def save_rng(folder: Path, rank: int) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from study.atomic import write_atomic, write_json
 from study.config import ConfigError, first_difference
-
-# Settings that change how a run executes but not what it computes: a rerun may change them freely.
-OPERATIONAL = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images", "checkpoint_every_images")
+from study.identity import stable_hash, training_identity as identity
 
 
 class NonFiniteLossError(RuntimeError):
@@ -22,16 +19,9 @@ def run_dir_for(run_dir, width: int, seed: int) -> Path:
     return Path(run_dir) / "train" / f"w{width}-s{seed}"
 
 
-def identity(cfg_dict: dict) -> dict:
-    """The part of a resolved config that decides what a training run computes."""
-    model = {k: v for k, v in cfg_dict["model"].items() if k in ("ladder", "prediction_type")}
-    train = {k: v for k, v in cfg_dict["train"].items() if k not in OPERATIONAL}
-    return {"data": cfg_dict["data"], "text_encoder": cfg_dict["text_encoder"],
-            "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
-
-
 def identity_hash(cfg_dict: dict) -> str:
-    return hashlib.sha256(json.dumps(identity(cfg_dict), sort_keys=True).encode()).hexdigest()[:12]
+    """The hash a finished run's DONE marker and W&B id carry: what the run computed."""
+    return stable_hash(identity(cfg_dict))
 
 
 def check_config(size_dir: Path, cfg_dict: dict) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from study.atomic import write_atomic
-
+from study.identity import stable_hash
 from study.metrics.extractors import FeatureExtractor, extract_features
 from study.metrics.fid import feature_stats, noise_floor
 
@@ -38,9 +37,8 @@ class ReferenceStats:
 
 def reference_key(extractor_name: str, key_parts: dict, floor_n: int | None = None) -> str:
     """Cache key: readable extractor name plus a hash of everything that defines the statistics."""
-    spec = json.dumps({"extractor": extractor_name, "floor_n": floor_n, **key_parts}, sort_keys=True, default=str)
     slug = re.sub(r"[^A-Za-z0-9_-]+", "_", extractor_name)
-    return f"{slug}-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+    return f"{slug}-{stable_hash({'extractor': extractor_name, 'floor_n': floor_n, **key_parts}, 16)}"
 
 
 def _paths(stem: Path) -> tuple[Path, Path]:
