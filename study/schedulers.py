@@ -5,28 +5,43 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
-SAMPLERS = ("ddpm", "ddim", "dpmsolver++")
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 
 # DDIM's eta: 0 is deterministic DDIM, the default of StableDiffusionPipeline.__call__.
 ETA = 0.0
 
-_SAMPLER_CLASSES = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler, "dpmsolver++": DPMSolverMultistepScheduler}
 
-# Overrides SD1.5 pipelines apply on top of the training config. steps_offset=1 is what SD1.5's
-# scheduler_config.json holds, and StableDiffusionPipeline.__init__ forces it (and clip_sample=False)
-# on any scheduler it is given, so every sampler gets it to sample what the pipeline would.
-_SAMPLER_OVERRIDES: dict[str, dict[str, Any]] = {
-    "ddpm": {"steps_offset": 1, "clip_sample": False},
-    "ddim": {"set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False},
-    "dpmsolver++": {"algorithm_type": "dpmsolver++", "solver_order": 2, "steps_offset": 1},
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler of the study: its diffusers class and what SD1.5 pipelines set on top of the training config."""
+
+    cls: type[SchedulerMixin]
+    # steps_offset=1 is what SD1.5's scheduler_config.json holds, and StableDiffusionPipeline.__init__ forces it
+    # (and clip_sample=False) on any scheduler it is given, so every sampler gets it to sample what the
+    # pipeline would.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def matches(self, scheduler: SchedulerMixin) -> bool:
+        """Whether a scheduler object is this sampler (class, and algorithm where one class has several)."""
+        algo = self.overrides.get("algorithm_type")
+        return type(scheduler) is self.cls and (algo is None or scheduler.config.get("algorithm_type") == algo)
+
+
+# The registry: a new sampler is one entry.
+SAMPLER_SPECS: dict[str, SamplerSpec] = {
+    "ddpm": SamplerSpec(DDPMScheduler, {"steps_offset": 1, "clip_sample": False}),
+    "ddim": SamplerSpec(DDIMScheduler, {"set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}),
+    "dpmsolver++": SamplerSpec(DPMSolverMultistepScheduler,
+                               {"algorithm_type": "dpmsolver++", "solver_order": 2, "steps_offset": 1}),
 }
+SAMPLERS = tuple(SAMPLER_SPECS)
 
 # Config keys that change what a sampler computes; recorded with every result.
 _RECORDED_KEYS = (
@@ -34,7 +49,7 @@ _RECORDED_KEYS = (
     "timestep_spacing", "steps_offset", "clip_sample", "set_alpha_to_one", "variance_type",
     "thresholding", "rescale_betas_zero_snr", "algorithm_type", "solver_order", "solver_type",
     "lower_order_final", "euler_at_final", "final_sigmas_type", "use_karras_sigmas",
-    "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas",
+    "use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "original_inference_steps", "timestep_scaling",
 )
 
 
@@ -60,7 +75,7 @@ def training_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
 def default_timestep_spacing(name: str) -> str:
     """The timestep spacing diffusers' sampler class uses when none is given."""
     _check_choice("sampler", name, SAMPLERS)
-    return inspect.signature(_SAMPLER_CLASSES[name].__init__).parameters["timestep_spacing"].default
+    return inspect.signature(SAMPLER_SPECS[name].cls.__init__).parameters["timestep_spacing"].default
 
 
 def make_sampler(
@@ -80,14 +95,14 @@ def make_sampler(
     config = getattr(train_config_or_scheduler, "config", train_config_or_scheduler)
     if not isinstance(config, Mapping):
         raise TypeError(f"expected a diffusers scheduler or its config, got {type(config).__name__}")
-    overrides = {**_SAMPLER_OVERRIDES[name], "timestep_spacing": timestep_spacing}
-    return _SAMPLER_CLASSES[name].from_config(config, **overrides)
+    overrides = {**SAMPLER_SPECS[name].overrides, "timestep_spacing": timestep_spacing}
+    return SAMPLER_SPECS[name].cls.from_config(config, **overrides)
 
 
 def sampler_name(scheduler: SchedulerMixin) -> str | None:
     """The study's name for a scheduler object ("ddpm", "ddim", "dpmsolver++"), or None."""
-    for name, cls in _SAMPLER_CLASSES.items():
-        if type(scheduler) is cls and scheduler.config.get("algorithm_type", name) == name:
+    for name, spec in SAMPLER_SPECS.items():
+        if spec.matches(scheduler):
             return name
     return None
 
