@@ -38,6 +38,31 @@ def _resolve_scheduler(
     return copy.deepcopy(scheduler)
 
 
+def guidance_embedded(unet: torch.nn.Module) -> bool:
+    """Whether the UNet takes the guidance scale as an input (time_cond_proj_dim, as LCM-distilled UNets)."""
+    return unet.config.get("time_cond_proj_dim") is not None
+
+
+def uses_cfg(unet: torch.nn.Module, guidance: float) -> bool:
+    """Whether sampling runs the unconditional half too: the rule of StableDiffusionPipeline."""
+    # Guidance 1 is the conditional model alone; a guidance-embedded UNet gets the scale as an input instead.
+    return guidance > 1.0 and not guidance_embedded(unet)
+
+
+def unet_calls(unet: torch.nn.Module, steps: int, guidance: float) -> int:
+    """UNet evaluations per sample: 2 per step with classifier-free guidance, 1 otherwise (distilled, guidance 1)."""
+    return int(steps) * (2 if uses_cfg(unet, guidance) else 1)
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """The sinusoidal embedding of 1000 w [B] -> [B, dim] that LCM-style UNets take as timestep_cond."""
+    from diffusers import LatentConsistencyModelPipeline
+
+    # diffusers' own function (it reads no pipeline state), so sampling and distillation embed w exactly as
+    # LatentConsistencyModelPipeline and StableDiffusionPipeline do.
+    return LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=dim)
+
+
 @torch.no_grad()  # no_grad, not inference_mode: the latents may feed a later autograd graph (distillation)
 def sample(
     unet: torch.nn.Module,
@@ -53,18 +78,23 @@ def sample(
     timestep_spacing: str | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Denoise `latents` [B, C, H, W] in `steps` steps with guidance scale `guidance`; returns final latents."""
+    """Denoise `latents` [B, C, H, W] in `steps` steps with guidance scale `guidance`; returns final latents.
+
+    A guidance-embedded UNet (time_cond_proj_dim) gets the scale as an input and one call per step, as
+    diffusers' pipelines do; with the lcm sampler that is LatentConsistencyModelPipeline step for step.
+    """
     if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps <= 0:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     steps = int(steps)
-    if unet.config.get("time_cond_proj_dim") is not None:
-        # The pipeline would feed a guidance embedding (LCM-style UNets); refuse rather than silently differ.
-        raise ValueError("UNets with time_cond_proj_dim (guidance-embedded) are not supported")
     scheduler = _resolve_scheduler(unet, scheduler, prediction_type, timestep_spacing)
     device, dtype = unet.device, unet.dtype
     batch = latents.shape[0]
-    # The pipeline's rule: guidance 1 is the conditional model alone, so skip the unconditional half.
-    do_cfg = guidance > 1.0
+    do_cfg = uses_cfg(unet, guidance)
+    timestep_cond = None
+    if guidance_embedded(unet):
+        # Both pipelines embed w = guidance - 1 (the LCM paper's w, Imagen's scale minus one) for every sample.
+        w = torch.full((batch,), float(guidance) - 1.0)
+        timestep_cond = guidance_embedding(w, unet.config.time_cond_proj_dim).to(device=device, dtype=dtype)
 
     cond = cond.to(device=device, dtype=dtype)
     if cond.shape[0] != batch:
@@ -93,7 +123,8 @@ def sample(
     for t in tqdm(scheduler.timesteps, disable=not progress, desc="sampling"):
         model_input = torch.cat([latents] * 2) if do_cfg else latents
         model_input = scheduler.scale_model_input(model_input, t)
-        noise_pred = unet(model_input, t, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
+        noise_pred = unet(model_input, t, encoder_hidden_states=encoder_hidden_states, timestep_cond=timestep_cond,
+                          return_dict=False)[0]
         if do_cfg:
             noise_uncond, noise_cond = noise_pred.chunk(2)
             # Classifier-free guidance (Ho & Salimans 2022) in the pipeline's form.

@@ -40,6 +40,10 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
     "ddim": SamplerSpec(DDIMScheduler, {"set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False}),
     "dpmsolver++": SamplerSpec(DPMSolverMultistepScheduler,
                                {"algorithm_type": "dpmsolver++", "solver_order": 2, "steps_offset": 1}),
+    # Consistency sampling of a distilled (guidance-embedded) UNet: one call per step, fresh seeded noise between
+    # steps. Its schedules are subsets of the 50-step DDIM skip grid the student is distilled on (trainers/lcd.py
+    # reads original_inference_steps from here, so sampler and distillation share one grid).
+    "lcm": SamplerSpec(LCMScheduler, {"original_inference_steps": 50, "steps_offset": 1, "clip_sample": False}),
 }
 SAMPLERS = tuple(SAMPLER_SPECS)
 
