@@ -10,10 +10,7 @@ import torch
 
 from study.config import StudyConfig
 from study.prepare import Prepared
-
-
-def _device(gpus: float) -> torch.device:
-    return torch.device("cuda" if gpus > 0 and torch.cuda.is_available() else "cpu")
+from study.runtime import device as runtime_device
 
 
 class Evaluator:
@@ -24,7 +21,7 @@ class Evaluator:
         from study.metrics import ClassifierExtractor, InceptionExtractor, load_classifier, load_reference
 
         self.cfg, self.prep = cfg, prep
-        self.device = device or _device(cfg.eval.gpus_per_eval)
+        self.device = device or runtime_device(cfg.eval.gpus_per_eval)
         meta = prep.meta
         self.latent_shape = tuple(meta["latent_shape"])
         self.table = torch.from_numpy(np.asarray(prep.array("eval_table"), dtype=np.float32))

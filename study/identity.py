@@ -45,5 +45,8 @@ def training_identity(cfg_dict: dict) -> dict:
     """The part of a resolved config that decides what a training run computes."""
     model = {k: v for k, v in cfg_dict["model"].items() if k in ("ladder", "prediction_type")}
     train = {k: v for k, v in cfg_dict["train"].items() if k not in OPERATIONAL_TRAIN_KEYS}
-    return {"data": cfg_dict["data"], "text_encoder": cfg_dict["text_encoder"],
-            "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
+    ident = {"data": cfg_dict["data"], "text_encoder": cfg_dict["text_encoder"],
+             "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
+    if cfg_dict.get("recipe"):  # a derived run (distillation, fine-tune): its recipe, base checkpoint, options
+        ident["recipe"] = cfg_dict["recipe"]
+    return ident

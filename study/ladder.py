@@ -85,6 +85,16 @@ def _measure(preset: LadderPreset, width: int, geom: Geometry) -> tuple[int, flo
     return params, float(counter.get_total_flops())
 
 
+def sampling_cost(normalized_cost: float, steps: int) -> float:
+    """The paper's sampling cost: normalized cost x sampling steps (arXiv 2404.01367, Sec. 3).
+
+    The paper counts one UNet evaluation per step; with classifier-free guidance the batch doubles, for
+    every size alike, so the ranking of sizes at a cost does not change. The results table records the
+    UNet calls per sample beside it (`unet_calls`), which is the fair axis when distilled (unguided) and
+    guided models are compared."""
+    return float(normalized_cost) * int(steps)
+
+
 @dataclass(frozen=True)
 class Rung:
     """One size of the ladder with its cost: everything the compute axes are built from."""
@@ -98,11 +108,9 @@ class Rung:
     def gflops(self) -> float:
         return self.flops / 1e9
 
-    def sampling_cost(self, steps: int, guidance: float | None = None) -> float:
+    def sampling_cost(self, steps: int) -> float:
         """The paper's sampling cost: normalized cost x sampling steps."""
-        # The paper counts one UNet evaluation per step; with classifier-free guidance the batch
-        # doubles, for every size alike, so the ranking of sizes at a cost does not change.
-        return self.normalized_cost * steps
+        return sampling_cost(self.normalized_cost, steps)
 
     def as_row(self) -> dict:
         return {**asdict(self), "gflops": self.gflops}
@@ -134,8 +142,9 @@ def geometry(cfg) -> Geometry:
     """The latent and text-context shape a study config implies, without loading any weights."""
     data, ae, te = cfg.data, cfg.autoencoder, cfg.text_encoder
     if ae.kind == "identity":
-        channels = 1 if data.name == "digits" else 3
-        geom_c, size = channels, data.resolution
+        from study.datasets import dataset
+
+        geom_c, size = dataset(data.name).channels, data.resolution
     elif ae.kind == "train":
         geom_c, size = ae.latent_channels, data.resolution // 2 ** (len(ae.block_out_channels) - 1)
     else:  # pretrained: read the VAE's config when present; SD's VAE otherwise (4 ch, /8)

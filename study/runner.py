@@ -10,6 +10,7 @@ from pathlib import Path
 from study.atomic import write_json
 from study.config import StudyConfig
 from study.paths import run_dir
+from study.runtime import wandb_mode
 
 
 def archive(out: Path) -> Path | None:
@@ -60,16 +61,15 @@ def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> d
         moved = archive(out)
         if moved:
             console.print(f"--fresh: archived the previous run to {moved}")
-    if cfg.tracking.wandb_mode == "offline" or (cfg.tracking.wandb_mode == "online"
-                                                 and not os.environ.get("WANDB_API_KEY")):
-        os.environ.setdefault("WANDB_MODE", "offline")
+    mode = wandb_mode(cfg.tracking.wandb_mode)
+    if mode:  # the trainer's and evaluation's processes inherit it
+        os.environ["WANDB_MODE"] = mode
     timings: dict = {}
     t0 = time.time()
     sweep = run_sweep(cfg, progress=progress, timings=timings)
     for msg in sweep["train_errors"] + sweep["eval_failed"]:
         console.print(f"[yellow]warning[/]: {msg} (rerun to retry)")
     t = time.time()
-    mode = None if cfg.tracking.wandb_mode == "disabled" else os.environ.get("WANDB_MODE", cfg.tracking.wandb_mode)
     analysis = analyze_run(out, wandb_mode=mode, wandb_project=cfg.tracking.project, progress=progress)
     timings["analyze"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - t0, 1)

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -25,11 +24,14 @@ class Cell:
     sampler: str
     steps: int
     spacing: str  # the resolved timestep spacing (recorded with every result)
+    experiment: str = "base"  # the experiment whose checkpoint this is (sweeps.experiments)
 
     @property
     def study_name(self) -> str:
-        # Ray's OptunaSearch and resumes both key on the name: one study per cell.
-        return f"w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-{self.spacing}"
+        # Ray's OptunaSearch and resumes both key on the name: one study per cell. The base experiment keeps
+        # the names it had before experiments existed, so older run folders resume.
+        prefix = "" if self.experiment == "base" else f"{self.experiment}-"
+        return f"{prefix}w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-{self.spacing}"
 
 
 def open_storage(url: str):
@@ -59,6 +61,8 @@ def _sampler(kind: str, seed: int):
 
 
 def _has_point(study, g: float) -> bool:
+    # Not Optuna's enqueue_trial(skip_if_exists=True): that also skips a point whose trial failed, so a kill
+    # during the seeded default guidance would drop that point on resume and change the search's result.
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.WAITING,
                                                        TrialState.RUNNING)):
         p = t.system_attrs.get("fixed_params", t.params)
@@ -67,40 +71,45 @@ def _has_point(study, g: float) -> bool:
     return False
 
 
-def search_cell(cell: Cell, evaluate, storage, eval_cfg, seed_points: list[float], on_trial=None) -> list:
+def search_cell(cell: Cell, evaluate, storage, eval_cfg, seed_points: list[float], on_trial=None, *,
+                objective: str = "fid", fixed: list[float] | None = None) -> list:
     """Run the cell's study to eval.n_trials complete trials (grid mode: every grid point); resumable.
 
-    `evaluate(guidance) -> dict` must return at least "fid"; the dict is stored on the trial so the
-    results table can be rebuilt from the study alone.
+    `evaluate(guidance) -> dict` must return at least the `objective` key (FID by default); the dict is stored
+    on the trial so the results table can be rebuilt from the study alone. `fixed`: evaluate exactly these
+    guidance scales and search nothing (tasks without guidance use [1.0]).
     """
+    from optuna.study import MaxTrialsCallback
+
     lo, hi = eval_cfg.guidance_min, eval_cfg.guidance_max
-    dist = {"guidance": FloatDistribution(lo, hi)}
     study = optuna.create_study(study_name=cell.study_name, storage=storage, direction="minimize",
                                 load_if_exists=True, sampler=_sampler(eval_cfg.optuna_sampler, eval_cfg.seed))
     # A trial left RUNNING belongs to an evaluation that was killed: only one process owns a cell at a time.
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
-    if eval_cfg.search == "grid":
+    if fixed is not None:
+        points, target = list(fixed), len(fixed)
+        lo, hi = min(lo, *fixed), max(hi, *fixed)
+    elif eval_cfg.search == "grid":
         points, target = [min(max(g, lo), hi) for g in eval_cfg.grid], len(eval_cfg.grid)
     else:
         points, target = seed_points, eval_cfg.n_trials
     for g in dict.fromkeys(round(p, 6) for p in points):
         if not _has_point(study, g):
             study.enqueue_trial({"guidance": g})
-    while len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < target:
-        trial = study.ask(dist)
-        g = trial.params["guidance"]
+
+    def run(trial) -> float:
+        g = trial.suggest_float("guidance", lo, hi)
         t0 = time.time()
-        try:
-            res = evaluate(g)
-        except Exception:
-            study.tell(trial, state=TrialState.FAIL)
-            raise
+        res = evaluate(g)  # an exception marks the trial FAIL and propagates (optimize's catch=())
         res["eval_seconds"] = round(time.time() - t0, 2)
         trial.set_user_attr("result", json.dumps(res, default=float))
-        study.tell(trial, float(res["fid"]))
         if on_trial is not None:
             on_trial(trial.number, g, res)
+        return float(res[objective])
+
+    if len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))) < target:
+        study.optimize(run, callbacks=[MaxTrialsCallback(target, states=(TrialState.COMPLETE,))])
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
@@ -114,7 +123,7 @@ def completed_results(cell: Cell, storage) -> list[tuple[int, float, dict]]:
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
 
 
-def best_guidance(cell: Cell, storage) -> float | None:
-    """The FID-optimal guidance of a cell so far (None before its first trial)."""
+def best_guidance(cell: Cell, storage, objective: str = "fid") -> float | None:
+    """The objective-optimal (FID-optimal) guidance of a cell so far (None before its first trial)."""
     done = completed_results(cell, storage)
-    return min(done, key=lambda r: r[2]["fid"])[1] if done else None
+    return min(done, key=lambda r: r[2][objective])[1] if done else None

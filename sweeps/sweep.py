@@ -1,4 +1,6 @@
-"""`study sweep`: prepare, the training grid, then the evaluation grid into the results table."""
+"""`study sweep`: prepare, then every enabled experiment's training grid and evaluation grid, into the one
+results table. Experiments run in dependency order (a derived experiment after the base ladder it starts
+from); each is resumable by rerunning."""
 
 from __future__ import annotations
 
@@ -8,31 +10,56 @@ from pathlib import Path
 from study.config import StudyConfig
 
 
-def trained_sizes(cfg: StudyConfig, run_dir: Path) -> dict[tuple[int, int], list[dict]]:
-    """The milestone index of every finished size of the grid."""
+def trained_sizes(cfg: StudyConfig, run_dir: Path, subdir: str = "train",
+                  sizes: list[tuple[int, int]] | None = None) -> dict[tuple[int, int], list[dict]]:
+    """The milestone index of every finished (width, seed) run under RUN_DIR/subdir."""
     from trainers import load_milestones, run_dir_for
 
-    sizes = {}
-    for w in cfg.model.widths:
-        for s in cfg.sweep.seeds:
-            d = run_dir_for(run_dir, w, s)
-            if (d / "DONE").exists():
-                sizes[(w, s)] = [{**m, "path": str(d / m["path"])} for m in load_milestones(d)]
-    return sizes
+    out = {}
+    for w, s in sizes if sizes is not None else [(w, s) for w in cfg.model.widths for s in cfg.sweep.seeds]:
+        d = run_dir_for(run_dir, w, s, subdir)
+        if (d / "DONE").exists():
+            out[(w, s)] = [{**m, "path": str(d / m["path"])} for m in load_milestones(d)]
+    return out
+
+
+def run_experiment(exp, ctx, timings: dict) -> dict:
+    """Train (or derive) an experiment's checkpoints, then evaluate its cells; returns what went wrong."""
+    from sweeps.eval_grid import run_eval_grid
+    from sweeps.train_grid import run_train_grid
+
+    cfg, out = ctx.cfg, ctx.run_dir
+    label = "" if exp.name == "base" else f"{exp.name}_"
+    sources = exp.sources(ctx)
+    prepared = exp.prepared(ctx)
+    t = time.time()
+    train = run_train_grid(cfg, out, prepared, progress=ctx.progress, experiment=exp, sources=sources)
+    timings[f"{label}train"] = round(time.time() - t, 1)
+    sizes = trained_sizes(cfg, out, exp.subdir, sorted(sources) if sources is not None else None)
+    ctx.trained[exp.name] = sizes
+    if not sizes:
+        if exp.name == "base":
+            raise RuntimeError("no size finished training: " + "; ".join(train["errors"]))
+        return {"train_errors": train["errors"] + [f"{exp.name}: no run finished training"], "eval_failed": []}
+    t = time.time()
+    evals = run_eval_grid(cfg, out, prepared, exp.chains(ctx, sizes), ctx.rungs, ctx.storage_url,
+                          progress=ctx.progress, name="evaluate" if exp.name == "base" else f"{exp.name}: evaluate")
+    timings[f"{label}evaluate"] = round(time.time() - t, 1)
+    return {"train_errors": train["errors"], "eval_failed": evals["failed"], "chains": evals["chains"]}
 
 
 def run_sweep(cfg: StudyConfig, progress: bool = True, timings: dict | None = None) -> dict:
-    """Train the grid and search guidance for every cell; rerun to resume. Returns a summary."""
+    """Every enabled experiment: its training grid, then its evaluation grid; rerun to resume."""
     from study.ladder import study_ladder
     from study.paths import require_paths, run_dir
-    from study.runfolder import check_run_folder
     from study.prepare import prepare
     from study.raycluster import ensure_ray
-    from sweeps.eval_grid import plan_chains, run_eval_grid
+    from study.runfolder import check_run_folder
+    from sweeps.experiments import StageContext, enabled_experiments
     from sweeps.guidance import default_storage
-    from sweeps.train_grid import run_train_grid
 
     require_paths(cfg)
+    experiments = enabled_experiments(cfg)
     timings = {} if timings is None else timings
     out = run_dir(cfg)
     check_run_folder(cfg, out)  # refuses a folder made by a different study definition
@@ -40,17 +67,14 @@ def run_sweep(cfg: StudyConfig, progress: bool = True, timings: dict | None = No
     prep = prepare(cfg, progress=progress)
     timings.setdefault("prepare", round(time.time() - t, 1))
     ensure_ray(cfg)
-    t = time.time()
-    train = run_train_grid(cfg, out, prep.dir, progress=progress)
-    timings["train"] = round(time.time() - t, 1)
-    sizes = trained_sizes(cfg, out)
-    if not sizes:
-        raise RuntimeError("no size finished training: " + "; ".join(train["errors"]))
-    rungs = {r.width: r.as_row() for r in study_ladder(cfg)}
-    t = time.time()
-    chains = plan_chains(cfg, sizes)
-    storage = cfg.sweep.optuna_storage or default_storage(out)
-    evals = run_eval_grid(cfg, out, prep.dir, chains, rungs, storage, progress=progress)
-    timings["evaluate"] = round(time.time() - t, 1)
-    return {"run_dir": str(out), "results": str(out / "results.parquet"), "train_errors": train["errors"],
-            "eval_failed": evals["failed"], "sizes": len(sizes), "chains": evals["chains"], "timings": timings}
+    ctx = StageContext(cfg=cfg, run_dir=out, prepared_dir=prep.dir,
+                       rungs={r.width: r.as_row() for r in study_ladder(cfg)},
+                       storage_url=cfg.sweep.optuna_storage or default_storage(out), progress=progress)
+    summary = {"run_dir": str(out), "results": str(out / "results.parquet"), "train_errors": [],
+               "eval_failed": [], "experiments": [e.name for e in experiments], "timings": timings}
+    for exp in experiments:
+        res = run_experiment(exp, ctx, timings)
+        summary["train_errors"] += res["train_errors"]
+        summary["eval_failed"] += res["eval_failed"]
+    summary["sizes"] = len(ctx.trained.get("base", {}))
+    return summary

@@ -1,4 +1,4 @@
-"""The training grid: one Ray Tune trial per (size, seed), each a Ray Train + DeepSpeed job."""
+"""The training grid of an experiment: one Ray Tune trial per (size, seed), each a Ray Train + DeepSpeed job."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from study.runfolder import run_uuid
 from sweeps.train_progress import GridProgress
 
 
-def _trial(config: dict, cfg_dict: dict, run_dir: str, prepared_dir: str) -> None:
+def _trial(config: dict, cfg_dict: dict, run_dir: str, prepared_dir: str, job: dict) -> None:
     """A Tune trial: drive one Ray Train job (the trainer) and report its summary."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -19,8 +19,11 @@ def _trial(config: dict, cfg_dict: dict, run_dir: str, prepared_dir: str) -> Non
     from study.config import from_dict
     from trainers import train_size
 
-    summary = train_size(from_dict(cfg_dict), config["width"], config["seed"], run_dir, prepared_dir,
-                         progress=False, callbacks=[TuneReportCallback()])
+    width, seed = _size(config)
+    summary = train_size(from_dict(cfg_dict), width, seed, run_dir, prepared_dir, progress=False,
+                         callbacks=[TuneReportCallback()], recipe=job["recipe"],
+                         init_from=(job["sources"] or {}).get(f"{width}-{seed}"), train=job["train"],
+                         subdir=job["subdir"], options=job["options"])
     tune.report({"done": True, **{k: v for k, v in summary.items() if isinstance(v, (int, float, str))}})
 
 
@@ -32,51 +35,79 @@ def concurrent_trials(cfg: StudyConfig) -> int | None:
     autoscaling cluster adds nodes instead, so there it is left unlimited."""
     import ray
 
+    from trainers.run import use_gpu
+
     if cfg.sweep.max_concurrent_trials:
         return cfg.sweep.max_concurrent_trials
     if cfg.resources.ray_address or os.environ.get("RAY_ADDRESS"):
         return None
     res = ray.cluster_resources()
     t = cfg.train
-    gpus = res.get("GPU", 0) if str(t.use_gpu).lower() != "false" else 0
+    gpus = res.get("GPU", 0) if use_gpu(t.use_gpu) else 0
     per_trial = t.num_workers * t.cpus_per_worker + 0.01
     slots = min(gpus // t.num_workers, res.get("CPU", 1) // per_trial) if gpus else res.get("CPU", 1) // per_trial
     return max(1, int(slots))
 
 
-def experiment_name(cfg: StudyConfig, run_dir: Path) -> str:
-    """The Tune experiment of this grid: a new run folder, grid or training config is a new experiment."""
-    key = {"run": run_uuid(run_dir), "grid": [sorted(cfg.model.widths), sorted(cfg.sweep.seeds)],
+def experiment_name(cfg: StudyConfig, run_dir: Path, experiment: str = "base", sizes=None, job=None) -> str:
+    """The Tune experiment of a grid: a new run folder, grid or training config is a new Tune experiment."""
+    sizes = sizes or [(w, s) for w in cfg.model.widths for s in cfg.sweep.seeds]
+    key = {"run": run_uuid(run_dir), "grid": [sorted({w for w, _ in sizes}), sorted({s for _, s in sizes})],
            "train": config_hash(cfg, *TRAINING_SECTIONS)}
-    return "train-grid-" + stable_hash(key, 8)
+    if experiment == "base":  # the name base grids had before experiments existed: old run folders resume
+        return "train-grid-" + stable_hash(key, 8)
+    return f"{experiment}-grid-" + stable_hash({**key, "sizes": sorted(sizes), "job": job}, 8)
 
 
-def run_train_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, progress: bool = True) -> dict:
-    """Train every size x seed; rerunning restores the experiment (finished trials are not retrained,
-    unfinished ones resume from their checkpoints, errored ones are retried)."""
+def run_train_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, progress: bool = True,
+                   experiment=None, sources: dict | None = None) -> dict:
+    """Train every size x seed of an experiment; rerunning restores the Tune experiment (finished trials are
+    not retrained, unfinished ones resume from their checkpoints, errored ones are retried).
+
+    sources: (width, seed) -> the base milestone each derived run starts from; only those sizes are trained."""
     from ray import tune
 
+    from trainers.run import with_train
+
+    name_exp = experiment.name if experiment is not None else "base"
+    sizes = sorted(sources) if sources is not None else [(w, s) for w in cfg.model.widths for s in cfg.sweep.seeds]
+    job = {"recipe": experiment.recipe if experiment is not None else "base",
+           "train": experiment.train_overrides(cfg) if experiment is not None else None,
+           "subdir": experiment.subdir if experiment is not None else "train",
+           "options": experiment.options(cfg) if experiment is not None else None,
+           "sources": {f"{w}-{s}": str(p) for (w, s), p in (sources or {}).items()} or None}
     storage = cfg.sweep.storage_path or str((Path(run_dir) / "ray").resolve())
-    name = experiment_name(cfg, run_dir)
+    name = experiment_name(cfg, run_dir, name_exp, sizes, job)
     # The config travels as a constant, not in the search space: Tune would print it with every trial.
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg_dict=to_dict(cfg), run_dir=str(Path(run_dir).resolve()),
-                             prepared_dir=str(Path(prepared_dir).resolve())),
+                             prepared_dir=str(Path(prepared_dir).resolve()), job=job),
         {"CPU": 0.01})  # the driver itself needs (almost) nothing
     path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):  # the run config, callbacks included, is restored with it
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         # Widest first: with more trials than slots, the longest jobs start first.
-        space = {"width": tune.grid_search(sorted(cfg.model.widths, reverse=True)),
-                 "seed": tune.grid_search(list(cfg.sweep.seeds))}
-        bar = GridProgress(cfg.train.total_images, len(cfg.model.widths) * len(cfg.sweep.seeds), progress)
+        space = {"size": tune.grid_search([{"width": w, "seed": s}
+                                           for w, s in sorted(sizes, key=lambda x: (-x[0], x[1]))])}
+        if sources is None:  # the base grid keeps its historical search space (and so its trial order)
+            space = {"width": tune.grid_search(sorted(cfg.model.widths, reverse=True)),
+                     "seed": tune.grid_search(list(cfg.sweep.seeds))}
+        total = with_train(cfg, job["train"]).train.total_images
+        bar = GridProgress(total, len(sizes), progress, desc="train grid" if name_exp == "base" else f"{name_exp}: train")
         tuner = tune.Tuner(
             trainable, param_space=space,
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_trials(cfg)),
             run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[bar],
                                       failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries)))
     grid = tuner.fit()
-    errors = [f"width={r.config['width']} seed={r.config['seed']}: {str(r.error).strip().splitlines()[-1]}"
-              for r in grid if r.error is not None]
+    errors = [f"{name_exp} width={_size(r.config)[0]} seed={_size(r.config)[1]}: "
+              f"{str(r.error).strip().splitlines()[-1]}" for r in grid if r.error is not None]
     return {"experiment": path, "trials": len(grid), "errors": errors}
+
+
+def _size(config: dict) -> tuple[int, int]:
+    """(width, seed) of a trial's config, in either search-space form."""
+    if "size" in config:
+        return config["size"]["width"], config["size"]["seed"]
+    return config["width"], config["seed"]

@@ -11,8 +11,10 @@ class GridProgress(Callback):
     Tune pickles its callbacks with the experiment and restores them on a rerun, so the bar itself is
     made lazily and left out of the pickle."""
 
-    def __init__(self, total_images: int, n_trials: int, enabled: bool = True):
-        self.total, self.n_trials, self.enabled = total_images * n_trials, n_trials, enabled
+    desc = "train grid"  # a class default: a bar pickled by an older version has no desc of its own
+
+    def __init__(self, total_images: int, n_trials: int, enabled: bool = True, desc: str = "train grid"):
+        self.total, self.n_trials, self.enabled, self.desc = total_images * n_trials, n_trials, enabled, desc
         self.seen: dict[str, int] = {}
         self._bar = None
 
@@ -25,7 +27,7 @@ class GridProgress(Callback):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total, unit="img", unit_scale=True, disable=not self.enabled,
-                             desc="train grid")
+                             desc=self.desc)
         return self._bar
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -36,11 +38,12 @@ class GridProgress(Callback):
             self.bar.update(images - prev)
             self.seen[trial.trial_id] = images
         loss = f" loss {result['loss']:.3f}" if "loss" in result else ""
-        self.bar.set_postfix_str(f"w{trial.config.get('width')}-s{trial.config.get('seed')}{loss}")
+        size = trial.config.get("size") or trial.config
+        self.bar.set_postfix_str(f"w{size.get('width')}-s{size.get('seed')}{loss}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = sum(t.status == "TERMINATED" for t in trials)
-        self.bar.set_description(f"train grid ({done}/{self.n_trials} trials done)")
+        self.bar.set_description(f"{self.desc} ({done}/{self.n_trials} trials done)")
 
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:

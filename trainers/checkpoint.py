@@ -1,4 +1,5 @@
-"""Atomic, safely loadable checkpoints: safetensors weights, weights-only optimizer state, no pickled code."""
+"""Atomic, safely loadable, verified checkpoints: safetensors weights, weights-only optimizer state, no
+pickled code; state.json records every file's size and SHA-256, and resume skips a damaged checkpoint."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import enum
 import json
 import os
 import shutil
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 
 LATEST = "latest"
-from study.weights import STATE, load_unet  # noqa: F401  (the reader lives in the core; re-exported)
+from study.weights import FILES, STATE, CorruptCheckpointError, load_unet, manifest, verify  # noqa: F401
 
 
 def milestone_name(images: int) -> str:
@@ -57,22 +60,39 @@ def recover(root: Path) -> None:
 
 
 def complete(root: Path) -> list[tuple[int, Path]]:
-    """(train_images, folder) of every complete checkpoint, oldest first."""
+    """(train_images, folder) of every complete checkpoint, oldest first (an unreadable state.json: left out)."""
     found = []
     for d in [root / LATEST, *root.glob("milestone-*")]:
         if (d / STATE).is_file():
-            found.append((json.loads((d / STATE).read_text())["train_images"], d))
+            try:
+                found.append((int(json.loads((d / STATE).read_text())["train_images"]), d))
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
     return sorted(found, key=lambda x: (x[0], x[1].name != LATEST))
 
 
-def link_copy(src: Path, tmp: Path) -> None:
-    """Fill tmp with src's files: hard links (files are never rewritten in place), else copies."""
-    tmp.mkdir(parents=True)
-    for f in src.iterdir():
+def quarantine(folder: Path, reason: str) -> Path:
+    """Move a damaged checkpoint aside (ROOT/.corrupt-NAME-TIME, kept for inspection) and say so."""
+    dest = folder.with_name(f".corrupt-{folder.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}")
+    os.replace(folder, dest)
+    print(f"warning: {reason}; moved it aside to {dest}", file=sys.stderr, flush=True)
+    return dest
+
+
+def newest_intact(root: Path) -> Path | None:
+    """The newest checkpoint whose files match their recorded sizes and sums; damaged newer ones (and any
+    with an unreadable state.json) are quarantined on the way, so a rerun never trips on them again."""
+    readable = {f for _, f in complete(root)}
+    for d in [root / LATEST, *root.glob("milestone-*")]:
+        if (d / STATE).is_file() and d not in readable:
+            quarantine(d, f"checkpoint {d}: {STATE} is unreadable")
+    for _, folder in reversed(complete(root)):
         try:
-            os.link(f, tmp / f.name)
-        except OSError:
-            shutil.copy2(f, tmp / f.name)
+            verify(folder)
+            return folder
+        except CorruptCheckpointError as err:
+            quarantine(folder, f"{err}; resuming from the previous checkpoint")
+    return None
 
 
 # --- optimizer state: keep only what torch.load(weights_only=True) can read back ------------------
@@ -167,7 +187,11 @@ def _barrier(world_size: int) -> None:
         torch.distributed.barrier()
 
 
-def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size: int, partitioned: bool) -> Path:
+EXTRA = "extra.safetensors"  # a recipe's own state (e.g. distillation's target network), rank 0
+
+
+def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size: int, partitioned: bool,
+          recipe=None) -> Path:
     """Write checkpoint `name` atomically: each rank adds its own files to a temp folder, rank 0 publishes."""
     final, tmp = root / name, root / f".tmp-{name}-{state['train_images']:010d}"
     if rank == 0:
@@ -180,26 +204,38 @@ def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size
     _barrier(world_size)  # every rank's files are in before rank 0 makes the folder visible
     if rank == 0:
         save_weights(engine.module, ema, tmp)
-        (tmp / STATE).write_text(json.dumps(state, indent=1))
+        extra = recipe.extra_state() if recipe is not None else {}
+        if extra:
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / EXTRA)
+        # Sizes and sums of every rank's files, recorded before the folder becomes visible (resume verifies).
+        (tmp / STATE).write_text(json.dumps({**state, FILES: manifest(tmp)}, indent=1))
         publish(tmp, final)
     _barrier(world_size)
     return final
 
 
 def write_latest_from(root: Path, src: Path, rank: int, world_size: int) -> None:
-    """Make `latest` a copy (hard links) of a just-written milestone."""
+    """After milestone `src` is written, drop a `latest` that is no newer: the milestone is now the newest
+    checkpoint and resume takes the newest intact one of either kind. (`latest` used to be a hard-linked
+    copy of the milestone, so one damaged file damaged both; now the two never share storage.)"""
     if rank == 0:
-        tmp = root / f".tmp-{LATEST}-from-{src.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        link_copy(src, tmp)
-        publish(tmp, root / LATEST)
+        latest = root / LATEST
+        try:
+            older = json.loads((latest / STATE).read_text())["train_images"] <= verify(src, [])["train_images"]
+        except (OSError, ValueError, KeyError):
+            older = latest.exists()
+        if older:
+            old = root / f".old-{LATEST}-{uuid.uuid4().hex[:8]}"
+            os.replace(latest, old)
+            shutil.rmtree(old, ignore_errors=True)
     _barrier(world_size)
 
 
-def resume(root: Path, engine, ema, rank: int, world_size: int, partitioned: bool) -> dict | None:
+def resume(root: Path, engine, ema, rank: int, world_size: int, partitioned: bool, recipe=None) -> dict | None:
     """Load the newest complete checkpoint into the engine (and rank 0's EMA); None when there is none."""
     if rank == 0:
         recover(root)
+        newest_intact(root)  # rank 0 verifies and quarantines, so every rank sees the same newest checkpoint
     _barrier(world_size)
     found = complete(root)
     if not found:
@@ -214,4 +250,6 @@ def resume(root: Path, engine, ema, rank: int, world_size: int, partitioned: boo
     load_rng(folder, rank)
     if ema is not None:
         load_ema(ema, engine.module, folder, state["ema_step"])
+    if recipe is not None and (folder / EXTRA).is_file():  # every rank: the recipe's state is the same everywhere
+        recipe.load_extra_state(load_file(folder / EXTRA))
     return state

@@ -15,8 +15,8 @@ import torch
 
 from trainers import checkpoint as ckpt
 from trainers.budget import plan, warmup_lr
-from trainers.data import PreparedData
-from trainers.diffusion import diffusion_loss, step_generator
+from trainers.data import micro_batch_start
+from trainers.diffusion import step_generator
 from trainers.engine import initialize, micro_batch, module_dtype, optimizer_step, set_lr
 from trainers.rundir import add_milestone, load_milestones, mark_nonfinite
 from trainers.tracking import Tracker
@@ -51,8 +51,7 @@ def train_loop(config: dict) -> None:
     ray_context.logger.setLevel(logging.WARNING)
 
     from study.config import from_dict
-    from study.ladder import LADDERS, build_unet
-    from study.schedulers import training_scheduler
+    from trainers.recipes import RecipeContext, get_recipe
 
     cfg, width, seed = from_dict(config["cfg"]), config["width"], config["seed"]
     tc, hooks, precision = cfg.train, config["test_hooks"], config["precision"]
@@ -68,15 +67,20 @@ def train_loop(config: dict) -> None:
     with open(size_dir / "nodes.jsonl", "a") as f:
         f.write(json.dumps({"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                             "host": socket.gethostname(), "time": time.time()}) + "\n")
-    data = PreparedData(config["prepared_dir"], seed)
+    spec = config.get("recipe") or {"name": "base"}
+    recipe = get_recipe(spec["name"])
+    ctx = RecipeContext(cfg, width, seed, Path(config["prepared_dir"]), device,
+                        init_from=Path(spec["init_from"]) if spec.get("init_from") else None,
+                        options=spec.get("options") or {})
+    data = recipe.data(ctx)
     budget = plan(tc, config["fwd_flops"])
     B, mb, dtype = budget.global_batch, micro_batch(tc, world), module_dtype(precision)
     torch.manual_seed(seed)  # the same initial weights on every rank and every rerun
-    engine = initialize(build_unet(LADDERS[cfg.model.ladder], width, data.geometry), tc, world, precision)
+    engine = initialize(recipe.model(ctx), tc, world, precision)
     params = list(engine.module.parameters())
     # The EMA lives on rank 0 only (it writes checkpoints), in fp32 whatever the training precision.
     ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True) if rank == 0 else None
-    state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0) or {}
+    state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0, recipe=recipe) or {}
     step = state.get("train_steps", 0)
     if rank == 0:  # a kill between publishing a milestone and indexing it leaves it unindexed
         indexed = {r["train_images"] for r in load_milestones(size_dir)}
@@ -85,9 +89,8 @@ def train_loop(config: dict) -> None:
                 add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
     tracker = None
     if rank == 0:
-        tracker = Tracker(size_dir, cfg, config["cfg"], width, seed, budget.total_images, step * B,
+        tracker = Tracker(size_dir, cfg, config.get("identity") or config["cfg"], width, seed, budget.total_images, step * B,
                           config["progress"])
-    scheduler, uncond = training_scheduler(cfg.model.prediction_type), data.uncond_embedding(device)
     log_steps = max(1, round((tc.log_every_images or budget.total_images / 50) / B))
     ckpt_steps = math.ceil(tc.checkpoint_every_images / B) if tc.checkpoint_every_images > 0 else 0
     t0, elapsed0 = time.perf_counter(), state.get("elapsed_s", 0.0)
@@ -101,9 +104,9 @@ def train_loop(config: dict) -> None:
         step_loss = torch.zeros((), device=device)
         for m in range(tc.grad_accum):
             # This rank's micro-batch m: a fixed slice of the global batch, so the order is a function of position.
-            latents, context = data.batch(start + (m * world + rank) * mb, mb, device)
+            batch = data.batch(micro_batch_start(start, m, rank, world, mb), mb, device)
             gen = step_generator(device, seed, step, rank, m)
-            loss = diffusion_loss(engine, scheduler, latents, context, uncond, tc.cond_drop_prob, gen, dtype)
+            loss = recipe.loss(engine, batch, gen, dtype)
             if hooks.get("nan_at_images") is not None and start >= hooks["nan_at_images"]:
                 loss = loss * float("nan")  # test-only: poison the loss
             engine.backward(loss)
@@ -122,6 +125,7 @@ def train_loop(config: dict) -> None:
             return  # a normal return: Ray must not retry a NaN (the driver raises NonFiniteLossError)
         step += 1
         images = step * B
+        recipe.after_step(engine.module)
         if ema is not None:
             ema.step(params)
         loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
@@ -142,7 +146,7 @@ def train_loop(config: dict) -> None:
             if is_milestone:
                 folder = root / ckpt.milestone_name(images)
                 if not (folder / ckpt.STATE).exists():  # never rewrite a milestone
-                    ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0)
+                    ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)
                 ckpt.write_latest_from(root, folder, rank, world)
                 if rank == 0:
                     add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
@@ -150,7 +154,7 @@ def train_loop(config: dict) -> None:
                 # waits for the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default).
                 ray.train.report({**budget.point(images), "loss": loss_value, "milestone": folder.name})
             else:
-                ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0)
+                ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)
             saved_images = images
         _test_hooks(hooks, rank, images)
 

@@ -7,11 +7,12 @@ import os
 import time
 from pathlib import Path
 
-from study.config import ConfigError, to_dict
+import torch
+
+from study.config import ConfigError, from_dict, to_dict
 from study.raycluster import ensure_ray
 from trainers.budget import plan
-from trainers.checkpoint import LATEST, STATE
-from trainers.data import PreparedData
+from trainers.checkpoint import STATE, complete
 from trainers.engine import resolve_precision
 from trainers.rundir import (NonFiniteLossError, check_config, done_summary, load_milestones, mark_done,
                              nonfinite_message, run_dir_for, write_config)
@@ -19,7 +20,7 @@ from trainers.rundir import (NonFiniteLossError, check_config, done_summary, loa
 TEST_HOOKS_ENV = "LDM_SCALING_TEST_HOOKS"  # JSON; tests only (kill a worker, poison the loss)
 
 
-def _use_gpu(setting: str) -> bool:
+def use_gpu(setting: str) -> bool:
     import ray
 
     setting = str(setting).lower()
@@ -40,39 +41,63 @@ def _check_fits(cfg, use_gpu: bool) -> None:
                               f"{have.get(kind, 0):g}: lower train.num_workers or train.cpus_per_worker")
 
 
-def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool = True, callbacks=None) -> dict:
-    """Train one ladder width to its final milestone (resuming what a previous call left); return the summary."""
+def with_train(cfg, overrides: dict | None):
+    """The study config with an experiment's TrainConfig overrides (budget, lr, batch...) merged in."""
+    if not overrides:
+        return cfg
+    d = to_dict(cfg)
+    return from_dict({**d, "train": {**d["train"], **overrides}})
+
+
+def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool = True, callbacks=None,
+               recipe: str = "base", init_from=None, train: dict | None = None, subdir: str = "train",
+               options: dict | None = None) -> dict:
+    """Train one ladder width to its final milestone (resuming what a previous call left); return the summary.
+
+    recipe: what is optimised (trainers.recipes.RECIPES); init_from: the base milestone a derived run starts
+    from; train: TrainConfig overrides of the experiment; subdir: its folder under the run folder;
+    options: the experiment's config section, given to the recipe and part of the run's identity."""
     from study.ladder import ladder
+    from trainers.recipes import RecipeContext, get_recipe
 
     t0 = time.time()
-    size_dir = run_dir_for(Path(run_dir).resolve(), width, seed)
+    cfg = with_train(cfg, train)
+    size_dir = run_dir_for(Path(run_dir).resolve(), width, seed, subdir)
     prepared = Path(prepared_dir).resolve()
     cfg_dict = to_dict(cfg)
-    check_config(size_dir, cfg_dict)
-    done = done_summary(size_dir, cfg_dict)
+    spec = None if recipe == "base" and init_from is None else {
+        "name": recipe, "init_from": str(Path(init_from).resolve()) if init_from else None, "options": options or {}}
+    # What the run computes: the config, plus (derived runs) the recipe, its base checkpoint and its options.
+    ident = cfg_dict if spec is None else {**cfg_dict, "recipe": spec}
+    check_config(size_dir, ident)
+    done = done_summary(size_dir, ident)
     if done is not None:
         return {**done, "skipped": True}
     message = nonfinite_message(size_dir)
     if message:  # rerunning would replay the same steps into the same NaN
         raise NonFiniteLossError(message)
-    geometry = PreparedData(prepared, seed).geometry  # fail here, not in a worker, if the data is missing
+    # Fail here, not in a worker, if the data is missing; the rung's cost is measured on the data's geometry.
+    ctx = RecipeContext(cfg, width, seed, prepared, torch.device("cpu"),
+                        init_from=Path(init_from) if init_from else None, options=options or {})
+    geometry = get_recipe(recipe).data(ctx).geometry
     rung = ladder(cfg.model.ladder, [width], geometry, cfg.model.reference_width)[0]
     budget = plan(cfg.train, rung.flops)
-    write_config(size_dir, cfg_dict)  # only once the config is known to be trainable
+    write_config(size_dir, ident)  # only once the config is known to be trainable
 
     started = ensure_ray(cfg, worker_logs=progress)
-    use_gpu = _use_gpu(cfg.train.use_gpu)
+    gpu = use_gpu(cfg.train.use_gpu)
     if started:
-        _check_fits(cfg, use_gpu)
-    precision = resolve_precision(cfg.train.precision, use_gpu)
+        _check_fits(cfg, gpu)
+    precision = resolve_precision(cfg.train.precision, gpu)
     loop_config = {
         "cfg": cfg_dict, "width": width, "seed": seed, "size_dir": str(size_dir), "prepared_dir": str(prepared),
         "precision": precision, "progress": progress, "fwd_flops": rung.flops,
         "rung": {"params": rung.params, "gflops": rung.gflops, "normalized_cost": rung.normalized_cost},
         "threads": cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)),
         "test_hooks": json.loads(os.environ.get(TEST_HOOKS_ENV) or "{}"),
+        "recipe": spec, "identity": ident,
     }
-    _trainer(cfg, width, seed, run_dir, loop_config, use_gpu, callbacks).fit()
+    _trainer(cfg, width, seed, run_dir, loop_config, gpu, callbacks, subdir).fit()
 
     message = nonfinite_message(size_dir)
     if message:
@@ -82,11 +107,11 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         raise RuntimeError(f"{size_dir}: training returned without its final milestone "
                            f"({budget.total_images} images): rerun the same command to resume")
     summary = _summary(size_dir, rows, rung, precision, cfg.train.num_workers, time.time() - t0)
-    mark_done(size_dir, cfg_dict, summary)
+    mark_done(size_dir, ident, summary)
     return summary
 
 
-def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bool, callbacks):
+def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bool, callbacks, subdir: str):
     """The Ray Train job: one worker per data-parallel rank, restarted from `latest` on failure."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -101,7 +126,7 @@ def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bo
         train_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=f"{cfg.name}-train-w{width}-s{seed}", storage_path=storage,
+        run_config=RunConfig(name=f"{cfg.name}-{subdir.replace('/', '-')}-w{width}-s{seed}", storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.sweep.max_failures),
                              callbacks=list(callbacks or [])),
     )
@@ -109,7 +134,7 @@ def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bo
 
 def _summary(size_dir: Path, rows: list[dict], rung, precision: str, num_workers: int, wall_s: float) -> dict:
     final = rows[-1]
-    state = json.loads((size_dir / "checkpoints" / LATEST / STATE).read_text())
+    state = json.loads((complete(size_dir / "checkpoints")[-1][1] / STATE).read_text())  # the final milestone
     return {"width": final["width"], "seed": final["seed"], "params": rung.params, "gflops": rung.gflops,
             **{k: final[k] for k in ("train_images", "train_steps", "train_flops", "train_flops_paper")},
             "milestones": rows, "precision": precision, "num_workers": num_workers,

@@ -8,15 +8,17 @@ from pathlib import Path
 from study.atomic import write_atomic, write_json
 from study.config import ConfigError, first_difference
 from study.identity import stable_hash, training_identity as identity
+from study.redact import redact
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite: a property of the run, not a transient failure, so never retried."""
 
 
-def run_dir_for(run_dir, width: int, seed: int) -> Path:
-    """The folder of one (width, seed) training run."""
-    return Path(run_dir) / "train" / f"w{width}-s{seed}"
+def run_dir_for(run_dir, width: int, seed: int, subdir: str = "train") -> Path:
+    """The folder of one (width, seed) training run: RUN_DIR/train/wW-sS for the base ladder,
+    RUN_DIR/<experiment>/train/wW-sS for a derived experiment."""
+    return Path(run_dir) / subdir / f"w{width}-s{seed}"
 
 
 def identity_hash(cfg_dict: dict) -> str:
@@ -29,7 +31,8 @@ def check_config(size_dir: Path, cfg_dict: dict) -> None:
     path = size_dir / "config.json"
     if not path.exists():
         return
-    diff = first_difference(identity(json.loads(path.read_text())), identity(cfg_dict))
+    # The folder's copy is redacted (study.redact): compare like with like.
+    diff = first_difference(identity(redact(json.loads(path.read_text()))), identity(redact(cfg_dict)))
     if diff:
         key, old, new = diff
         raise ConfigError(f"{size_dir} holds a run trained with {key}={old!r}, this config has {key}={new!r}: "
@@ -40,7 +43,7 @@ def write_config(size_dir: Path, cfg_dict: dict) -> None:
     """The resolved config of a new run (kept as first written: a resume may change operational keys)."""
     if not (size_dir / "config.json").exists():
         size_dir.mkdir(parents=True, exist_ok=True)
-        write_json(size_dir / "config.json", cfg_dict)
+        write_json(size_dir / "config.json", redact(cfg_dict))  # no credential reaches a file
 
 
 def done_summary(size_dir: Path, cfg_dict: dict) -> dict | None:
@@ -90,3 +93,37 @@ def truncate_metrics(path: Path, max_images: int) -> None:
         except (ValueError, KeyError):  # a line cut short by a kill
             pass
     write_atomic(path, lambda f: f.write("".join(ln + "\n" for ln in keep)), binary=False)
+
+
+def intact_milestones(size_dir, checksums: bool = False) -> list[dict]:
+    """The milestone rows whose checkpoint is complete and whose files have their recorded sizes (and sums,
+    if asked; loading a UNet checks the sums anyway): what a failed size can still be evaluated on."""
+    from study.weights import CorruptCheckpointError, verify
+
+    rows = []
+    for row in load_milestones(size_dir):
+        try:
+            verify(Path(size_dir) / row["path"], checksums=checksums)
+        except CorruptCheckpointError:
+            continue
+        rows.append(row)
+    return rows
+
+
+def size_status(size_dir, cfg_dict: dict | None = None) -> dict:
+    """Where one training run stands: {"status", "milestones", "reason"}.
+
+    status: "done" (finished, DONE marker for this config), "partial" (stopped early or failed, with intact
+    milestones that can be evaluated and marked partial), "failed" (stopped with none), "missing" (never
+    started). milestones: the intact milestone rows; reason: why it is not done (None when done)."""
+    size_dir = Path(size_dir)
+    if cfg_dict is not None and done_summary(size_dir, cfg_dict) is not None or \
+            cfg_dict is None and (size_dir / "DONE").exists():
+        return {"status": "done", "milestones": load_milestones(size_dir), "reason": None}
+    if not size_dir.exists():
+        return {"status": "missing", "milestones": [], "reason": "never started"}
+    rows = intact_milestones(size_dir)
+    reason = nonfinite_message(size_dir) or (
+        f"training stopped at {rows[-1]['train_images']} images, before its final milestone" if rows
+        else "training stopped before its first milestone")
+    return {"status": "partial" if rows else "failed", "milestones": rows, "reason": reason}

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
+from study.redact import redact
+from study.runtime import wandb_mode
 from trainers.rundir import identity_hash, truncate_metrics
-
-
-def wandb_mode(mode: str) -> str:
-    """`online` only with an API key in the environment; otherwise runs are kept offline for `wandb sync`."""
-    return "offline" if mode == "online" and not os.environ.get("WANDB_API_KEY") else mode
 
 
 class Tracker:
@@ -24,17 +20,21 @@ class Tracker:
         truncate_metrics(self.path, resumed_images)
         self.file = open(self.path, "a")
         self.run = None
-        if cfg.tracking.wandb_mode != "disabled":
+        mode = wandb_mode(cfg.tracking.wandb_mode)
+        if mode is not None:
             import wandb
 
+            job = f"{cfg_dict['recipe']['name']}-" if cfg_dict.get("recipe") else ""
+
             self.run = wandb.init(
-                project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.name, job_type="train",
-                name=f"{cfg.name}-w{width}-s{seed}",
+                project=cfg.tracking.project, entity=cfg.tracking.entity, group=cfg.name,
+                job_type=(cfg_dict.get("recipe") or {}).get("name", "train"),  # base runs: "train", as before
+                name=f"{cfg.name}-{job}w{width}-s{seed}",
                 # The same id on every rerun, so a resumed run continues one W&B run (ids allow [A-Za-z0-9_-]).
                 id=re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.name}"[:40]) + f"-w{width}-s{seed}-{identity_hash(cfg_dict)}",
                 resume="allow",
-                dir=str(size_dir), mode=wandb_mode(cfg.tracking.wandb_mode),
-                config={**cfg_dict, "width": width, "seed": seed}, settings=wandb.Settings(console="off"))
+                dir=str(size_dir), mode=mode,
+                config={**redact(cfg_dict), "width": width, "seed": seed}, settings=wandb.Settings(console="off"))
             self.run.define_metric("train_images")
             self.run.define_metric("*", step_metric="train_images")
         self.bar, self.name = None, f"w{width}-s{seed}"

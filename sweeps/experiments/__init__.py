@@ -1,0 +1,110 @@
+"""The experiments of a study (docs/experiments.md): each says what it trains or derives, which cells it
+evaluates and with which metrics; the stage runner runs the enabled ones in dependency order.
+
+A new experiment is one module in this package and one entry in EXPERIMENTS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+
+@dataclass
+class StageContext:
+    """What an experiment may read while it plans its runs and cells."""
+
+    cfg: object  # study.config.StudyConfig
+    run_dir: Path
+    prepared_dir: Path  # the base data's prepared folder (study prepare)
+    rungs: dict  # width -> ladder row (params, gflops, normalized_cost)
+    storage_url: str  # the Optuna storage
+    progress: bool = True
+    # (width, seed) -> milestone rows of every experiment trained so far, by experiment name
+    trained: dict = field(default_factory=dict)
+
+
+class Experiment:
+    """The base of every experiment; the defaults are the base experiment's."""
+
+    name = "base"  # the results table's `experiment`
+    task = "text2image"  # the results table's `task` (study.tasks.EVALUATORS)
+    after: tuple[str, ...] = ()  # experiments whose checkpoints this one derives from
+    recipe = "base"  # the trainer recipe of its runs (trainers.recipes.RECIPES)
+    objective = "fid"  # the evaluator's key the guidance search minimises
+    search = True  # False: one evaluation per cell at guidance 1 (tasks without guidance)
+
+    @property
+    def subdir(self) -> str:
+        """Its training runs' folder under the run folder."""
+        return "train" if self.name == "base" else f"{self.name}/train"
+
+    def enabled(self, cfg) -> bool:
+        return True
+
+    def options(self, cfg) -> dict | None:
+        """Its config section as a dict (given to its recipe; part of its runs' identity)."""
+        return None
+
+    def train_overrides(self, cfg) -> dict | None:
+        """TrainConfig overrides for its runs (budget, lr, batch...); None: the base train section."""
+        return None
+
+    def prepared(self, ctx: StageContext) -> Path:
+        """The prepared folder its runs train on and its evaluator reads (default: the base data's)."""
+        return ctx.prepared_dir
+
+    def sources(self, ctx: StageContext) -> dict[tuple[int, int], str] | None:
+        """(width, seed) -> the base milestone folder each derived run starts from; None: fresh models."""
+        return None
+
+    def chains(self, ctx: StageContext, sizes: dict) -> list:
+        """Its evaluation chains (sweeps.eval_grid.Chain) for the milestones of its trained sizes."""
+        raise NotImplementedError
+
+
+def final_milestones(ctx: StageContext, experiment: str = "base") -> dict[tuple[int, int], str]:
+    """(width, seed) -> the final milestone folder of each finished run of an experiment: a derived
+    experiment's teachers or starting points."""
+    return {k: rows[-1]["path"] for k, rows in ctx.trained.get(experiment, {}).items() if rows}
+
+
+def _base() -> Experiment:
+    from sweeps.experiments.base import BaseExperiment
+
+    return BaseExperiment()
+
+
+def _distillation() -> Experiment:
+    from sweeps.experiments.distillation import DistillationExperiment
+
+    return DistillationExperiment()
+
+
+# The registry: name -> factory, in the order the stage runner considers them (dependencies first).
+EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
+    "base": _base,
+    "distillation": _distillation,
+}
+
+
+def enabled_experiments(cfg) -> list[Experiment]:
+    """The experiments a config enables, each after the ones it derives from."""
+    todo = [f() for f in EXPERIMENTS.values()]
+    todo = [e for e in todo if e.enabled(cfg)]
+    names = {e.name for e in todo}
+    for e in todo:
+        missing = [a for a in e.after if a not in names]
+        if missing:
+            raise ValueError(f"experiment {e.name!r} derives from {missing}, which this config does not run")
+    ordered, done = [], set()
+    while todo:
+        ready = [e for e in todo if all(a in done for a in e.after)]
+        if not ready:
+            raise ValueError(f"experiments {[e.name for e in todo]} depend on each other in a cycle")
+        for e in ready:
+            ordered.append(e)
+            done.add(e.name)
+            todo.remove(e)
+    return ordered

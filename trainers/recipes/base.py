@@ -1,0 +1,41 @@
+"""Plain text-to-image diffusion training of a fresh ladder UNet: the base experiment's recipe."""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.data import PreparedData
+from trainers.diffusion import diffusion_loss
+from trainers.recipes import Recipe, RecipeContext
+
+
+class BaseRecipe(Recipe):
+    """SD1.5's objective (epsilon or v) with caption dropout for classifier-free guidance."""
+
+    name = "base"
+
+    def data(self, ctx: RecipeContext) -> PreparedData:
+        from study.schedulers import training_scheduler
+
+        self.prepared = PreparedData(ctx.prepared_dir, ctx.seed, ctx.cfg.train.shuffle_window_images)
+        self.scheduler = training_scheduler(ctx.cfg.model.prediction_type)
+        self.uncond = self.prepared.uncond_embedding(ctx.device)
+        self.cond_drop_prob = ctx.cfg.train.cond_drop_prob
+        return self
+
+    @property
+    def geometry(self):
+        return self.prepared.geometry
+
+    def batch(self, start: int, count: int, device: torch.device) -> dict:
+        latents, context = self.prepared.batch(start, count, device)
+        return {"latents": latents, "context": context}
+
+    def model(self, ctx: RecipeContext) -> torch.nn.Module:
+        from study.ladder import LADDERS, build_unet
+
+        return build_unet(LADDERS[ctx.cfg.model.ladder], ctx.width, self.prepared.geometry)
+
+    def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        return diffusion_loss(model, self.scheduler, batch["latents"], batch["context"], self.uncond,
+                              self.cond_drop_prob, gen, dtype)
