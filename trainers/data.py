@@ -1,79 +1,229 @@
-"""The prepared training data (latents and caption embeddings) and its order, a pure function of position."""
+"""The prepared training data and its order: a batch is a pure function of its position in the sample stream.
+
+Engine: shards read by index through memory maps, chosen over the two libraries the issue names.
+- Ray Data (`streaming_split` into Ray Train): its iterators do not promise the same order run to run
+  (ray-project/ray#58658, open), and it has no mid-epoch resume: a restart re-reads the input from the
+  start and filters it (ray-project/ray#65891). Our guarantee (a resumed run sees exactly the samples an
+  uninterrupted one sees) would need a replay of the epoch on every restart.
+- mosaicml-streaming's StreamingDataset is deterministic and resumable, but reads only its own MDS
+  shards (a second copy of the data next to ours), tracks its position in its own state dict beside
+  our checkpoint, and ties the order to its "canonical nodes" setting.
+- Index + mmap: `batch(start, count)` maps stream positions to (shard, row) with a few integer
+  operations and reads those rows from memory-mapped float16 files. The order needs no state beyond
+  the position, so resume and rank slicing are arithmetic; the OS page cache holds what is read, and
+  nothing is copied through an object store. benchmarks/train_input.py measures it against the
+  in-memory arrays of the embedded default (`python benchmarks/train_input.py`).
+
+Order (bounded memory, from (seed, epoch) alone): each epoch permutes the order of the shards, cuts
+that order into windows of `window_shards` consecutive shards and permutes the samples inside each
+window. The state is one permutation of the shard list plus the permutation of at most a few windows,
+so it does not grow with the samples of the data set. A window covering the whole set (the digits) is a
+full shuffle, bit for bit the order of the in-memory reader it replaced.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from study.ladder import Geometry
+from study.shards.format import INDEX, ShardIndex
 
-FILES = ("latents.npy", "caption_table.npy", "caption_index.npy", "uncond.npy", "meta.json")
+SHARDS = "shards"  # the shard set's folder inside a prepared folder (format: study/shards/format.py)
+LEGACY_FILES = ("latents.npy", "caption_table.npy", "caption_index.npy", "uncond.npy", "meta.json")
+WINDOW_IMAGES = 1 << 20  # samples shuffled together: the window's permutation is 8 MB whatever the data set
+_CACHED_WINDOWS = 4  # permutations kept: a batch spans at most two windows, two ranks' batches a few more
+_OPEN_SHARDS = 64  # memory maps kept open (each holds a file descriptor)
+
+
+def micro_batch_start(step_start: int, micro_step: int, rank: int, world: int, micro_batch: int) -> int:
+    """Stream position of a rank's micro-batch: ranks and micro-steps tile the global batch, no overlaps."""
+    return step_start + (micro_step * world + rank) * micro_batch
+
+
+class StreamOrder:
+    """Position in the endless sample stream -> (shard, row), with windowed per-epoch shuffles."""
+
+    def __init__(self, sizes, seed: int, window_shards: int):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        if len(self.sizes) == 0 or self.sizes.min() < 1:
+            raise ValueError("a stream needs at least one shard and no empty shard")
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)])  # shard starts in the data set's order
+        self.n = int(self.offsets[-1])
+        self.seed, self.window = int(seed), max(1, int(window_shards))
+        self.n_windows = -(-len(self.sizes) // self.window)
+        self._epochs: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._perms: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's shard order and the start of each shard, in that order, within the epoch."""
+        if epoch not in self._epochs:
+            if self.n_windows == 1:  # one window: shuffling the shards first would change nothing but the seed
+                order = np.arange(len(self.sizes))
+            else:  # the tags (1 and 2 below) keep the shard and window draws apart
+                order = np.random.default_rng([self.seed, epoch, 1]).permutation(len(self.sizes))
+            self._epochs[epoch] = order, np.concatenate([[0], np.cumsum(self.sizes[order])])
+            while len(self._epochs) > 2:  # a batch spans at most two epochs
+                self._epochs.popitem(last=False)
+        return self._epochs[epoch]
+
+    def _perm(self, epoch: int, window: int, count: int) -> np.ndarray:
+        key = (epoch, window)
+        if key not in self._perms:
+            # keyed by (seed, epoch[, window]) alone, so a resumed or restarted run draws the same order;
+            # one window is seeded as the full shuffle of the in-memory reader, so its order is unchanged
+            entropy = [self.seed, epoch] if self.n_windows == 1 else [self.seed, epoch, 2, window]
+            self._perms[key] = np.random.default_rng(entropy).permutation(count)
+            while len(self._perms) > _CACHED_WINDOWS:
+                self._perms.popitem(last=False)
+        self._perms.move_to_end(key)
+        return self._perms[key]
+
+    def locate(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard, row) of the samples at positions [start, start + count) of the stream."""
+        epochs, offs = np.divmod(np.arange(start, start + count, dtype=np.int64), self.n)
+        shard, row = np.empty(count, np.int64), np.empty(count, np.int64)
+        for e in np.unique(epochs):
+            order, starts = self._epoch(int(e))
+            bounds = starts[:: self.window]  # window starts within the epoch (and the end, when it falls there)
+            in_e = np.flatnonzero(epochs == e)
+            win = np.searchsorted(bounds, offs[in_e], side="right") - 1
+            for j in np.unique(win):
+                at = in_e[win == j]
+                lo, hi = int(starts[j * self.window]), int(starts[min((j + 1) * self.window, len(order))])
+                k = lo + self._perm(int(e), int(j), hi - lo)[offs[at] - lo]  # position in the epoch's shard order
+                t = np.searchsorted(starts, k, side="right") - 1
+                shard[at], row[at] = order[t], k - starts[t]
+        return shard, row
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        """Data-set indices (shards concatenated in their written order) at positions [start, start + count)."""
+        shard, row = self.locate(start, count)
+        return self.offsets[shard] + row
+
+    def state_nbytes(self) -> int:
+        """Bytes the order holds: shard lists and cached window permutations, never a permutation of N."""
+        arrays = [self.sizes, self.offsets, *(a for pair in self._epochs.values() for a in pair),
+                  *self._perms.values()]
+        return sum(a.nbytes for a in arrays)
+
+
+class _ShardFiles:
+    """The train split of a shard set: memory maps opened on demand, a bounded number at a time."""
+
+    def __init__(self, index: ShardIndex):
+        self.index = index
+        records = index.shards("train")
+        self.names, self.sizes = [r["name"] for r in records], [int(r["n"]) for r in records]
+        self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        if shard not in self._open:
+            name, n = self.names[shard], self.sizes[shard]
+            pair = self.index.latents(name), self.index.context(name)
+            for kind, a, want in zip(("latents", "context"), pair,
+                                     (self.index.latent_shape, self.index.context_shape)):
+                if tuple(a.shape) != (n, *want):
+                    raise ValueError(f"{self.index.paths(name)[kind]} has shape {tuple(a.shape)}, index.json says "
+                                     f"{(n, *want)}: the shard set is incomplete or mixed; rerun `study prepare`")
+            self._open[shard] = pair
+            while len(self._open) > _OPEN_SHARDS:
+                self._open.popitem(last=False)
+        self._open.move_to_end(shard)
+        return self._open[shard]
+
+    def read(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lat, ctx = self.arrays(shard)
+        return lat[rows], ctx[rows]
+
+
+class _LegacyArrays:
+    """The pre-shard layout (one latents.npy, a caption table and index), read as a single shard."""
+
+    def __init__(self, root: Path, meta: dict):
+        load = lambda name: np.load(root / name, mmap_mode="r")  # noqa: E731
+        self.latents, self.table, self.caption_index = (load("latents.npy"), load("caption_table.npy"),
+                                                       load("caption_index.npy"))
+        n, (c, h, w), (t, d) = meta["n_train"], meta["latent_shape"], meta["context_shape"]
+        expect = {"latents.npy": (self.latents.shape, (n, c, h, w)),
+                  "caption_table.npy": (self.table.shape[1:], (t, d)),
+                  "caption_index.npy": (self.caption_index.shape, (n,))}
+        for name, (got, want) in expect.items():
+            if tuple(got) != tuple(want):
+                raise ValueError(f"{root / name} has shape {tuple(got)}, meta.json implies {tuple(want)}: "
+                                 f"the prepared data is incomplete or mixed; rerun `study prepare`")
+        if n == 0 or int(np.max(self.caption_index)) >= len(self.table):
+            raise ValueError(f"{root}/caption_index.npy points past caption_table.npy; rerun `study prepare`")
+        self.sizes = [n]
+
+    def read(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.latents[rows], self.table[np.asarray(self.caption_index[rows])]
 
 
 class PreparedData:
-    """Memory-mapped arrays written by `study prepare`; batches are drawn by position in the sample stream."""
+    """The training split of a prepared folder; batches are drawn by position in the sample stream."""
 
-    def __init__(self, root: str | Path, seed: int):
+    def __init__(self, root: str | Path, seed: int, window_images: int = WINDOW_IMAGES):
         self.root = Path(root)
-        missing = [f for f in FILES if not (self.root / f).exists()]
-        if missing:
-            raise FileNotFoundError(f"prepared data {self.root} lacks {', '.join(missing)}: run `study prepare` "
+        shards = self.root / SHARDS
+        if (shards / INDEX).exists():
+            index = ShardIndex.load(shards)
+            self.source = _ShardFiles(index)
+            shape, context, shard_size = index.latent_shape, index.context_shape, index.shard_size
+            uncond = shards / index.raw["uncond"]
+        elif all((self.root / f).exists() for f in LEGACY_FILES):
+            meta = json.loads((self.root / "meta.json").read_text())
+            self.source = _LegacyArrays(self.root, meta)
+            shape, context, uncond = meta["latent_shape"], meta["context_shape"], self.root / "uncond.npy"
+            shard_size = meta["n_train"]
+        else:
+            raise FileNotFoundError(f"prepared data {self.root} has no {SHARDS}/{INDEX}: run `study prepare` "
                                     f"with the same config first")
-        self.meta = json.loads((self.root / "meta.json").read_text())
-        load = lambda name: np.load(self.root / name, mmap_mode="r")  # noqa: E731
-        self.latents, self.table = load("latents.npy"), load("caption_table.npy")
-        self.caption_index, self.uncond = load("caption_index.npy"), load("uncond.npy")
-        self._check()
-        self.seed = int(seed)
-        self._perms: dict[int, np.ndarray] = {}
-
-    def _check(self) -> None:
-        n, (c, h, w), (t, d) = self.meta["n_train"], self.meta["latent_shape"], self.meta["context_shape"]
-        expect = {"latents.npy": (self.latents.shape, (n, c, h, w)),
-                  "caption_table.npy": (self.table.shape[1:], (t, d)),
-                  "caption_index.npy": (self.caption_index.shape, (n,)),
-                  "uncond.npy": (self.uncond.shape, (1, t, d))}
-        for name, (got, want) in expect.items():
-            if tuple(got) != tuple(want):
-                raise ValueError(f"{self.root / name} has shape {tuple(got)}, meta.json implies {tuple(want)}: "
-                                 f"the prepared data is incomplete or mixed; rerun `study prepare`")
+        (c, h, w), (t, d) = shape, context
         if h != w:
             raise ValueError(f"{self.root}: latents are {h}x{w}; the UNet ladder needs square latents")
-        if n == 0 or int(np.max(self.caption_index)) >= len(self.table):
-            raise ValueError(f"{self.root}/caption_index.npy points past caption_table.npy; rerun `study prepare`")
+        if sum(self.source.sizes) == 0:
+            raise ValueError(f"{self.root}: the training split is empty; check the data set and rerun `study prepare`")
+        self.latent_shape, self.context_shape = (int(c), int(h), int(w)), (int(t), int(d))
+        self.uncond = np.load(uncond, mmap_mode="r")
+        if tuple(self.uncond.shape) != (1, t, d):
+            raise ValueError(f"{uncond} has shape {tuple(self.uncond.shape)}, expected {(1, t, d)}: rerun "
+                             f"`study prepare`")
+        if window_images < 1:
+            raise ValueError(f"train.shuffle_window_images must be >= 1, got {window_images}")
+        self.seed = int(seed)
+        self.order = StreamOrder(self.source.sizes, seed, -(-int(window_images) // max(1, shard_size)))
 
     def __len__(self) -> int:
-        return len(self.latents)
+        return self.order.n
 
     @property
     def geometry(self) -> Geometry:
-        (c, h, _), (t, d) = self.meta["latent_shape"], self.meta["context_shape"]
-        return Geometry(in_channels=int(c), sample_size=int(h), context_dim=int(d), tokens=int(t))
-
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            # Keyed by (seed, epoch) alone, so a resumed or restarted run draws the same order.
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = np.random.default_rng([self.seed, epoch]).permutation(len(self))
-        return self._perms[epoch]
+        (c, h, _), (t, d) = self.latent_shape, self.context_shape
+        return Geometry(in_channels=c, sample_size=h, context_dim=d, tokens=t)
 
     def indices(self, start: int, count: int) -> np.ndarray:
         """Training-set indices at positions [start, start + count) of the endless shuffled stream."""
-        pos = np.arange(start, start + count)
-        epochs, offsets = np.divmod(pos, len(self))
-        return np.concatenate([self._perm(int(e))[offsets[epochs == e]] for e in np.unique(epochs)])
+        return self.order.indices(start, count)
+
+    def arrays(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Latents [count, C, H, W] and caption embeddings [count, T, D], float16, at stream positions."""
+        shard, row = self.order.locate(start, count)
+        lat = np.empty((count, *self.latent_shape), np.float16)
+        ctx = np.empty((count, *self.context_shape), np.float16)
+        for s in np.unique(shard):
+            at = np.flatnonzero(shard == s)
+            at = at[np.argsort(row[at], kind="stable")]  # read each memory map in file order
+            lat[at], ctx[at] = self.source.read(int(s), row[at])
+        return lat, ctx
 
     def batch(self, start: int, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents [count, C, H, W] and caption embeddings [count, T, D], float32, at stream positions."""
-        idx = self.indices(start, count)
-        order = np.argsort(idx, kind="stable")  # read the memory map in file order, then restore the draw order
-        inv = np.empty_like(order)
-        inv[order] = np.arange(len(order))
-        lat = np.asarray(self.latents[idx[order]])[inv]
-        ctx = np.asarray(self.table[np.asarray(self.caption_index[idx])])
+        """Latents and caption embeddings as float32 tensors on device, at stream positions."""
+        lat, ctx = self.arrays(start, count)
         return _to_device(lat, device), _to_device(ctx, device)
 
     def uncond_embedding(self, device: torch.device) -> torch.Tensor:
