@@ -9,10 +9,12 @@ from typing import List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from study.errors import UserError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A user error in the configuration: one line naming the key and what is expected."""
 
 
@@ -210,6 +212,26 @@ def _load_yaml(path: Path):
     return loaded
 
 
+def _load_yaml(path: Path):
+    """A config file's mapping; a file that is not YAML, or not a mapping, fails with one line naming it."""
+    import yaml
+    from omegaconf import DictConfig
+
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1}: {err.problem})" if mark else ""
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the file, or check that "
+                          f"you passed the right one") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(path)!r} is not a text file: pass a YAML config") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} holds a {type(loaded).__name__.replace('Config', '').lower()}"
+                          f", not a mapping of keys: write it as `key: value` lines (see configs/tiny.yaml)")
+    return loaded
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> StudyConfig:
     """Load a YAML preset, merge dotlist overrides onto the typed schema, validate, return it."""
     schema = OmegaConf.structured(StudyConfig)
@@ -350,6 +372,7 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.batch_size % (t.grad_accum * t.num_workers) == 0, "train.batch_size",
            f"a multiple of grad_accum x num_workers ({t.grad_accum * t.num_workers})", t.batch_size)
     _check(t.lr > 0, "train.lr", "a positive learning rate", t.lr)
+    _check(ae.lr > 0, "autoencoder.lr", "a positive learning rate", ae.lr)
     _check(ae.lr > 0, "autoencoder.lr", "a positive learning rate", ae.lr)
     _check(t.shuffle_window_images > 0, "train.shuffle_window_images", "a positive number of images",
            t.shuffle_window_images)
