@@ -145,3 +145,74 @@ def write_run(run_dir: str | Path, spec: SyntheticSpec | None = None, seed: int 
     else:
         df.to_csv(path, index=False)
     return path
+
+
+# A family of two-size tables with known answers: the gap G(c) = FID_large - FID_small as a
+# function of sampling cost c (positive: the smaller size wins), and its true crossings.
+#   once:  the small size wins below c1, the large one above (one crossing at c1)
+#   twice: the large size wins only between c1 and c2 (two crossings)
+#   never: the small size is better everywhere by at least 1 FID
+#   tied:  both sizes lie on one curve (equal values wherever both are evaluated)
+FAMILY_CROSSINGS = {"once": (12.0,), "twice": (8.0, 30.0), "never": (), "tied": ()}
+FAMILY_VERDICT = {"once": "crossing", "twice": "crossing", "never": "no evidence of crossing",
+                  "tied": "tied within noise"}
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One member of the family: its shape, seeds, noise and grid."""
+
+    kind: str = "once"
+    seeds: tuple[int, ...] = (0,)
+    fid_std: float = 0.3  # evaluation noise of one FID; 0: none, and no fid_std column
+    seed_sd: float = 0.0  # spread of whole curves between training seeds
+    steps: tuple[int, ...] = (4, 6, 8, 10, 14, 20, 30, 50, 100, 250)
+    normalized_costs: tuple[float, float] = (0.25, 1.0)  # small, large
+    widths: tuple[int, int] = (64, 128)
+    params: tuple[float, float] = (37.5e6, 142.2e6)
+    scale: float = 2.0  # FID size of the gap's shape
+
+
+def family_base(cost: np.ndarray) -> np.ndarray:
+    """The smaller size's true FID against sampling cost: a floor plus a few-step penalty."""
+    return 20.0 + 10.0 / np.asarray(cost, float)
+
+
+def family_gap(spec: FamilySpec, cost: np.ndarray) -> np.ndarray:
+    """True gap G(c) = FID_large - FID_small of the spec's kind (positive: small wins)."""
+    lc = np.log(np.asarray(cost, float))
+    cross = [np.log(c) for c in FAMILY_CROSSINGS[spec.kind]]
+    if spec.kind == "once":
+        return -spec.scale * (lc - cross[0])
+    if spec.kind == "twice":  # the large size's lead peaks at 1.7 scale between the crossings
+        return 2.0 * spec.scale * (lc - cross[0]) * (lc - cross[1])
+    if spec.kind == "never":
+        return spec.scale * (1.0 + 0.2 * (lc - np.log(4.0)) ** 2)
+    if spec.kind == "tied":
+        return np.zeros_like(lc)
+    raise ValueError(f"unknown family kind {spec.kind!r}: use one of {', '.join(FAMILY_CROSSINGS)}")
+
+
+def family_table(spec: FamilySpec, seed: int = 0) -> pd.DataFrame:
+    """A results table of two sizes (one sampler, budget and guidance) with the spec's gap."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    steps = np.asarray(spec.steps, float)
+    for i, (width, nc) in enumerate(zip(spec.widths, spec.normalized_costs)):
+        cost = nc * steps
+        truth = family_base(cost) + (family_gap(spec, cost) if i == 1 else 0.0)
+        for run_seed in spec.seeds:
+            offset = rng.normal(0.0, spec.seed_sd) if spec.seed_sd else 0.0
+            noise = rng.normal(0.0, spec.fid_std, steps.size) if spec.fid_std else 0.0
+            fid = truth + offset + noise
+            for k, st in enumerate(spec.steps):
+                rows.append({"width": width, "params": int(spec.params[i]),
+                             "normalized_cost": nc, "train_images": 1_000_000,
+                             "train_flops": 1e15 * spec.params[i], "sampler": "ddim",
+                             "steps": int(st), "guidance": 3.0, "sampling_cost": nc * st,
+                             "fid": float(fid[k]), "seed": run_seed,
+                             "timestep_spacing": "trailing"})
+    df = pd.DataFrame(rows)
+    if spec.fid_std:
+        df["fid_std"] = spec.fid_std
+    return df

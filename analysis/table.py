@@ -6,6 +6,7 @@ one row per guidance tried in it. Curves are cells averaged over seeds.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,15 @@ REQUIRED = ("width", "params", "normalized_cost", "train_images", "train_flops",
 # Metric name -> True when lower is better (FID), False when higher is (alignment score).
 LOWER_IS_BETTER = {"fid": True, "kid": True, "alignment": False}
 METRIC_LABEL = {"fid": "FID", "kid": "KID", "alignment": "alignment score"}
+# Rows of every experiment share the table; tables written before these columns existed hold
+# only the base study (text-to-image training and sampling), so they load with these defaults.
+DEFAULTS = {"experiment": "base", "task": "text2image"}
+BASE = "base"  # the experiment this package's analyses read; others bring their own modules
+NUMERIC = ("width", "params", "normalized_cost", "train_images", "train_flops", "steps",
+           "guidance", "fid")
+OPTIONAL_NUMERIC = ("seed", "sampling_cost", "fid_std", "kid", "kid_std", "alignment",
+                    "alignment_std", "fid_floor")
+MAX_BAD_SHARE = 0.2  # above this share of bad rows the table is refused, not patched
 
 
 def results_path(run_dir: str | Path) -> Path:
@@ -48,11 +58,65 @@ def require_columns(df: pd.DataFrame, columns: tuple[str, ...] | list[str], what
                          f"(present: {', '.join(map(str, df.columns))})")
 
 
-def load_results(run_dir: str | Path) -> pd.DataFrame:
-    """Load and normalise a run folder's results table (defaults for optional columns)."""
-    df = read_table(results_path(run_dir)).copy()
-    require_columns(df, REQUIRED, "the results table")
-    if df.empty or not np.isfinite(pd.to_numeric(df["fid"], errors="coerce")).any():
+def validate(df: pd.DataFrame, source: str = "the results table") -> pd.DataFrame:
+    """Numeric columns made numeric, rows with a non-numeric value or FID < 0 dropped with a
+    warning naming them; ValueError when more than MAX_BAD_SHARE of the rows are bad.
+
+    A missing FID (a cell not evaluated yet) is not bad; a text in a number column, an
+    infinite value or a negative FID (FID is a distance) is a corrupt row.
+    """
+    df = df.copy()
+    bad = pd.Series(False, index=df.index)
+    reasons: dict[int, str] = {}
+    for col in NUMERIC + OPTIONAL_NUMERIC:
+        if col not in df:
+            continue
+        raw = df[col]
+        num = pd.to_numeric(raw, errors="coerce")
+        broken = (raw.notna() & num.isna()) | np.isinf(num.astype(float))
+        if col in NUMERIC[:-1]:  # the grid's coordinates cannot be missing either
+            broken |= num.isna()
+        for i in df.index[broken & ~bad]:
+            reasons[i] = f"{col}={raw[i]!r}"
+        bad |= broken
+        df[col] = num
+    negative = df["fid"] < 0
+    for i in df.index[negative & ~bad]:
+        reasons[i] = f"fid={df.at[i, 'fid']:g} < 0"
+    bad |= negative.fillna(False)
+    if bad.any():
+        named = "; ".join(f"row {i}: {r}" for i, r in list(reasons.items())[:5])
+        more = f" and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+        if bad.mean() > MAX_BAD_SHARE:
+            raise ValueError(f"{source}: {int(bad.sum())} of {len(df)} rows are corrupt ({named}"
+                             f"{more}): re-run their evaluation or repair the table")
+        warnings.warn(f"{source}: skipping {int(bad.sum())} corrupt row(s) ({named}{more})",
+                      stacklevel=2)
+    return df[~bad]
+
+
+def load_results(run_dir: str | Path, experiment: str | None = BASE) -> pd.DataFrame:
+    """Load, validate and normalise a run folder's results table (defaults for optional
+    columns); keep only `experiment`'s rows (None keeps every experiment)."""
+    path = results_path(run_dir)
+    return normalize(read_table(path), path.name, experiment)
+
+
+def normalize(df: pd.DataFrame, source: str = "the results table",
+              experiment: str | None = BASE) -> pd.DataFrame:
+    """A results frame validated, with defaults for optional columns, cut to `experiment`."""
+    df = df.copy()
+    require_columns(df, REQUIRED, source)
+    for col, default in DEFAULTS.items():
+        df[col] = df[col].fillna(default).astype(str) if col in df else default
+    df = validate(df, source)
+    if experiment is not None:
+        if not (df["experiment"] == experiment).any():
+            raise ValueError(f"the results table has no rows of experiment {experiment!r} (it "
+                             f"holds {', '.join(sorted(df['experiment'].unique())) or 'none'}): "
+                             "run that experiment's sweep first")
+        df = df[df["experiment"] == experiment].reset_index(drop=True)
+    if df.empty or not np.isfinite(df["fid"]).any():
         raise ValueError("the results table has no rows with a finite fid: run (or finish) an "
                          "evaluation first")
     if "seed" not in df:

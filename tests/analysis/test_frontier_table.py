@@ -8,9 +8,9 @@ import pytest
 
 from analysis.frontier import best_size_table, pareto_mask, winner_ranges
 from analysis.inference import analyze_metric
-from analysis.synthetic import SyntheticSpec, make_results, write_run
-from analysis.table import (cells, curves, load_results, reference_cell, results_path,
-                            size_label)
+from analysis.synthetic import FamilySpec, SyntheticSpec, family_table, make_results, write_run
+from analysis.table import (cells, curves, load_results, normalize, reference_cell,
+                            results_path, size_label)
 
 TINY = SyntheticSpec(train_images=(1e6, 4e6), steps=(4, 10, 50), guidances=(2.0, 6.0),
                      samplers={"ddim": 1.0})
@@ -62,8 +62,65 @@ def test_pareto_and_best_size():
                           "params": [10, 10, 20, 20, 30], "steps": [1, 2, 3, 4, 5]})
     table = best_size_table(curve, True)
     assert table["width"].tolist() == [1, 1, 3]
+    assert table["tied_widths"].tolist() == ["1", "1", "3"]  # no noise: no ties
     ranges = winner_ranges(table)
     assert [r["width"] for r in ranges] == [1, 3] and ranges[-1]["to_cost"] is None
+    assert [r["label"] for r in ranges] == ["1e-05M", "3e-05M"] and not ranges[0]["tied"]
+
+
+def test_sizes_within_noise_are_one_tied_range_not_a_flip_flop():
+    # Two sizes whose point estimates alternate by 0.05 at neighbouring budgets, noise 0.3.
+    cost = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 10.0, 11.0])
+    fid = np.array([30.0, 29.95, 29.0, 28.95, 28.0, 27.95, 20.0, 25.0])
+    curve = pd.DataFrame({"sampling_cost": cost, "value": fid, "width": [1, 2] * 3 + [3, 1],
+                          "params": [1e6, 2e6] * 3 + [3e6, 1e6], "steps": np.arange(8)})
+    point = best_size_table(curve, True)
+    assert point["width"].tolist()[:6] == [1, 2, 1, 2, 1, 2]  # the flip-flop of the point estimate
+    boot = fid + np.random.default_rng(0).normal(0, 0.3, (300, fid.size))
+    table = best_size_table(curve, True, boot)
+    ranges = winner_ranges(table)
+    # At cost 1 only the 1M size is affordable; from 2 the two are one tied range until 3M wins.
+    assert [r["label"] for r in ranges] == ["1M", "1M ~ 2M", "3M"]
+    assert ranges[1]["tied"] and ranges[1]["widths"] == [1, 2]
+    assert ranges[1]["from_cost"] == 2.0 and ranges[1]["to_cost"] == 10.0
+
+
+def test_tied_family_reads_as_a_tie(tmp_path):
+    res = analyze_metric(normalize(family_table(FamilySpec(kind="tied", fid_std=0.3), seed=1)),
+                         "fid", n_boot=200)
+    labels = {r["label"] for r in winner_ranges(res.best_size)}
+    assert "37.5M ~ 142M" in labels
+    assert res.frontier["tied_label"].notna().all()  # each frontier point carries its ties
+
+
+def test_experiment_and_task_columns(tmp_path):
+    df = make_results(TINY)
+    df.to_parquet(tmp_path / "results.parquet")
+    old = load_results(tmp_path)  # written before the columns existed: the base study
+    assert set(old["experiment"]) == {"base"} and set(old["task"]) == {"text2image"}
+    other = df.assign(experiment="distillation", task="text2image", fid=df["fid"] + 100)
+    both = pd.concat([df.assign(experiment="base", task="text2image"), other])
+    both.to_parquet(tmp_path / "results.parquet")
+    base = load_results(tmp_path)
+    assert len(base) == len(df) and (base["fid"] < 100).all()  # only the base rows are analysed
+    assert len(load_results(tmp_path, experiment=None)) == 2 * len(df)
+    with pytest.raises(ValueError, match="no rows of experiment 'superres'.*base, distillation"):
+        load_results(tmp_path, experiment="superres")
+
+
+def test_corrupt_rows_skipped_with_a_warning_or_refused(tmp_path):
+    df = make_results(TINY).astype({"fid": object, "steps": object})
+    df.loc[3, "fid"] = "nan-ish"
+    df.loc[7, "fid"] = -1.0
+    df.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.warns(UserWarning, match=r"skipping 2 corrupt row\(s\) \(row 3: fid='nan-ish'; row 7: fid=-1"):
+        got = load_results(tmp_path)
+    assert len(got) == len(df) - 2 and got["fid"].dtype == float
+    df.loc[: len(df) // 2, "steps"] = "four"
+    df.to_csv(tmp_path / "results.csv", index=False)
+    with pytest.raises(ValueError, match=r"rows are corrupt \(row 0: steps='four'.*repair the table") as err:
+        load_results(tmp_path)
+    assert "\n" not in str(err.value)
 
 
 def test_small_model_best_at_low_budget_large_at_high(tmp_path):
