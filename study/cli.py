@@ -19,14 +19,17 @@ CONFIG_ARG = typer.Argument(..., help="A YAML config (path or preset name: tiny,
 OVERRIDES = typer.Argument(None, help="Dotlist overrides, e.g. train.batch_size=64.")
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, no traceback."""
+from study.errors import UserError  # noqa: E402  (one class for every failure the user can fix)
 
 
 def _load(config: str | None, overrides: list[str] | None):
     from study.config import load_config
+    from study.errors import note_run_dir
+    from study.paths import run_dir
 
-    return load_config(config, overrides or [])
+    cfg = load_config(config, overrides or [])
+    note_run_dir(run_dir(cfg))  # a failure from here on is logged in the run folder (if it exists)
+    return cfg
 
 
 def _echo_json(obj) -> None:
@@ -113,8 +116,21 @@ def sample(checkpoint: Path = typer.Argument(..., help="A milestone checkpoint f
            guidance: float = typer.Option(3.0, "--guidance"), n: int = typer.Option(8, "--n", help="Images per prompt."),
            seed: int = typer.Option(0, "--seed"), weights: str = typer.Option("ema", "--weights")) -> None:
     """Sample an image grid from a checkpoint: one row per prompt."""
+    from study.errors import note_run_dir
     from study.imagegrid import sample_grid
+    from study.schedulers import SAMPLERS
 
+    size_dir = checkpoint.parent.parent  # RUN/train/wW-sS/checkpoints/milestone-N -> the size's folder
+    note_run_dir(size_dir if (size_dir / "config.json").is_file() else None)
+    for flag, value, ok, expected in (
+            ("--n", n, n >= 1, "a positive number of images per prompt"),
+            ("--steps", steps, steps >= 1, "a positive number of sampling steps"),
+            ("--guidance", guidance, guidance > 0 and guidance != float("inf"), "a finite guidance scale > 0"),
+            ("--sampler", sampler, sampler in SAMPLERS, f"one of {', '.join(SAMPLERS)}"),
+            ("--weights", weights, weights in ("ema", "raw"), "'ema' or 'raw'"),
+            ("--prompt", prompt, all(p.strip() for p in prompt), "non-empty prompts")):
+        if not ok:
+            raise UserError(f"{flag} {value!r}: expected {expected}")
     path = sample_grid(checkpoint, list(prompt), out, sampler=sampler, steps=steps, guidance=guidance,
                        per_prompt=n, seed=seed, weights=weights)
     typer.echo(str(path))
@@ -136,7 +152,9 @@ def analyze(run_dir: Path = typer.Argument(..., help="A run folder with results.
             wandb_mode: str = typer.Option("offline", "--wandb", help="offline, online or disabled.")) -> None:
     """Fit scaling laws, find inference-budget crossovers, plot, export and write the report."""
     from analysis.api import analyze_run
+    from study.errors import note_run_dir
 
+    note_run_dir(run_dir)
     summary = analyze_run(run_dir, bootstrap=bootstrap, seed=seed,
                           wandb_mode=None if wandb_mode == "disabled" else wandb_mode)
     _echo_json(summary)
@@ -178,19 +196,22 @@ def run(config: Optional[str] = typer.Argument(None, help="Config (default: conf
 
 
 def main() -> None:
-    """Entry point: user errors become one clear line (set LDM_SCALING_DEBUG=1 for tracebacks)."""
-    from study.config import ConfigError
+    """Entry point: a failure the user can fix (bad file or value, missing or corrupt artefact, full disk,
+    missing storage) is one line and exit code 2, its traceback kept in a log file; a bug keeps its
+    traceback. LDM_SCALING_DEBUG=1 shows every traceback."""
+    from study.errors import report_user_error
 
     try:
         app()
-    except (UserError, ConfigError, ValueError, FileNotFoundError) as err:
-        if os.environ.get("LDM_SCALING_DEBUG"):
-            raise
-        typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
+    except Exception as err:
+        line = None if os.environ.get("LDM_SCALING_DEBUG") else report_user_error(err)
+        if line is None:
+            raise
+        typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -7,19 +7,22 @@ import time
 import uuid
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from study.atomic import write_atomic, write_json
-from study.config import ConfigError, StudyConfig, first_difference, to_dict, to_yaml
+from study.config import ConfigError, StudyConfig, first_difference, to_dict
 from study.identity import STUDY_IDENTITY, get_dotted
 from study.paths import run_dir
+from study.redact import redact
 
 
 def check_run_folder(cfg: StudyConfig, out: Path | None = None) -> Path:
     """Refuse to resume a run folder made with a different study definition; record the config."""
     out = run_dir(cfg) if out is None else Path(out)
     saved = out / "config.json"
-    now = to_dict(cfg)
+    now = redact(to_dict(cfg))  # what is written and compared: no credential reaches a file
     if saved.exists():
-        old = json.loads(saved.read_text())
+        old = redact(json.loads(saved.read_text()))  # folders written before redaction too
         for key in STUDY_IDENTITY:
             diff = first_difference(get_dotted(old, key), get_dotted(now, key), f"{key}.")
             if diff:
@@ -32,7 +35,7 @@ def check_run_folder(cfg: StudyConfig, out: Path | None = None) -> Path:
     if not ident.exists():  # a fresh folder is a new experiment, even on external Tune storage
         write_json(ident, {"run_uuid": uuid.uuid4().hex[:12], "created": time.ctime()})
     write_json(saved, now, indent=2)
-    write_atomic(out / "config.yaml", lambda f: f.write(to_yaml(cfg)), binary=False)
+    write_atomic(out / "config.yaml", lambda f: f.write(OmegaConf.to_yaml(OmegaConf.create(now))), binary=False)
     return out
 
 
