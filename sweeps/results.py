@@ -70,10 +70,12 @@ DEFAULTS = {"experiment": "base", "task": "text2image"}
 
 
 def row_dict(row: ResultRow, metrics: dict | None = None) -> dict:
-    """The row as the table stores it: the fields, then the task's own numeric metrics."""
+    """The row as the table stores it: the fields, then the task's own numeric metrics and file paths
+    (keys ending in _path, e.g. the image grid a DreamBooth row refers to)."""
     out = asdict(row)
     for k, v in (metrics or {}).items():
-        if k not in out and isinstance(v, (int, float)) and not isinstance(v, bool):
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if k not in out and (number or (isinstance(v, str) and k.endswith("_path"))):
             out[k] = v
     return out
 

@@ -14,8 +14,11 @@ def step_generator(device: torch.device, seed: int, step: int, rank: int, micro:
 
 
 def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor, uncond: torch.Tensor,
-                   cond_drop_prob: float, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-    """DDPM loss at uniform t in [0, T): MSE to the noise (epsilon) or to v (v-prediction)."""
+                   cond_drop_prob: float, gen: torch.Generator, dtype: torch.dtype,
+                   per_sample: bool = False) -> torch.Tensor:
+    """DDPM loss at uniform t in [0, T): MSE to the noise (epsilon) or to v (v-prediction).
+
+    per_sample: one MSE per example instead of the batch mean (DreamBooth weighs its two halves apart)."""
     b, dev = latents.shape[0], latents.device
     noise = torch.randn(latents.shape, generator=gen, device=dev)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=gen, device=dev)
@@ -28,4 +31,6 @@ def diffusion_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor
     else:
         target = noise
     pred = unet(noisy.to(dtype), t, encoder_hidden_states=context.to(dtype), return_dict=False)[0]
+    if per_sample:
+        return F.mse_loss(pred.float(), target, reduction="none").flatten(1).mean(1)
     return F.mse_loss(pred.float(), target)
