@@ -280,6 +280,7 @@ def _load_yaml(path: Path):
     from omegaconf import DictConfig
 
     try:
+        top = yaml.safe_load(Path(path).read_text())  # OmegaConf reads a bare word as a key: check the type here
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
@@ -288,29 +289,9 @@ def _load_yaml(path: Path):
                           f"you passed the right one") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not a text file: pass a YAML config") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config file {str(path)!r} holds a {type(loaded).__name__.replace('Config', '').lower()}"
-                          f", not a mapping of keys: write it as `key: value` lines (see configs/tiny.yaml)")
-    return loaded
-
-
-def _load_yaml(path: Path):
-    """A config file's mapping; a file that is not YAML, or not a mapping, fails with one line naming it."""
-    import yaml
-    from omegaconf import DictConfig
-
-    try:
-        loaded = OmegaConf.load(path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1}: {err.problem})" if mark else ""
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: fix the file, or check that "
-                          f"you passed the right one") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {str(path)!r} is not a text file: pass a YAML config") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config file {str(path)!r} holds a {type(loaded).__name__.replace('Config', '').lower()}"
-                          f", not a mapping of keys: write it as `key: value` lines (see configs/tiny.yaml)")
+    if not isinstance(loaded, DictConfig) or not isinstance(top, (dict, type(None))):
+        raise ConfigError(f"config file {str(path)!r} holds a {type(top).__name__}, not a mapping of keys: write "
+                          f"it as `key: value` lines (see configs/tiny.yaml)")
     return loaded
 
 

@@ -3,6 +3,7 @@ fix (exit code 2), with the traceback kept in a log file for bug reports; a bug 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sys
@@ -20,6 +21,21 @@ _run_dir: Path | None = None
 
 class UserError(ValueError):
     """A failure the user can fix: printed as one line naming the file or key and the fix, no traceback."""
+
+
+@contextlib.contextmanager
+def reading(path, what: str, fix: str):
+    """Within the block, any failure to read a user's file (other than a full disk) becomes one UserError
+    naming the file, what it should be and the fix: `with reading(p, "the Inception file", "set ..."):`."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:160]
+        raise UserError(f"{what} {path} cannot be read ({type(err).__name__}: {first}): {fix}") from err
 
 
 def note_run_dir(path) -> None:

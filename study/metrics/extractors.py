@@ -126,10 +126,14 @@ class InceptionExtractor:
             raise MissingInceptionError(
                 f"Inception weights not found at {path}. Nothing is downloaded at run time: fetch clean-fid's "
                 f"torchscript Inception once on a machine with network ({inception_url}), copy it to this "
-                "machine and pass its path."
+                "machine and set eval.inception_path to it."
             )
-        return cls(_load_inception_v3w(path), name=f"cleanfid-{path.stem}-clean", device=device,
-                   batch_size=batch_size)
+        from study.errors import reading
+
+        with reading(path, "clean-fid's Inception file", f"replace it with inception-2015-12-05.pt from "
+                     f"{inception_url} and point eval.inception_path at it"):
+            model = _load_inception_v3w(path)
+        return cls(model, name=f"cleanfid-{path.stem}-clean", device=device, batch_size=batch_size)
 
     def _resize(self, images: torch.Tensor) -> torch.Tensor:
         # as clean-fid's get_model_features: each image HWC float -> PIL bicubic 299x299 without quantising

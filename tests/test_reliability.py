@@ -1,0 +1,254 @@
+"""The user's error path, one writer per folder, secrets and names, tested with real faults: files that are
+not YAML, a full file system, a real second process, a killed lock holder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from study import cli
+from study.config import ConfigError, load_config, to_dict
+from study.errors import UserError, reading, user_message
+from study.lock import FolderLockedError, folder_lock, holder, lock_path
+from study.redact import MASK, redact, redact_text
+
+URL = "postgresql://optuna:s3cr3t-PW@db.example:5432/optuna"
+
+
+def _cli(monkeypatch, capsys, tmp_path, *argv) -> tuple[int, list[str]]:
+    """Run the real entry point in-process; (exit code, stderr lines)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("LDM_SCALING_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["study", *argv])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    return done.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+# --- one error path --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, expect", [
+    ("a: [1, 2\nb: : c\n", "is not valid YAML (line 2"),
+    ("- a\n- b\n", "holds a list, not a mapping of keys"),
+    ("just a sentence\n", "holds a str, not a mapping"),
+])
+def test_bad_config_file_is_one_line_and_logged(monkeypatch, capsys, tmp_path, text, expect):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code, err = _cli(monkeypatch, capsys, tmp_path, "config", "show", str(bad))
+    log = tmp_path / "xdg" / "ldm-scaling" / "logs" / "errors.log"
+    assert code == 2 and len(err) == 1, err
+    assert expect in err[0] and str(bad) in err[0] and f"traceback in {log}" in err[0]
+    assert "Traceback (most recent call last)" in log.read_text()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=inf", "train.lr"), ("train.lr=-1e-4", "train.lr"), ("autoencoder.lr=0", "autoencoder.lr"),
+    ("eval.guidance_max=nan", "eval.guidance_max"), ("eval.max_steps={ddim: -1}", "eval.max_steps.ddim"),
+    ("eval.max_steps={ddim: 0}", "eval.max_steps.ddim"), ("eval.max_steps={nope: 4}", "eval.max_steps.nope"),
+    ("name=..", "name"), ("name=.", "name"), ("name=/abs/path", "name"), ("name=a/../b", "name"),
+    ("eval.workers=2", "eval.workers"),  # the dead key is gone
+])
+def test_impossible_values_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config("tiny", [override])
+
+
+def test_plain_names_are_accepted():
+    assert load_config("tiny", ["name=my-study_2.b"]).name == "my-study_2.b"
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["--n", "0"], "--n 0: expected a positive number"),
+    (["--steps", "0"], "--steps 0"), (["--guidance", "inf"], "--guidance inf"),
+    (["--sampler", "euler"], "--sampler 'euler'"), (["--weights", "best"], "--weights 'best'"),
+])
+def test_study_sample_refuses_bad_options(monkeypatch, capsys, tmp_path, argv, expect):
+    code, err = _cli(monkeypatch, capsys, tmp_path, "sample", str(tmp_path), "--prompt", "a seven", *argv)
+    assert code == 2 and len(err) == 1 and expect in err[0], err
+
+
+def test_a_bug_keeps_its_traceback():
+    try:
+        {}["missing"]
+    except KeyError as err:
+        assert user_message(err) is None
+    try:
+        import numpy as np
+
+        np.zeros(3).reshape(2)  # a ValueError raised inside a library, not one we wrote for the user
+    except ValueError as err:
+        assert user_message(err) is None
+
+
+def test_bad_inception_file_names_the_file_and_the_key(tmp_path):
+    from study.metrics.extractors import InceptionExtractor
+
+    bad = tmp_path / "inception-2015-12-05.pt"
+    bad.write_bytes(b"<html>a login page saved instead of the weights</html>")
+    with pytest.raises(UserError, match="eval.inception_path") as err:
+        InceptionExtractor.from_file(bad)
+    assert str(bad) in str(err.value) and user_message(err.value) == str(err.value)
+    with pytest.raises(FileNotFoundError) as err:  # the evaluation stage without the file: one line too
+        InceptionExtractor.from_file(tmp_path / "missing.pt")
+    assert "set eval.inception_path" in user_message(err.value) and "inception-2015-12-05.pt" in str(err.value)
+
+
+def test_reading_wraps_any_failure_but_a_full_disk(tmp_path):
+    with pytest.raises(UserError, match=r"the image .*x.png cannot be read \(OSError: broken\): replace it"):
+        with reading(tmp_path / "x.png", "the image", "replace it"):
+            raise OSError("broken")
+    with pytest.raises(OSError) as err:
+        with reading(tmp_path / "x.png", "the image", "replace it"):
+            raise OSError(28, "No space left on device")
+    assert "no space left on the disk" in user_message(err.value)
+
+
+@pytest.fixture()
+def full_fs(tmp_path):
+    """A 512 KiB tmpfs, filled to the last block: a real full disk (needs root and mount)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        try:
+            with open(mnt / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError as err:
+            assert err.errno == 28
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_is_one_line(monkeypatch, capsys, tmp_path, full_fs):
+    # The first thing `study sweep` writes is the run folder's config: on a full disk, Errno 28.
+    code, err = _cli(monkeypatch, capsys, tmp_path, "sweep", "tiny", f"runs_dir={full_fs}", "name=x")
+    assert code == 2 and len(err) == 1, err
+    assert "no space left on the disk" in err[0] and str(full_fs) in err[0]
+
+
+def test_optuna_database_full_is_one_line(tmp_path, full_fs):
+    import optuna
+
+    (full_fs / "filler").write_bytes(b"\0" * 300_000)  # room for a small database, not for many trials
+    storage = optuna.storages.RDBStorage(f"sqlite:///{full_fs / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, study_name="s")
+    with pytest.raises(Exception) as err:
+        for i in range(100_000):
+            study.enqueue_trial({"x": float(i)}, user_attrs={"pad": "x" * 2000})
+    msg = user_message(err.value)
+    assert msg is not None and "no space left on the disk" in msg, repr(err.value)
+
+
+def test_deleted_optuna_database_is_one_line(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'gone' / 'optuna.db'}"
+    with pytest.raises(Exception) as err:
+        optuna.create_study(storage=url, study_name="s")
+    assert "the Optuna database is missing or unreadable" in user_message(err.value)
+
+
+# --- secrets ---------------------------------------------------------------------------------------
+
+def test_redact_masks_urls_and_secret_keys_only():
+    cfg = {"sweep": {"optuna_storage": URL, "seeds": [0]}, "tracking": {"api_key": "k", "project": "p"},
+           "x": {"db_password": "pw", "token": None, "tokenizer": "clip", "max_tokens": 3},
+           "paths": ["s3://AKIA:secretkey@bucket/x", "/plain/path"],
+           "q": "postgresql://h/db?sslmode=require&password=pw2"}
+    out = redact(cfg)
+    assert out["sweep"]["optuna_storage"] == f"postgresql://optuna:{MASK}@db.example:5432/optuna"
+    assert out["tracking"] == {"api_key": MASK, "project": "p"}
+    assert out["x"] == {"db_password": MASK, "token": None, "tokenizer": "clip", "max_tokens": 3}
+    assert out["paths"] == [f"s3://AKIA:{MASK}@bucket/x", "/plain/path"]
+    assert out["q"] == f"postgresql://h/db?sslmode=require&password={MASK}"
+    assert cfg["sweep"]["optuna_storage"] == URL  # the live config is untouched
+    assert "s3cr3t" not in json.dumps(out)
+    assert redact_text("postgresql://optuna@ray-head:5432/optuna") == "postgresql://optuna@ray-head:5432/optuna"
+
+
+def test_no_secret_in_the_run_folder_or_the_size_config(tmp_path):
+    from study.runfolder import check_run_folder
+    from trainers.rundir import check_config, write_config
+
+    cfg = load_config("tiny", [f"runs_dir={tmp_path}", f"sweep.optuna_storage={URL}"])
+    out = check_run_folder(cfg)
+    size_dir = out / "train" / "w8-s0"
+    write_config(size_dir, to_dict(cfg))
+    check_config(size_dir, to_dict(cfg))  # the redacted copy still matches the live config
+    check_run_folder(cfg)  # and so does the run folder's
+    for f in (out / "config.json", out / "config.yaml", size_dir / "config.json"):
+        text = f.read_text()
+        assert "s3cr3t-PW" not in text and f"optuna:{MASK}@db.example" in text, f
+    assert cfg.sweep.optuna_storage == URL  # what the guidance search connects with
+
+
+# --- one writer per folder -------------------------------------------------------------------------
+
+HOLD = textwrap.dedent("""
+    import sys, time
+    from study.lock import folder_lock
+    with folder_lock(sys.argv[1]):
+        print("locked", flush=True)
+        time.sleep(120)
+""")
+
+
+def _holder_process(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_second_writer_is_refused_naming_the_holder_then_takes_over_when_it_dies(tmp_path, capsys):
+    folder = tmp_path / "runs" / "study"
+    proc = _holder_process(folder)
+    try:
+        t = time.monotonic()
+        with pytest.raises(FolderLockedError) as err:
+            with folder_lock(folder):
+                pass
+        assert time.monotonic() - t < 5  # refused at once, not after a wait
+        assert f"pid {proc.pid} on host {socket.gethostname()}" in str(err.value) and str(folder) in str(err.value)
+        assert holder(folder)["pid"] == proc.pid
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # dies holding the lock: no clean release
+        proc.wait()
+    with folder_lock(folder) as path:
+        assert path == lock_path(folder) and holder(folder)["pid"] == os.getpid()
+        assert f"took over the lock of run folder {folder} from pid {proc.pid}" in capsys.readouterr().err
+        with folder_lock(folder):  # re-entrant in one process (the CLI and the runner both take it)
+            pass
+        assert holder(folder)["pid"] == os.getpid()
+    assert holder(folder) == {}  # released cleanly: nothing to take over next time
+    with folder_lock(folder):
+        assert "took over" not in capsys.readouterr().err
+
+
+def test_the_lock_survives_moving_the_folder_aside(tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    proc = _holder_process(folder)
+    try:
+        folder.rename(tmp_path / "study.archived")  # `--fresh` moves the folder while its lock is held
+        with pytest.raises(FolderLockedError, match=f"pid {proc.pid}"):
+            with folder_lock(folder):
+                pass
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
