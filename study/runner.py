@@ -14,7 +14,16 @@ from study.runtime import wandb_mode
 
 
 def archive(out: Path) -> Path | None:
-    """Move a run folder aside (nothing is deleted) so a fresh study starts in its place."""
+    """Move a run folder aside (nothing is deleted) so a fresh study starts in its place; only ever a
+    plain-named folder (config.validate's `name`), renamed beside itself inside runs_dir."""
+    import re
+
+    from study.config import NAME_PATTERN
+    from study.errors import UserError
+
+    out = Path(out)
+    if not re.fullmatch(NAME_PATTERN, out.name) or out.name in (".", ".."):
+        raise UserError(f"--fresh refuses to move {out}: name must be a plain folder name inside runs_dir")
     if not out.exists():
         return None
     dest = out.with_name(f"{out.name}.archived-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -252,3 +252,36 @@ def test_the_lock_survives_moving_the_folder_aside(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+# --- paths and pickles -----------------------------------------------------------------------------
+
+def test_fresh_only_moves_a_plain_named_folder(tmp_path):
+    from study.runner import archive
+
+    (tmp_path / "runs" / "mine").mkdir(parents=True)
+    moved = archive(tmp_path / "runs" / "mine")
+    assert moved.parent == tmp_path / "runs" and moved.name.startswith("mine.archived-")
+    for bad in (tmp_path / "runs" / "..", Path("/")):  # (pathlib already drops a trailing ".")
+        with pytest.raises(UserError, match="refuses to move"):
+            archive(bad)
+    assert (tmp_path / "runs").is_dir()
+
+
+def test_a_tune_experiment_is_restored_only_if_nobody_else_could_write_it(tmp_path):
+    from study.trust import check_restorable
+
+    exp = tmp_path / "ray" / "train-grid-abc"
+    exp.mkdir(parents=True)
+    (exp / "tuner.pkl").write_bytes(b"pickle")
+    os.chmod(exp / "tuner.pkl", 0o644)
+    check_restorable(exp)
+    os.chmod(exp / "tuner.pkl", 0o666)
+    with pytest.raises(UserError, match="tuner.pkl is writable by other users"):
+        check_restorable(exp)
+    os.chmod(exp / "tuner.pkl", 0o644)
+    if os.getuid() == 0:  # root can hand the file to another user: a real foreign owner
+        os.chown(exp / "tuner.pkl", 12345, 12345)
+        with pytest.raises(UserError, match="owned by uid 12345"):
+            check_restorable(exp)
+    check_restorable("s3://bucket/ray/train-grid-abc")  # remote storage: its own access control
