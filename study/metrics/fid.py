@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from cleanfid.fid import frechet_distance, kernel_distance
@@ -18,6 +20,56 @@ def feature_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (float64) of N x D features, as clean-fid's fid_from_feats."""
     f = _as_feats(feats)
     return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+@dataclass(frozen=True)
+class FeatureSums:
+    """Sufficient statistics of features (count, sum, sum of outer products; float64): slices merge by adding.
+
+    One FID of N samples can then be computed by several tasks, each generating and featurizing a slice:
+    the merged sums give the same mean and covariance as the N features in one place, up to float rounding.
+    """
+
+    count: int
+    total: np.ndarray  # [D]
+    outer: np.ndarray  # [D, D]
+
+    @classmethod
+    def of(cls, feats) -> "FeatureSums":
+        """The sums of N x D features (N >= 1: a slice may hold a single sample)."""
+        f = np.asarray(feats, dtype=np.float64)
+        if f.ndim != 2 or len(f) < 1:
+            raise ValueError(f"features must be N x D with N >= 1, got shape {f.shape}")
+        return cls(len(f), f.sum(axis=0), f.T @ f)
+
+    def __add__(self, other: "FeatureSums") -> "FeatureSums":
+        if self.total.shape != other.total.shape:
+            raise ValueError(f"cannot merge features of dimension {len(self.total)} and {len(other.total)}: "
+                             f"the slices were featurized by different extractors")
+        return FeatureSums(self.count + other.count, self.total + other.total, self.outer + other.outer)
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance, as `feature_stats` of the features themselves."""
+        if self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, the merged slices hold {self.count}")
+        mu = self.total / self.count
+        return mu, (self.outer - self.count * np.outer(mu, mu)) / (self.count - 1)
+
+
+def merge_sums(parts) -> FeatureSums:
+    """The sums of every slice together (the order does not matter beyond float rounding)."""
+    parts = list(parts)
+    if not parts:
+        raise ValueError("no slices to merge")
+    out = parts[0]
+    for p in parts[1:]:
+        out = out + p
+    return out
+
+
+def fid_from_sums(sums: FeatureSums, ref_mu, ref_sigma) -> float:
+    """FID of the generated features summarised by (merged) sums, against reference statistics."""
+    return fid_from_stats(*sums.stats(), ref_mu, ref_sigma)
 
 
 def fid_from_stats(mu1, sigma1, mu2, sigma2) -> float:
