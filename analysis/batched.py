@@ -19,25 +19,29 @@ from analysis.laws import Law
 
 
 def huber_batch(law: Law, data: FitData, theta: np.ndarray, counts: np.ndarray,
-                delta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Objective (K,) as in fitting.huber_objective, residuals (K, n), Jacobians (K, P, n)."""
+                delta: float, v: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Objective (K,) as in fitting.huber_objective, residuals (K, n), Jacobians (K, P, n).
+
+    v: per-row targets (K, n) in place of data.v (a residual bootstrap's resampled y)."""
     pred, jac = law.log_predict(theta, data.u)
-    r = pred - data.v
+    r = pred - (data.v if v is None else v)
     a = np.abs(r)
     loss = np.where(a <= delta, 0.5 * r * r / delta, a - 0.5 * delta)
     return (counts * loss).sum(axis=1), r, jac
 
 
 def refit_batch(law: Law, data: FitData, theta0: np.ndarray, counts: np.ndarray,
-                delta: float, max_iter: int = 400, tol: float = 1e-12
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Minimise the weighted Huber objective for every row of counts: thetas (K, P), and
-    whether each row stopped on a negligible gain (False: stalled, worth a polish)."""
+                delta: float, max_iter: int = 400, tol: float = 1e-12,
+                v: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise the weighted Huber objective for every row of counts (and of v, per-row
+    targets, when given): thetas (K, P), and whether each row stopped on a negligible gain
+    (False: stalled, worth a polish)."""
     k, p = counts.shape[0], len(law.theta_names)
     lo = np.array([-np.inf if b[0] is None else b[0] for b in law.bounds])
     hi = np.array([np.inf if b[1] is None else b[1] for b in law.bounds])
     theta = np.tile(np.asarray(theta0, float), (k, 1))
-    f, r, jac = huber_batch(law, data, theta, counts, delta)
+    f, r, jac = huber_batch(law, data, theta, counts, delta, v)
     lam = np.full(k, 1e-3)
     settled = np.zeros(k, dtype=bool)
     idx = np.arange(k)  # rows still iterating
@@ -51,7 +55,8 @@ def refit_batch(law: Law, data: FitData, theta0: np.ndarray, counts: np.ndarray,
         diag = np.einsum("kpp->kp", h)
         damped = h + (lam[idx, None] * diag + 1e-12)[:, :, None] * np.eye(p)
         trial = np.clip(theta[idx] - np.linalg.solve(damped, g[:, :, None])[:, :, 0], lo, hi)
-        f_new, r_new, jac_new = huber_batch(law, data, trial, c, delta)
+        f_new, r_new, jac_new = huber_batch(law, data, trial, c, delta,
+                                            None if v is None else v[idx])
         better = f_new < f[idx]
         gain = f[idx] - f_new
         up = idx[better]
