@@ -265,3 +265,34 @@ def test_no_literal_secrets():
 ])
 def test_the_secret_scan_catches_planted_secrets(planted):
     assert secrets_in(CLUSTER_YAML.read_text() + "\n# " + planted + "\n")
+
+
+def _ingress_cidrs(perms) -> list[str]:
+    return [r.get("CidrIp") or r.get("CidrIpv6") for p in perms or [] for r in p.get("IpRanges", []) + p.get("Ipv6Ranges", [])]
+
+
+def test_no_port_is_open_to_the_world(raw, prepared):
+    # Ray's AWS provider creates a security group for every node type without SecurityGroupIds and always
+    # adds SSH from 0.0.0.0/0 to it (its own default rule, whatever provider.security_group adds), so every
+    # node type must name the user's group; that group's rules are created as docs/cluster.md shows.
+    aws_config = Path(ray.autoscaler.__file__).parent / "_private" / "aws" / "config.py"
+    assert '"CidrIp": "0.0.0.0/0"' in aws_config.read_text(), "Ray's default changed: revisit this test"
+    for name, nt in node_types(prepared).items():
+        sgs = nt["node_config"].get("SecurityGroupIds")
+        assert sgs and all(re.fullmatch(r"sg-[\w-]+", g) for g in sgs), f"{name}: no SecurityGroupIds"
+    groups = {tuple(nt["node_config"]["SecurityGroupIds"]) for nt in node_types(raw).values()}
+    assert len(groups) == 1, "one security group for the whole cluster (nodes reach each other through it)"
+    extra = raw["provider"].get("security_group", {}).get("IpPermissions", [])
+    assert not [c for c in _ingress_cidrs(extra) if c in ("0.0.0.0/0", "::/0")]
+    assert not re.search(r"0\.0\.0\.0/0|::/0", CLUSTER_YAML.read_text().split("available_node_types:")[1])
+    # the dashboard and Ray's ports stay on the nodes: reached through `ray dashboard` (an SSH tunnel)
+    starts = " ".join(commands(prepared, "head_start_ray_commands"))
+    assert "--dashboard-host" not in starts and "--include-dashboard" not in starts
+
+
+def test_docs_open_ssh_to_a_chosen_range_and_nfs_to_the_cluster_only():
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    rules = re.findall(r"authorize-security-group-ingress[^\n]*", docs)
+    assert rules and not [r for r in rules if "0.0.0.0/0" in r or "::/0" in r]
+    assert any("--port 22" in r and "--cidr" in r for r in rules), "SSH from the user's range"
+    assert any("--port 2049" in r and "--source-group" in r for r in rules), "EFS from the cluster's group only"
