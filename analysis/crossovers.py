@@ -32,7 +32,7 @@ METHOD = ("curves: monotone cubic (PCHIP) interpolation in log sampling cost bet
           "step counts; crossing: the gap between two sizes goes from beyond +tolerance to beyond "
           "-tolerance, tolerance = half-width of a simultaneous 95% bootstrap band of the gap "
           "(ties inside the band are not crossings); interval: 95% bootstrap percentile of the "
-          "crossing nearest each found one, widened by the interpolation error (half the distance "
+          "resamples' first crossing in each found one's stretch of cost, widened by the interpolation error (half the distance "
           "to the linear interpolant's crossing); p_cross: share of resamples crossing beyond the "
           "tolerance")
 
@@ -105,17 +105,18 @@ def crossings(grid: np.ndarray, gap: np.ndarray, tol: np.ndarray | float, locate
     return out, count
 
 
-def nearest_crossing(grid: np.ndarray, gap: np.ndarray, at: float, lo: float, hi: float
-                     ) -> np.ndarray:
-    """Per row, the sign change of the gap in [lo, hi] (log cost) nearest log(at); NaN if none."""
+def first_crossing(grid: np.ndarray, gap: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Per row, the first sign change of the gap in [lo, hi] (log cost); NaN if none.
+
+    The first, as the point estimate takes the first zero after the gap leaves its old side:
+    taking the one nearest the point estimate instead pulled resamples towards it (crossover
+    intervals 0.74x the estimator's spread, 91 % coverage; the first: 0.92x, 94.5 %).
+    """
     flip = np.sign(gap[:, 1:]) * np.sign(gap[:, :-1]) < 0
-    inside = (grid[1:] >= lo) & (grid[:-1] <= hi)
-    flip &= inside[None, :]
-    rows = np.arange(gap.shape[0])
+    flip &= ((grid[1:] >= lo) & (grid[:-1] <= hi))[None, :]
     pos = _zero(grid, gap[:, :-1], gap[:, 1:], np.arange(grid.size - 1)[None, :])
-    dist = np.where(flip, np.abs(pos - np.log(at)), np.inf)
-    j = dist.argmin(axis=1)
-    return np.where(np.isfinite(dist[rows, j]), np.exp(pos[rows, j]), np.nan)
+    j = flip.argmax(axis=1)
+    return np.where(flip.any(axis=1), np.exp(pos[np.arange(gap.shape[0]), j]), np.nan)
 
 
 def band_halfwidth(gap: np.ndarray, boot_gap: np.ndarray, level: float = LEVEL) -> np.ndarray:
@@ -154,9 +155,9 @@ def compare_pair(cost_s: np.ndarray, val_s: np.ndarray, boot_s: np.ndarray,
     bounds = np.r_[grid[0], [(np.log(a) + np.log(b)) / 2 for a, b in zip(found, found[1:])],
                    grid[-1]]
     for i, c in enumerate(found):
-        lin_c = nearest_crossing(grid, linear[None, :], c, bounds[i], bounds[i + 1])[0]
+        lin_c = first_crossing(grid, linear[None, :], bounds[i], bounds[i + 1])[0]
         err = INTERP_SHARE * abs(np.log(c / lin_c)) if np.isfinite(lin_c) else 0.0
-        lo, hi = (interval(nearest_crossing(grid, boot_gap, c, bounds[i], bounds[i + 1]))
+        lo, hi = (interval(first_crossing(grid, boot_gap, bounds[i], bounds[i + 1]))
                   if noisy else (np.nan, np.nan))
         if noisy:
             lo, hi = min(lo, c * np.exp(-err)), max(hi, c * np.exp(err))
