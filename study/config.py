@@ -20,10 +20,22 @@ class ConfigError(UserError):
 
 @dataclass
 class DataConfig:
-    # "digits": scikit-learn's handwritten digits, shipped with the package (embedded default);
-    # "imagefolder": a folder of images with metadata.jsonl (file_name, text), as HF imagefolder.
+    # A data set of the registry (study/datasets.py). "digits": scikit-learn's handwritten digits,
+    # shipped with the package (embedded default); "imagefolder": images + metadata.jsonl (file_name,
+    # text), as HF imagefolder; "webdataset": tar shards as img2dataset writes them (.jpg + .txt);
+    # "parquet": files with an image-bytes and a caption column. root may be a path or s3://bucket/prefix.
     name: str = "digits"
     root: Optional[str] = None
+    image_column: str = "jpg"  # parquet: the image-bytes column (img2dataset's name)
+    caption_column: str = "txt"  # parquet: the caption column (img2dataset's name)
+    key_column: str = "key"  # parquet: a unique sample id column; row numbers are used where absent
+    shard_size: int = 1024  # samples per prepared shard: 32 MB of 64x64x4 fp16 latents, a few seconds to read
+    max_bad_fraction: float = 0.01  # prepare fails above this share of unusable samples (web crawls lose ~1%)
+    prepare_chunk: int = 256  # samples encoded in one call: bounds each worker's memory; fixes the batches
+    prepare_actors: int = 1  # encoder actors (each holds the VAE and text encoder; one per GPU on a cluster)
+    prepare_gpus_per_actor: float = 0.0  # 1.0 on GPU nodes; 0 encodes on CPU
+    prepare_writers: int = 4  # shard-writing tasks in flight (spread over the cluster's nodes)
+    keep_parts: bool = False  # keep the encoded chunk files after the shards are written (debugging)
     resolution: int = 8  # digits are natively 8x8; upsampling adds cost, not information
     eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
     # COCO-2014 caption annotations (captions_val2014.json) for evaluation prompts on real data.
@@ -397,9 +409,9 @@ def validate(cfg: StudyConfig) -> None:
 
     d, te, ae, m, t, e, s = (cfg.data, cfg.text_encoder, cfg.autoencoder, cfg.model, cfg.train,
                              cfg.eval, cfg.sweep)
-    _check(d.name in ("digits", "imagefolder"), "data.name", "'digits' or 'imagefolder'", d.name)
-    if d.name == "imagefolder":
-        _check(d.root is not None, "data.root", "a folder with images and metadata.jsonl", d.root)
+    from study.datasets import dataset, validate_data
+
+    validate_data(d, _check)  # the data set's own checks: one entry of the registry
     # Existence of local paths is checked by study.paths.require_paths before a stage reads them,
     # so that `study ladder configs/paper.yaml` works on a machine without the SD weights.
     _check(d.resolution > 0 and d.resolution % 8 == 0, "data.resolution", "a positive multiple of 8",
@@ -480,8 +492,8 @@ def validate(cfg: StudyConfig) -> None:
     _check(e.feature_extractor != "inception" or e.inception_path is not None, "eval.inception_path",
            "the local path of clean-fid's inception-2015-12-05.pt when feature_extractor=inception",
            e.inception_path)
-    _check(e.feature_extractor != "classifier" or d.name == "digits", "eval.feature_extractor",
-           "'inception' for data.name=imagefolder (the domain classifier exists for digits only)",
+    _check(e.feature_extractor != "classifier" or dataset(d.name).classifier, "eval.feature_extractor",
+           f"'inception' for data.name={d.name} (the domain classifier exists for digits only)",
            e.feature_extractor)
     _check(len(s.seeds) > 0, "sweep.seeds", "a non-empty list of seeds", list(s.seeds))
     _check(cfg.tracking.wandb_mode in ("offline", "online", "disabled"), "tracking.wandb_mode",
