@@ -32,6 +32,20 @@ def test_power_recovers_parameters():
     assert out["at_bound"] == {}  # a well-determined fit is not flagged
 
 
+def test_point_bootstrap_still_available_and_bad_method_is_clear():
+    truth = {"E": 2.0, "A": 3.0e5, "alpha": 0.3}
+    x = np.geomspace(1e15, 1e20, 12)
+    y = _noisy(get_law("power").predict(truth, {"x": x}), 0.01, seed=5)
+    pts = bootstrap_fit(get_law("power"), [x], y, n_boot=40, seed=0, method="points")
+    res = bootstrap_fit(get_law("power"), [x], y, n_boot=40, seed=0)
+    assert pts["bootstrap"]["method"] == "points" and res["bootstrap"]["method"] == "residual"
+    # Same point fit, different resamples.
+    assert pts["params"]["alpha"]["value"] == res["params"]["alpha"]["value"]
+    assert pts["params"]["alpha"]["low"] != res["params"]["alpha"]["low"]
+    with pytest.raises(ValueError, match="unknown bootstrap method 'jackknife'"):
+        bootstrap_fit(get_law("power"), [x], y, n_boot=5, method="jackknife")
+
+
 def test_parameter_on_a_search_bound_is_flagged():
     # A 3x drop in one doubling, then flat: no power law's exponent is steep enough, so alpha runs
     # to its upper bound and the fit must say so.

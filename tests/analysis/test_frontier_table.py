@@ -128,7 +128,10 @@ def test_small_model_best_at_low_budget_large_at_high(tmp_path):
     res = analyze_metric(load_results(tmp_path), "fid", n_boot=50)
     best = res.best_size[(res.best_size["budget"] == "final") & (res.best_size["sampler"] == "ddim")]
     assert best["width"].iloc[0] == 64 and best["width"].iloc[-1] == 320
-    assert best["p_best"].between(0, 1).all()
+    # Far from a crossover the winner is certain and alone; near one, p_best drops.
+    assert best["p_best"].iloc[0] > 0.95 and best["tied_label"].iloc[0] == "37.5M"
+    assert best["p_best"].iloc[-1] > 0.95 and best["tied_label"].iloc[-1] == "860M"
+    assert best["p_best"].min() < 0.9
 
 
 def test_no_noise_means_no_interval(tmp_path):
