@@ -179,6 +179,43 @@ def fit(csv: Path = typer.Argument(..., help="Any CSV with the needed columns.")
     _echo_json(fit_csv(csv, law, xs, y, bootstrap=bootstrap, seed=seed, out=str(out) if out else None))
 
 
+def _rung(run_dir: Path, width: int) -> dict:
+    """Params and normalized cost of a width under a run folder's recorded config (counted on the model)."""
+    from study.config import from_dict
+    from study.ladder import geometry, ladder
+
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
+    cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
+    r = ladder(cfg.model.ladder, [width], geometry(cfg), cfg.model.reference_width)[0]
+    return {"params": r.params, "normalized_cost": r.normalized_cost}
+
+
+@app.command()
+def predict(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
+            width: int = typer.Option(..., "--width", help="The base width c to predict (trained or not)."),
+            sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),
+            bootstrap: int = typer.Option(200, "--bootstrap"), seed: int = typer.Option(0, "--seed")) -> None:
+    """Predict a width's FID-vs-sampling-cost curve and its crossovers from the joint law, before training it."""
+    from analysis.predict import predict_run
+    from analysis.table import size_label
+
+    if width <= 0:
+        raise UserError(f"--width {width}: expected a positive base width")
+    rung = _rung(run_dir, width)
+    summary = predict_run(run_dir, rung["params"], rung["normalized_cost"], f"w{width}-{size_label(rung['params'])}",
+                          sampler, bootstrap, seed)
+    def num(x) -> str:  # missing values arrive as None (JSON has no NaN)
+        return "-" if x is None else f"{x:.3g}"
+
+    for row in summary["crossovers"]:
+        iv = f" [{num(row['low'])}, {num(row['high'])}]" if row["low"] is not None else ""
+        typer.echo(f"{row['smaller']:>7} vs {row['larger']:<7} crossover at cost {num(row['crossover_cost'])}{iv}: "
+                   f"{row['verdict']} (share of resamples crossing {num(row['p_cross'])})")
+    typer.echo(f"figure: {summary['figure']}\ncurve: {summary['csv']}")
+
+
 @app.command()
 def run(config: Optional[str] = typer.Argument(None, help="Config (default: configs/tiny.yaml)."),
         overrides: Optional[List[str]] = OVERRIDES,

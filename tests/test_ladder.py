@@ -35,10 +35,19 @@ def test_paper_ladder_reproduces_table1(paper_rows):
     assert paper_rows[320].params == 859_520_964  # SD1.5's UNet exactly
 
 
-def test_normalized_and_sampling_cost(paper_rows):
-    r = paper_rows[128]
-    assert abs(r.normalized_cost - 0.20) < 0.01  # Table 1: 0.20
-    assert r.sampling_cost(50) == pytest.approx(50 * r.normalized_cost)
+# Table 1's normalized cost column (GFLOPs / GFLOPs of the 866M model).
+TABLE1_COST = {96: 0.13, 128: 0.20, 160: 0.30, 192: 0.40, 224: 0.53, 256: 0.67, 288: 0.83, 320: 1.00,
+               512: 2.39, 768: 5.17}
+
+
+def test_normalized_and_sampling_cost_match_the_paper(paper_rows):
+    for width, cost in TABLE1_COST.items():
+        assert paper_rows[width].normalized_cost == pytest.approx(cost, abs=0.02 * max(1.0, cost)), width
+    # The paper's headline comparison (Sec. 4): 50 steps of the 145M model cost about as much as 10 of the
+    # 866M one; a sampling budget is what the crossovers are read against, so it must hold here too.
+    assert paper_rows[128].sampling_cost(50) == pytest.approx(paper_rows[320].sampling_cost(10), rel=0.05)
+    # The two 5B-class rows cost more per step than the reference: the cost axis is not capped at 1.
+    assert paper_rows[768].sampling_cost(4) > paper_rows[320].sampling_cost(20)
 
 
 def test_tiny_ladder_same_shape_and_runs():
