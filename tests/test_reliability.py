@@ -285,3 +285,17 @@ def test_a_tune_experiment_is_restored_only_if_nobody_else_could_write_it(tmp_pa
         with pytest.raises(UserError, match="owned by uid 12345"):
             check_restorable(exp)
     check_restorable("s3://bucket/ray/train-grid-abc")  # remote storage: its own access control
+
+
+def test_the_wandb_config_carries_no_secret(tmp_path, monkeypatch):
+    from trainers.tracking import Tracker
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = load_config("tiny", [f"sweep.optuna_storage={URL}", "tracking.wandb_mode=offline"])
+    tracker = Tracker(tmp_path, cfg, to_dict(cfg), 8, 0, total_images=64, resumed_images=0, progress=False)
+    tracker.log({"train_images": 32, "loss": 1.0, "images_per_s": 1.0})
+    tracker.close()
+    written = [p for p in (tmp_path / "wandb").rglob("*") if p.is_file()]
+    assert any(b"optuna:***@db.example" in p.read_bytes() for p in written)  # the config was recorded, masked
+    for p in written:  # the config, the debug logs and the offline run record W&B would upload
+        assert b"s3cr3t-PW" not in p.read_bytes(), p
