@@ -67,11 +67,39 @@ def fit_csv(csv_path, law: str, x: dict[str, str], y: str, bootstrap: int = 200,
 
 def analyze_run(run_dir, bootstrap: int = 200, seed: int = 0,
                 wandb_mode: str | None = "offline", wandb_project: str = "ldm-scaling",
-                progress: bool = True) -> dict:
-    """Analyse RUN_DIR/results.parquet (or .csv) into RUN_DIR/analysis; return a summary."""
+                progress: bool = True, wandb_group: str | None = None) -> dict:
+    """Analyse RUN_DIR/results.parquet (or .csv) into RUN_DIR/analysis; return a summary.
+
+    The W&B run joins the group of the study's training runs: wandb_group, by default the run
+    folder's name (RUNS_DIR/NAME, NAME being the study's name).
+    """
     if not Path(run_dir).is_dir():
         raise ValueError(f"{run_dir} is not a folder: pass the run folder holding results.parquet")
     if int(bootstrap) < 0:
         raise ValueError(f"bootstrap must be >= 0 resamples, got {bootstrap}: pass --bootstrap K")
-    return jsonable(analyze(run_dir, int(bootstrap), seed, wandb_mode, wandb_project, progress))
+    return jsonable(analyze(run_dir, int(bootstrap), seed, wandb_mode, wandb_project, progress,
+                            wandb_group))
+
+
+VERDICT_MARK = {"reproduced": "+", "contradicted": "x"}
+
+
+def summary_lines(summary: dict, width: int = 110) -> list[str]:
+    """The findings of an analysis summary in a few terminal lines, and where the report is."""
+    lines = ["Findings (paper's claim -> this run):"]
+    for c in summary.get("claims", []):
+        mark = VERDICT_MARK.get(c["verdict"], "?")
+        found = c["found"] if len(c["found"]) <= width else c["found"][:width - 3].rsplit(" ", 1)[0] + "..."
+        lines.append(f"  [{mark}] {c['title']}: {c['verdict']}")
+        lines.append(f"      {found}")
+        if c.get("resolve"):
+            lines.append(f"      to resolve: {c['resolve']}")
+    if len(lines) == 1:
+        lines.append("  no claim of the paper could be checked on this results table")
+    lines.append(f"report: {summary.get('report')}")
+    if summary.get("findings_md"):
+        lines.append(f"findings (Markdown): {summary['findings_md']}")
+    if summary.get("wandb_dir"):
+        lines.append(f"W&B run: {summary['wandb_dir']} (offline runs upload with `wandb sync`)")
+    return lines
 

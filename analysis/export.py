@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-CROSSOVER_COLUMNS = ["sampler", "smaller_width", "larger_width", "crossover_cost", "low", "high"]
+CROSSOVER_COLUMNS = ["sampler", "smaller_width", "larger_width", "crossover_cost", "low", "high",
+                     "p_cross", "n_crossings"]
+# Written when the crossover analysis provides them: its plain verdict and how the interval was made.
+OPTIONAL_CROSSOVER_COLUMNS = ["verdict", "method"]
 
 
 def jsonable(obj):
@@ -62,7 +65,8 @@ def fits_table(fits: dict) -> pd.DataFrame:
 
 
 def crossover_table(pairs: pd.DataFrame) -> pd.DataFrame:
-    """The headline crossovers: pairs whose curves cross, exactly CROSSOVER_COLUMNS."""
+    """The headline crossovers: pairs whose curves cross, CROSSOVER_COLUMNS (+ verdict, method)."""
+    cols = CROSSOVER_COLUMNS + [c for c in OPTIONAL_CROSSOVER_COLUMNS if c in pairs]
     if pairs.empty:
-        return pd.DataFrame(columns=CROSSOVER_COLUMNS)
-    return pairs[pairs["crossover_cost"].notna()][CROSSOVER_COLUMNS].reset_index(drop=True)
+        return pd.DataFrame(columns=cols)
+    return pairs[pairs["crossover_cost"].notna()][cols].reset_index(drop=True)

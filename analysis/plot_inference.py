@@ -88,8 +88,8 @@ def _crossings(ax, res: InferenceResult, sampler: str, sub: pd.DataFrame) -> Non
         ax.plot([], [], "X", color="crimson", label="crossover [95% interval]")
 
 
-def plot_cost(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
-    """Metric vs sampling cost per size, frontier across sizes, crossovers marked."""
+def plot_cost(res: InferenceResult, out_dir: str | Path, name: str | None = None) -> dict[str, str]:
+    """Metric vs sampling cost per size, frontier across sizes, crossovers marked (file NAME)."""
     cur = _final(res)
     samplers = list(pd.unique(cur["sampler"]))
     fig, axes = new_figure(len(samplers), panel_size=(6.5, 4.6), max_cols=2)
@@ -114,7 +114,7 @@ def plot_cost(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
                      "checkpoints", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         legend_by_size(ax)
-    return save(fig, out_dir, f"{res.metric}_vs_sampling_cost")
+    return save(fig, out_dir, name or f"{res.metric}_vs_sampling_cost")
 
 
 def plot_samplers(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:

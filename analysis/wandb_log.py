@@ -27,8 +27,10 @@ def resolve_mode(mode: str | None) -> str | None:
 
 def log_analysis(root: str | Path, project: str, mode: str | None,
                  tables: dict[str, pd.DataFrame], figures: dict[str, str],
-                 summary: dict[str, float | str], config: dict) -> str | None:
-    """Write one W&B run under ROOT/wandb/ with the tables, PNG figures and summary;
+                 summary: dict[str, float | str], config: dict, group: str | None = None,
+                 curves: pd.DataFrame | None = None) -> str | None:
+    """Write one W&B run under ROOT/wandb/ with the tables, native charts of the curves, PNG
+    figures and summary, in the study's group (its training runs' group: the study name);
     return the run's folder (None when logging is off)."""
     resolved = resolve_mode(mode)
     if resolved is None:
@@ -38,12 +40,15 @@ def log_analysis(root: str | Path, project: str, mode: str | None,
     Path(root).mkdir(parents=True, exist_ok=True)
     settings = wandb.Settings(silent=True, console="off", x_disable_stats=True,
                               disable_git=True, save_code=False)
-    run = wandb.init(project=project, dir=str(root), mode=resolved, job_type="analysis",
+    run = wandb.init(project=project, dir=str(root), mode=resolved, job_type="analysis", group=group,
+                     name=f"{group}-analysis" if group else None,
                      config=config, settings=settings, reinit="create_new")
     try:
         for name, frame in tables.items():
             if not frame.empty:
                 run.log({f"tables/{name}": wandb.Table(dataframe=_plain(frame))})
+        if curves is not None and not curves.empty:
+            run.log(_charts(wandb, curves))
         for name, png in figures.items():
             run.log({f"figures/{name}": wandb.Image(png)})
         run.summary.update(summary)
@@ -51,6 +56,18 @@ def log_analysis(root: str | Path, project: str, mode: str | None,
     finally:
         run.finish()
     return folder
+
+
+def _charts(wandb, curves: pd.DataFrame) -> dict:
+    """Native W&B line charts, one per (experiment, metric, sampler), a line per size, over the one
+    long curves table: a dashboard filters that table by size, sampler and experiment."""
+    logged = {"tables/curves": wandb.Table(dataframe=_plain(curves))}
+    for (exp, metric, sampler), g in curves.groupby(["experiment", "metric", "sampler"], sort=False):
+        table = wandb.Table(dataframe=_plain(g.sort_values(["params", "sampling_cost"])))
+        logged[f"charts/{exp}/{metric}_vs_sampling_cost/{sampler}"] = wandb.plot.line(
+            table, x="sampling_cost", y="value", stroke="size",
+            title=f"{exp}: {metric} vs sampling cost ({sampler})")
+    return logged
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:

@@ -62,3 +62,39 @@ def analyzed(synthetic_run, tmp_path_factory) -> tuple[Path, dict]:
         summary = analyze_run(synthetic_run, bootstrap=50, seed=0, wandb_mode="offline",
                               progress=False)
     return synthetic_run, summary
+
+
+def with_experiments(seed: int = 1):
+    """SMALL's table plus rows of the paper's derived experiments (distillation to few steps, 4x
+    super-resolution, DreamBooth), each from a known law, tagged by the `experiment` column."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.synthetic import make_results
+
+    final = (SMALL.train_images[-1],)
+    base = make_results(SMALL, seed).assign(experiment="base")
+    # A distilled student: the few-step penalty cut to 15 % of DDIM's, so it wins at 4 steps.
+    dist = make_results(SyntheticSpec(samplers={"lcm": 0.15}, steps=(1, 2, 4, 8), train_images=final,
+                                      guidances=(1.5, 3.0)), seed + 1).assign(experiment="distillation", unet_calls=1)
+    # Super-resolution fine-tunes: no guidance (1.0), the same shape of law.
+    sr = make_results(SyntheticSpec(steps=(4, 10, 20, 50, 100), train_images=final, guidances=(1.0,)),
+                      seed + 2).assign(experiment="superres")
+    db = make_results(SyntheticSpec(samplers={"ddim": 1.0}, steps=(10, 25), train_images=final,
+                                    guidances=(3.0, 5.0)), seed + 3).assign(experiment="dreambooth")
+    rng = np.random.default_rng(seed)
+    # Subject fidelity grows with size by 0.05 per decade of parameters, std 0.01 per number.
+    db["subject_fidelity"] = 0.5 + 0.05 * np.log10(db["params"] / 1e7) + rng.normal(0, 0.01, len(db))
+    db["subject_fidelity_std"] = 0.01
+    db["prompt_fidelity"] = 0.9
+    return pd.concat([base, dist, sr, db], ignore_index=True)
+
+
+@pytest.fixture(scope="session")
+def analyzed_experiments(tmp_path_factory) -> tuple[Path, dict]:
+    """analyze_run on a run with every experiment of the paper, W&B off."""
+    from analysis.api import analyze_run
+
+    run = tmp_path_factory.mktemp("run_all")
+    with_experiments().to_parquet(run / "results.parquet", index=False)
+    return run, analyze_run(run, bootstrap=30, seed=0, wandb_mode=None, progress=False)

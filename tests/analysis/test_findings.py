@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import pytest
 
@@ -96,3 +98,28 @@ def test_wandb_mode(monkeypatch):
     assert resolve_mode("online") == "online"
     with pytest.raises(ValueError, match="unknown W&B mode"):
         resolve_mode("cloud")
+
+
+def test_wandb_run_joins_the_study_group_with_native_charts(tmp_path, monkeypatch):
+    from analysis.wandb_log import log_analysis
+
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    curves = pd.DataFrame({"experiment": "base", "metric": "fid", "sampler": ["ddim"] * 4,
+                           "size": ["1M", "1M", "2M", "2M"], "params": [1e6, 1e6, 2e6, 2e6], "steps": [4, 8] * 2,
+                           "sampling_cost": [0.5, 1.0, 1.0, 2.0], "value": [9.0, 7.0, 8.0, 5.0], "std": 0.1})
+    bands = pd.DataFrame({"sampler": ["ddim"], "from_cost": [0.5], "to_cost": [2.0], "best": ["1M ~ 2M"],
+                          "tied": [True]})
+    folder = log_analysis(tmp_path, "ldm-scaling", "offline", tables={"best_size": bands}, figures={},
+                          summary={"claim/sampling_cost": "reproduced"}, config={}, group="tiny-study",
+                          curves=curves)
+    path = next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    deadline = time.time() + 30
+    while b"tiny-study-analysis" not in path.read_bytes() and time.time() < deadline:
+        time.sleep(0.5)  # W&B's service process may still be flushing the records it was handed
+    record = path.read_bytes()
+    assert b"tiny-study" in record and b"tiny-study-analysis" in record  # group and run name
+    media = tmp_path / "wandb" / folder.rsplit("/", 1)[-1] / "files" / "media" / "table"
+    assert list(media.glob("charts/base/fid_vs_sampling_cost/ddim*.table.json"))
+    assert list(media.glob("tables/best_size*.table.json")) and list(media.glob("tables/curves*.table.json"))

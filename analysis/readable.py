@@ -1,0 +1,100 @@
+"""Fits reported by what they predict, and parameters the data does not determine said so.
+
+A fitted parameter is "not determined by these points" when the fit put it on a search bound
+(`at_bound`), or when its bootstrap interval spans more than two decades (a positive quantity) or
+more than ten times its own size (one that may change sign). Such a number is flagged in
+fits.json and W&B and never printed as if it were a measurement.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+NOT_DETERMINED = "not determined by these points"
+MAX_RATIO = 100.0  # high / low of a positive quantity's interval: two decades is no estimate
+MAX_SPAN = 10.0  # (high - low) / |value| of a signed quantity
+
+
+def _vague(v: dict) -> str | None:
+    lo, hi, val = v.get("low"), v.get("high"), v.get("value")
+    if lo is None or hi is None or val is None or not all(map(math.isfinite, (lo, hi, val))):
+        return None  # no interval: said as such where it is printed
+    if lo > 0 and hi / lo > MAX_RATIO:
+        return f"interval spans {math.log10(hi / lo):.0f} decades"
+    if lo <= 0 and (hi - lo) > MAX_SPAN * max(abs(val), 1e-300):
+        return "interval far wider than the value"
+    return None
+
+
+def undetermined(fit: dict) -> dict[str, str]:
+    """{quantity: why} for every parameter or derived quantity of a fit the points do not pin down."""
+    if fit.get("skipped", False):
+        return {}
+    out = {}
+    bound = fit.get("at_bound") or {}
+    for q, side in bound.items():
+        out[q] = f"at its {side} search bound"
+    for kind in ("params", "derived"):
+        for q, v in fit.get(kind, {}).items():
+            why = _vague(v)
+            if why and q not in out:
+                out[q] = why
+    # A prediction built on an undetermined parameter inherits it only when it is vague itself;
+    # extrapolations often stay well determined while A and E trade off against each other.
+    return out
+
+
+def flag_fits(fits: dict) -> dict:
+    """The fits with `undetermined` ({quantity: why}) added to each fitted law, for fits.json."""
+    out = dict(fits)
+    out["per_size"] = {w: {**f, "undetermined": undetermined(f)} for w, f in fits["per_size"].items()}
+    for k in ("envelope", "optimal_size", "chinchilla"):
+        if k in fits:
+            out[k] = {**fits[k], "undetermined": undetermined(fits[k])}
+    return out
+
+
+# (fit, quantity, what it says, unit) of the numbers a reader can use, in reading order.
+PREDICTIONS = [
+    ("envelope", "alpha", "exponent of the compute-optimal envelope: FID - E falls as C^-alpha", ""),
+    ("envelope", "E", "FID floor of the envelope as training compute grows without bound", "FID"),
+    ("optimal_size", "a", "compute-optimal size grows as C^a", ""),
+    ("optimal_size", "n_opt_at_10x_compute", "compute-optimal size at 10x the largest training compute",
+     "params"),
+    ("chinchilla", "n_opt_exponent", "joint law: N_opt grows as C^(beta/(alpha+beta))", ""),
+    ("chinchilla", "n_opt_at_max_compute", "joint law: compute-optimal size at the largest compute", "params"),
+    ("chinchilla", "alpha", "joint law: FID exponent in model size", ""),
+    ("chinchilla", "beta", "joint law: FID exponent in training images", ""),
+]
+
+
+def _row(name: str, what: str, unit: str, q: str, fit: dict, flags: dict[str, str]) -> dict:
+    v = fit["params"].get(q) or fit["derived"].get(q)
+    why = flags.get(q)
+    return {"fit": name, "quantity": q, "what": what, "unit": unit,
+            "value": None if why else v["value"], "low": None if why else v["low"],
+            "high": None if why else v["high"], "determined": why is None,
+            "note": f"{NOT_DETERMINED} ({why})" if why else ""}
+
+
+def prediction_table(fits: dict) -> pd.DataFrame:
+    """What the fits predict, with intervals, one row per number; undetermined ones blanked with why."""
+    rows = []
+    for name, q, what, unit in PREDICTIONS:
+        fit = fits.get(name, {})
+        if fit.get("skipped", True) or q not in {**fit["params"], **fit["derived"]}:
+            continue
+        rows.append(_row(name, what, unit, q, fit, undetermined(fit)))
+    for w, fit in fits["per_size"].items():
+        if fit.get("skipped", True):
+            continue
+        label = fit.get("label", w)
+        flags = undetermined(fit)
+        for q, what in (("fid_at_10x_compute", f"{label}: FID at 10x its largest training compute"),
+                        ("alpha", f"{label}: exponent of FID - E in training compute")):
+            if q in {**fit["params"], **fit["derived"]}:
+                rows.append(_row(f"power/width={w}", what, "FID" if q.startswith("fid") else "", q, fit, flags))
+    return pd.DataFrame(rows, columns=["fit", "quantity", "what", "unit", "value", "low", "high",
+                                       "determined", "note"])
