@@ -217,6 +217,41 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder with results 
 
 
 @app.command()
+def recommend(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
+              fid: float = typer.Option(..., "--fid", help="The quality target: the FID to reach."),
+              images: float = typer.Option(..., "--images", help="How many images will be generated."),
+              sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),
+              bootstrap: int = typer.Option(100, "--bootstrap"), seed: int = typer.Option(0, "--seed")) -> None:
+    """The size, training budget and steps that reach --fid at the least training + inference compute."""
+    import pandas as pd
+
+    from analysis.recommend import recommend_run
+    from analysis.table import load_results, size_label
+    from study.config import from_dict
+    from study.ladder import LADDERS, geometry, ladder
+
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
+    cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
+    widths = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths))
+    sizes = pd.DataFrame([{"width": r.width, "params": r.params, "gflops": r.gflops}
+                          for r in ladder(cfg.model.ladder, widths, geometry(cfg), cfg.model.reference_width)])
+    res = recommend_run(load_results(run_dir), sizes, fid, images, sampler, bootstrap, seed)
+    if res["choice"] is None:
+        raise UserError(res["message"])
+    c = res["choice"]
+    typer.echo(f"{res['curve']}: width {c['width']} ({size_label(c['params'])}) trained on {c['train_images']:.3g} "
+               f"images, sampled with {c['steps']} steps: predicted FID {c['predicted_fid']:.3g} (reached in "
+               f"{res['p_reach']:.0%} of the law's bootstrap draws); training {c['train_flops']:.3g} + inference "
+               f"{c['inference_flops']:.3g} = {c['total_flops']:.3g} FLOPs"
+               + (" (extrapolated beyond the evaluated budgets or steps)" if c["extrapolated"] else ""))
+    for r in res["table"].head(5).itertuples():
+        typer.echo(f"  width {r.width:>4}: {r.train_images:.3g} images, {r.steps} steps, FID {r.predicted_fid:.3g}, "
+                   f"{r.total_flops:.3g} FLOPs")
+
+
+@app.command()
 def run(config: Optional[str] = typer.Argument(None, help="Config (default: configs/tiny.yaml)."),
         overrides: Optional[List[str]] = OVERRIDES,
         fresh: bool = typer.Option(False, "--fresh", help="Archive the run folder and start over."),
