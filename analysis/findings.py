@@ -51,7 +51,9 @@ def _cross_sentence(row) -> str:
     if math.isfinite(row.p_cross):
         text += f" (a crossing in {row.p_cross:.0%} of resamples)"
     if row.n_crossings > 1:
-        text += f"; the curves cross {row.n_crossings} times, the first is given"
+        listed = getattr(row, "crossings", "")
+        text += (f"; the curves cross {row.n_crossings} times" + (f": {listed}" if isinstance(listed, str)
+                                                                  and listed else ", the first is given"))
     return text
 
 
@@ -62,6 +64,10 @@ def inference_findings(res: InferenceResult) -> dict[str, list[str]]:
     for row in pairs.itertuples():
         if math.isfinite(row.crossover_cost):
             out["crossovers"].append(_cross_sentence(row))
+        elif getattr(row, "verdict", "") == "tied within noise":  # a tie is said as a tie, not a flip
+            out["crossovers"].append(
+                f"{row.sampler}: the {size_label(row.smaller_params)} and {size_label(row.larger_params)} "
+                f"models are tied within noise from cost {num(row.overlap_low)} to {num(row.overlap_high)}")
         for which in ("at_low", "at_high"):
             out["gaps"].append(_gap_sentence(row, which, res))
     if len(pairs) and not pairs["crossover_cost"].notna().any():

@@ -123,3 +123,15 @@ def test_wandb_run_joins_the_study_group_with_native_charts(tmp_path, monkeypatc
     media = tmp_path / "wandb" / folder.rsplit("/", 1)[-1] / "files" / "media" / "table"
     assert list(media.glob("charts/base/fid_vs_sampling_cost/ddim*.table.json"))
     assert list(media.glob("tables/best_size*.table.json")) and list(media.glob("tables/curves*.table.json"))
+
+
+def test_tied_pair_is_said_as_a_tie_and_every_crossing_listed():
+    res = _result(-0.8, -0.1)
+    pair = res.pairs.iloc[0].to_dict()
+    tied = {**pair, "crossover_cost": float("nan"), "low": float("nan"), "high": float("nan"), "n_crossings": 0,
+            "verdict": "tied within noise", "overlap_low": 1.2, "overlap_high": 4.9}
+    twice = {**pair, "n_crossings": 2, "verdict": "crossing", "crossings": "9.5 [8, 11]; 30 [25, 41]"}
+    res.pairs = pd.DataFrame([tied, twice])
+    lines = inference_findings(res)["crossovers"]
+    assert lines[0] == "ddim: the 145M and 866M models are tied within noise from cost 1.2 to 4.9"
+    assert lines[1].endswith("; the curves cross 2 times: 9.5 [8, 11]; 30 [25, 41]")
