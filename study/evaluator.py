@@ -53,20 +53,23 @@ class Evaluator:
 
     @torch.no_grad()
     def generate(self, unet, sampler: str, steps: int, guidance: float, n: int | None = None,
-                 seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """n images in [0, 255] and their prompt ids, from fixed noise and prompts for the seed."""
+                 seed: int | None = None, part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
+        """n images in [0, 255] and their prompt ids, from fixed noise and prompts for the seed.
+
+        part=(i, k): only slice i of k of the n samples (their prompts, with the slice's own fixed noise)."""
         from study.sampling import sample
 
         n = n or self.cfg.eval.num_samples
-        seed = self.cfg.eval.seed if seed is None else seed
-        which = self.prompt_order(n)
+        lo, hi = slice_bounds(n, *part)
+        seed = slice_seed(self.cfg.eval.seed if seed is None else seed, *part)
+        which = self.prompt_order(n)[lo:hi]
         # The same prompts and initial noise for every model and guidance (common random numbers):
         # differences between cells are then not blurred by sampling different noise.
         gen = torch.Generator().manual_seed(seed)
-        noise = torch.randn((n, *self.latent_shape), generator=gen)
+        noise = torch.randn((hi - lo, *self.latent_shape), generator=gen)
         images, bs = [], self.cfg.eval.batch_size
         unet = unet.to(self.device).eval()
-        for i in range(0, n, bs):
+        for i in range(0, hi - lo, bs):
             idx = which[i:i + bs]
             step_gen = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + i)
             out = sample(unet, sampler, steps, guidance, self.table[self.index[idx]], self.uncond,
@@ -91,6 +94,62 @@ class Evaluator:
         res.setdefault("alignment_metric", "none")
         res["fid_floor"] = res.pop("floor_fid", self.floor_fid)
         return res
+
+    @torch.no_grad()
+    def slice_stats(self, unet, sampler: str, steps: int, guidance: float, index: int,
+                    parts: int | None = None) -> dict:
+        """Slice `index` of `parts` (default eval.fid_slices) of one FID: its feature sums and alignment sums.
+
+        Run the slices anywhere (one Ray task each), then `merge_slices` their outputs into the FID of all."""
+        from study.metrics import prompt_accuracy
+        from study.metrics.extractors import iter_batches
+        from study.metrics.fid import FeatureSums, merge_sums
+
+        parts = parts or self.cfg.eval.fid_slices
+        images, which = self.generate(unet, sampler, steps, guidance, part=(index, parts))
+        out, sums, seen = {"num_samples": len(images)}, [], 0
+        for batch in iter_batches(images, self.cfg.eval.batch_size):
+            ids = which[seen:seen + len(batch)]
+            sums.append(FeatureSums.of(self.extractor.features(batch).detach().cpu().double().numpy()))
+            if self.classifier is not None and self.labels is not None:
+                acc = prompt_accuracy(self.classifier, batch, self.labels[ids].numpy()) * len(batch)
+                out["prompt_accuracy_sum"] = out.get("prompt_accuracy_sum", 0.0) + acc
+            if self.clip is not None:
+                score = self.clip.score(batch, [self.prompts[int(i)] for i in ids]) * len(batch)
+                out["clip_score_sum"] = out.get("clip_score_sum", 0.0) + score
+            seen += len(batch)
+        return {**out, "sums": merge_sums(sums)}
+
+    def merge_slices(self, slices: list[dict]) -> dict:
+        """FID and alignment of the merged slices: the FID one task computes from the same samples (no KID)."""
+        from study.metrics.fid import fid_from_sums, merge_sums
+
+        sums = merge_sums(s["sums"] for s in slices)
+        res = {"fid": fid_from_sums(sums, self.reference.mu, self.reference.sigma), "kid": None, "fid_std": None,
+               "kid_std": None, "num_samples": sums.count, "fid_floor": self.floor_fid,
+               "floor_n": self.reference.floor_n, "fid_slices": len(slices),
+               "reference": self.reference.key, "extractor": self.extractor.name,
+               "alignment": float("nan"), "alignment_metric": "none"}
+        for metric in ("clip_score", "prompt_accuracy"):  # CLIP score first, as evaluate_images
+            if all(f"{metric}_sum" in s for s in slices):
+                res[metric] = sum(s[f"{metric}_sum"] for s in slices) / sums.count
+                if res["alignment_metric"] == "none":
+                    res["alignment"], res["alignment_metric"] = res[metric], metric
+        return res
+
+
+def slice_bounds(n: int, index: int, parts: int) -> tuple[int, int]:
+    """Samples [lo, hi) of slice `index` of `parts` over n samples (sizes differ by at most one)."""
+    if not 0 <= index < parts <= n:
+        raise ValueError(f"slice {index} of {parts} over {n} samples: need 0 <= slice < slices <= samples")
+    return index * n // parts, (index + 1) * n // parts
+
+
+def slice_seed(seed: int, index: int, parts: int) -> int:
+    """The noise seed of a slice: eval.seed itself when unsplit (today's numbers), else one per (seed, slice)."""
+    if parts == 1:
+        return seed
+    return int(np.random.SeedSequence([seed, parts, index]).generate_state(1)[0])
 
 
 def load_evaluator(cfg: StudyConfig, prepared_dir: str | Path, device=None) -> Evaluator:
