@@ -28,6 +28,8 @@ CAPTIONS = {
     "samplers": "Per size, the lowest curve is the best sampler at that sampling cost.",
     "superres": "Super-resolution fine-tunes: where a smaller size lies below a larger one it wins at that "
                 "cost; the paper puts the switch to larger models near 20 steps.",
+    "versus": "Solid: distilled models, dashed: undistilled ones; where a dashed curve reaches a solid one's FID "
+              "is the sampling cost at which the undistilled model matches the distilled one.",
     "distillation": "Distilled models (few steps): compare each size's FID with the undistilled curves of the "
                     "FID-vs-sampling-cost figure at the same cost.",
 }
@@ -100,6 +102,7 @@ def sections(figs: dict, results: dict[str, InferenceResult], found: dict, fits:
                     {"summary": "curve points", "table": res["fid"].curves}] if "fid" in res else [])
         details.append({"summary": f"every {exp} row of the results table", "table": rows})
         out.append({"id": exp, "title": f"Experiment: {exp}",
-                    "figures": _fig(figs, f"{exp}_cost", CAPTIONS.get(exp, CAPTIONS["fid_cost"])),
+                    "figures": _fig(figs, f"{exp}_vs_base", CAPTIONS["versus"])
+                    + _fig(figs, f"{exp}_cost", CAPTIONS.get(exp, CAPTIONS["fid_cost"])),
                     "details": details})
     return out

@@ -15,7 +15,7 @@ from analysis.inference import FINAL, analyze_metric, optimal_guidance
 from analysis.page import sections
 from analysis.plot_best import plot_best_size, segment_table
 from analysis.plot_guidance import plot_guidance
-from analysis.plot_inference import plot_cost, plot_samplers, plot_steps
+from analysis.plot_inference import plot_cost, plot_overlay, plot_samplers, plot_steps
 from analysis.plot_training import plot_training
 from analysis.readable import flag_fits, prediction_table
 from analysis.report import write_markdown, write_report
@@ -97,6 +97,8 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     figs["samplers"] = plot_samplers(fid, out)
     for e, res in experiments.items():
         figs[f"{e}_cost"] = plot_cost(res["fid"], out, name=f"{e}_fid_vs_sampling_cost")
+        if e == "distillation":  # the paper's comparison: distilled and undistilled at equal sampling cost
+            figs[f"{e}_vs_base"] = plot_overlay(fid, res["fid"], out, "distilled_vs_undistilled", "distilled")
 
     found = {m: inference_findings(r) for m, r in results.items()}
     train_text = training_findings(fits)

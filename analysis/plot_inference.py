@@ -137,3 +137,35 @@ def plot_samplers(res: InferenceResult, out_dir: str | Path) -> dict[str, str]:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(title="sampler", fontsize=8, title_fontsize=8)
     return save(fig, out_dir, f"{res.metric}_sampler_comparison")
+
+
+def plot_overlay(base: InferenceResult, other: InferenceResult, out_dir: str | Path, name: str,
+                 label: str) -> dict[str, str]:
+    """A derived experiment's curves (solid) over the base models' (dashed, the reference sampler) on one
+    sampling-cost axis, with both frontiers: e.g. distilled vs undistilled models at equal cost."""
+    b, o = _final(base), _final(other)
+    ref = b["sampler"].iloc[0] if len(b) else None
+    b = b[b["sampler"] == ref]
+    fig, (ax,) = new_figure(1, panel_size=(7.5, 4.8))
+    colors = size_colors(np.r_[b["params"].to_numpy(), o["params"].to_numpy()])
+    for frame, style, tag in ((b, "--", f"base ({ref})"), (o, "-", label)):
+        for p, g in frame.groupby("params"):
+            ax.plot(g["sampling_cost"], g["value"], style, marker="o" if style == "-" else None, markersize=3,
+                    color=colors[float(p)], label=f"{size_label(p)} {tag}")
+    for res, sampler, color, tag in ((base, ref, "0.6", f"base frontier ({ref})"), (other, None, "0.1",
+                                                                                   f"{label} frontier")):
+        front = res.frontier[res.frontier["budget"] == FINAL]
+        if sampler is not None:
+            front = front[front["sampler"] == sampler]
+        front = front.sort_values("sampling_cost")
+        ax.step(front["sampling_cost"], front["value"], where="post", color=color, linewidth=2.5, alpha=0.4,
+                label=tag)
+    if base.metric == "fid":
+        floor_line(ax, _floor(b))
+    _log_cost_axis(ax)
+    ax.set_xlabel(cost_label(b), fontsize=8)
+    ax.set_ylabel(_ylabel(base))
+    ax.set_title(f"{label} vs base models at equal sampling cost (final checkpoints)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return save(fig, out_dir, name)

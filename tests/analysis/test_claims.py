@@ -83,7 +83,9 @@ def test_only_the_experiments_in_the_table_are_checked(tmp_path):
 
 
 def test_every_experiment_has_its_claims(analyzed_experiments):
-    _, summary = analyzed_experiments
+    run, summary = analyzed_experiments
+    for name in ("distilled_vs_undistilled", "distillation_fid_vs_sampling_cost", "superres_fid_vs_sampling_cost"):
+        assert (run / "analysis" / f"{name}.png").stat().st_size > 10_000
     by_key = {c["key"]: c for c in summary["claims"]}
     assert list(by_key) == ["training_compute", "model_size", "sampling_cost", "samplers", "distill_gain",
                             "distill_match", "superres_size", "superres_cost", "dreambooth_size"]
