@@ -8,7 +8,8 @@ test_crossovers.py measures both). What error remains is bounded by half the dis
 linear interpolant's crossing, and each interval is widened to include it.
 
 Ties: the gap between the curves is read against a tolerance, the half-width of a simultaneous
-95 % bootstrap band of the gap (no resamples: rounding only). A crossing is the gap going from
+95 % bootstrap band of the gap (no resamples: rounding only) plus the interpolation error of
+both curves. A crossing is the gap going from
 beyond +tolerance to beyond -tolerance (or back); a gap that stays inside the band is a tie,
 never a crossing. Every such crossing is listed. The verdict of a pair:
   "crossing": at least one crossing beyond noise (the band excludes zero on both sides);
@@ -16,6 +17,11 @@ never a crossing. Every such crossing is listed. The verdict of a pair:
   "no evidence of crossing": otherwise (one size is better somewhere, never significantly worse).
 p_cross: the share of resamples whose own gap crosses beyond the same tolerance (how often a
 repeat of the study would see the crossing). Everything is vectorised over resamples (rows).
+
+Coverage of the 95 % crossover interval on the synthetic family (tests/analysis/
+test_coverage.py, 300 replications of a curve pair crossing once): 0.94 with one seed and
+fid_std (width 0.90x the estimator's spread), 0.94 with three seeds with or without fid_std
+(1.3-1.4x).
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ INTERP_SHARE = 0.5  # share of |log c_pchip - log c_linear| counted as interpola
 METHOD = ("curves: monotone cubic (PCHIP) interpolation in log sampling cost between evaluated "
           "step counts; crossing: the gap between two sizes goes from beyond +tolerance to beyond "
           "-tolerance, tolerance = half-width of a simultaneous 95% bootstrap band of the gap "
-          "(ties inside the band are not crossings); interval: 95% bootstrap percentile of the "
-          "resamples' first crossing in each found one's stretch of cost, widened by the interpolation error (half the distance "
-          "to the linear interpolant's crossing); p_cross: share of resamples crossing beyond the "
-          "tolerance")
+          "plus interpolation error (ties inside it are not crossings); interval: 95% bootstrap "
+          "percentile of the resamples' first crossing in each found crossing's stretch of cost, "
+          "widened by the interpolation error (half the distance to the linear interpolant's "
+          "crossing); p_cross: share of resamples crossing beyond the tolerance")
 
 
 def overlap_grid(cost_a: np.ndarray, cost_b: np.ndarray, size: int = GRID) -> np.ndarray | None:
@@ -169,7 +175,8 @@ def compare_pair(cost_s: np.ndarray, val_s: np.ndarray, boot_s: np.ndarray,
                                       "interp_error": np.nan}
     out = {"crossover_cost": float(first["cost"]), "n_crossings": len(listed),
            "low": first["low"], "high": first["high"], "interp_error": first["interp_error"],
-           "p_cross": float((crossings(grid, boot_gap, tol, locate=False)[1] > 0).mean()) if noisy else np.nan,
+           "p_cross": (float((crossings(grid, boot_gap, tol, locate=False)[1] > 0).mean())
+                       if noisy else np.nan),
            "verdict": verdict,
            "crossings": "; ".join(_fmt(x) for x in listed),
            "crossing_list": listed,

@@ -1,7 +1,9 @@
 """Read the tidy results table and reduce it to cells at their best guidance.
 
 A cell is (width, seed, train_images, sampler, steps, timestep_spacing); the table holds
-one row per guidance tried in it. Curves are cells averaged over seeds.
+one row per guidance tried in it. Curves are cells averaged over seeds. Rows carry the
+`experiment` and `task` they belong to; load_results keeps the base study's rows by default
+(the other experiments' modules ask for theirs) and names, then skips or refuses, corrupt rows.
 """
 
 from __future__ import annotations
