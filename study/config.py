@@ -247,6 +247,67 @@ class DreamBoothConfig:
 
 
 @dataclass
+class SuperResConfig:
+    """4x super-resolution fine-tuned from every base (size, seed): the SD x4 upscaler's conditioning (issue 12)."""
+
+    enabled: bool = False
+    # "embedded": the photographs inside scikit-image's wheel, held out by photograph (grey for a grey base);
+    # "div2k": root holds DIV2K_train_HR/, DIV2K_valid_HR/ (and ..._LR_bicubic/X4/ where present);
+    # "imagefolder": root is any folder of images, held out by file.
+    data: str = "embedded"
+    root: Optional[str] = None
+    hr_size: int = 16  # HR patch side (pixels); LR = hr_size / 4. 16 from 4x4: see the README's Super-resolution
+    photo_shrink: int = 2  # embedded: photographs halved first, so a 16x16 patch holds edges, not flat 1/32 of a face
+    num_eval: int = 256  # held-out patches scored per cell, the same ones for every model (common random numbers)
+    feature_epochs: int = 8  # embedded: epochs of the domain network (FID features, LPIPS-style distance)
+    lpips_backbone: Optional[str] = None  # real data: torchvision AlexNet state-dict file for LPIPS (no download)
+    base_weights: str = "ema"  # the base milestone's weights the fine-tune starts from
+    # Fine-tuning budget in HR images seen, from each base's final milestone.
+    train_images: int = 4096
+    batch_size: int = 64
+    lr: float = 1.0e-3  # the base's 2e-3 halved: the pretrained weights are a starting point worth keeping
+    warmup_images: int = 512  # the zero-initialised LR weights grow before the full step size hits the rest
+    ema_decay: float = 0.99  # ~100-step EMA horizon for a 64-step fine-tune
+    max_noise_level: int = 350  # LR noise augmentation levels 0..350 in training (the upscaler's max_noise_level)
+    eval_noise_level: int = 20  # LR noise level at inference (StableDiffusionUpscalePipeline's default)
+    # Evaluation cells (sampler, steps), guidance 1 (the paper uses none in super-resolution).
+    samplers: List[str] = field(default_factory=lambda: ["ddim", "ddpm", "dpmsolver++"])
+    steps: List[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    max_steps: dict = field(default_factory=lambda: {"dpmsolver++": 8})  # converged by 8 steps at this scale
+
+
+@dataclass
+class DistillConfig:
+    """Latent consistency distillation of every base (size, seed) to a few-step student (issue 11).
+
+    LCD (Luo et al. 2023), not the paper's CoDi: see the README's "Distillation" for how they differ."""
+
+    enabled: bool = False
+    method: str = "lcd"  # the only method built; named so a run says honestly what it distilled with
+    # Training budget in images seen, from each base's final milestone (EMA weights = the teacher).
+    total_images: int = 4096
+    milestones: List[float] = field(default_factory=lambda: [1.0])  # fractions of total_images
+    batch_size: int = 64
+    lr: float = 1.0e-4  # LCD moves a trained model, not a fresh one: lower than base training
+    # The guidance scale w of the teacher's step, drawn per sample from U[w_min, w_max] in the LCM paper's form
+    # (eps_c + w (eps_c - eps_u), i.e. guidance scale w + 1). None: eval.guidance_min - 1 .. eval.guidance_max - 1,
+    # so the guidance the evaluation searches is the range the student learned.
+    w_min: Optional[float] = None
+    w_max: Optional[float] = None
+    loss: str = "huber"  # "l2" | "huber" (pseudo-Huber, the diffusers example's default)
+    huber_c: float = 0.001  # pseudo-Huber's c (the diffusers example's default)
+    # Target network: EMAModel of the student with this constant decay (the example's 0.95). The trainer's own
+    # EMA, which evaluation reads, uses it too: an average of the same horizon as the target.
+    ema_decay: float = 0.95
+    guidance_embed_dim: int = 256  # width of the w embedding (diffusers' LCM-SD time_cond_proj_dim)
+    # Evaluation: the LCM sampler at these step counts, guidance searched per cell as for base.
+    steps: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # Image grid written at evaluation time: this many prompts, undistilled (base, DDIM) vs distilled (LCM).
+    grid_prompts: int = 10
+    grid_steps: int = 4  # the step count of the grid's distilled and undistilled rows
+
+
+@dataclass
 class StudyConfig:
     name: str = "study"
     runs_dir: str = "runs"
@@ -261,6 +322,7 @@ class StudyConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
+    superres: SuperResConfig = field(default_factory=SuperResConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
 
 
@@ -499,6 +561,7 @@ def validate(cfg: StudyConfig) -> None:
     _check(cfg.tracking.wandb_mode in ("offline", "online", "disabled"), "tracking.wandb_mode",
            "'offline', 'online' or 'disabled'", cfg.tracking.wandb_mode)
     _validate_dreambooth(cfg.dreambooth)
+    _validate_superres(cfg.superres)
     _validate_distill(cfg.distill)
 
 
@@ -526,6 +589,31 @@ def _validate_distill(ds: DistillConfig) -> None:
            "a non-empty list of step counts in 1..50", list(ds.steps))
     _check(ds.grid_prompts >= 0, "distill.grid_prompts", "a number of prompts >= 0", ds.grid_prompts)
     _check(ds.grid_steps > 0, "distill.grid_steps", "a positive step count", ds.grid_steps)
+
+
+def _validate_superres(sr: SuperResConfig) -> None:
+    from study.schedulers import SAMPLERS
+
+    _check(sr.data in ("embedded", "div2k", "imagefolder"), "superres.data", "'embedded', 'div2k' or 'imagefolder'",
+           sr.data)
+    _check(sr.data == "embedded" or sr.root is not None, "superres.root", "a data folder for div2k/imagefolder",
+           sr.root)
+    _check(sr.hr_size > 0 and sr.hr_size % 8 == 0, "superres.hr_size", "a positive multiple of 8", sr.hr_size)
+    _check(sr.photo_shrink >= 1, "superres.photo_shrink", "an integer >= 1", sr.photo_shrink)
+    _check(sr.num_eval > 1, "superres.num_eval", "at least 2 patches (an FID needs 2)", sr.num_eval)
+    _check(sr.feature_epochs > 0, "superres.feature_epochs", "a positive number of epochs", sr.feature_epochs)
+    _check(sr.base_weights in ("ema", "raw"), "superres.base_weights", "'ema' or 'raw'", sr.base_weights)
+    _check(sr.train_images > 0 and sr.batch_size > 0, "superres.train_images",
+           "positive train_images and batch_size", sr.train_images)
+    _check(sr.lr > 0, "superres.lr", "a positive learning rate", sr.lr)
+    _check(0 <= sr.ema_decay < 1, "superres.ema_decay", "a decay in [0, 1)", sr.ema_decay)
+    _check(0 <= sr.max_noise_level < 1000, "superres.max_noise_level", "a level in [0, 1000)", sr.max_noise_level)
+    _check(0 <= sr.eval_noise_level < 1000, "superres.eval_noise_level", "a level in [0, 1000)",
+           sr.eval_noise_level)
+    _check(len(sr.samplers) > 0 and all(x in SAMPLERS for x in sr.samplers), "superres.samplers",
+           f"a non-empty list from {list(SAMPLERS)}", list(sr.samplers))
+    _check(len(sr.steps) > 0 and all(isinstance(x, int) and x > 0 for x in sr.steps), "superres.steps",
+           "a non-empty list of positive step counts", list(sr.steps))
 
 
 def _validate_dreambooth(db: DreamBoothConfig) -> None:

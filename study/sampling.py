@@ -131,3 +131,26 @@ def sample(
             noise_pred = noise_uncond + guidance * (noise_cond - noise_uncond)
         latents = scheduler.step(noise_pred, t, latents, **step_kwargs, return_dict=False)[0]
     return latents
+
+
+class ConcatConditioned:
+    """A UNet that gets `concat` [B, C', H, W] appended to its noisy input and `class_labels` [B] at every call.
+
+    This is StableDiffusionUpscalePipeline's conditioning (the noise-augmented low-res image after
+    scale_model_input, its noise level as class labels): `sample(ConcatConditioned(unet, lr, level), ...)`
+    runs super-resolution with every sampler through the one sampling loop.
+    """
+
+    def __init__(self, unet: torch.nn.Module, concat: torch.Tensor, class_labels: torch.Tensor | None = None):
+        self.unet, self.config, self.device, self.dtype = unet, unet.config, unet.device, unet.dtype
+        self.concat = concat.to(device=unet.device, dtype=unet.dtype)
+        self.class_labels = None if class_labels is None else class_labels.to(unet.device)
+
+    def __call__(self, sample: torch.Tensor, timestep, **kwargs):
+        reps, rest = divmod(sample.shape[0], self.concat.shape[0])  # 2 under classifier-free guidance
+        if rest or sample.shape[-2:] != self.concat.shape[-2:]:
+            raise ValueError(f"the condition has shape {tuple(self.concat.shape)}, the noisy input "
+                             f"{tuple(sample.shape)}: they need the same grid and batch")
+        labels = None if self.class_labels is None else self.class_labels.repeat(reps)
+        return self.unet(torch.cat([sample, self.concat.repeat(reps, 1, 1, 1)], dim=1), timestep,
+                         class_labels=labels, **kwargs)
