@@ -6,7 +6,9 @@ so the variance of the mean is (sigma_seed^2 + sigma_eval^2) / n. The spread bet
 already contains the evaluation noise; adding `fid_std` on top of a seed bootstrap counts it
 twice (intervals ~30 % too wide). Each resample therefore draws, per size:
 
-- one seed: the evaluation noise alone, N(0, fid_std) per point (a parametric bootstrap);
+- one seed: the evaluation noise, N(0, fid_std) per point (a parametric bootstrap); where
+  other sizes of the curve have several seeds, also a shift of the whole curve with the
+  pooled seed variance beyond that noise (a single seed is no less subject to seed luck);
 - several seeds: a Gaussian multiplier bootstrap of the seed residuals (one multiplier per
   seed, shared by all points of a curve: a seed moves its whole curve), the seed variance
   pooled over points and sizes (draw_sizes) and scaled by df / chi2_df per resample (Student-t
@@ -62,7 +64,7 @@ def draw_means(vals: np.ndarray, sds: np.ndarray, n_boot: int, rng: np.random.Ge
     one point's own spread rests on 1-2 degrees of freedom, and its interval with it.
     """
     n, mean, resid, s2 = _spread(vals)
-    if seed_var is not None:
+    if seed_var is not None and vals.shape[1] > 1:
         unit = np.where(s2[:, None] > 0, resid / np.sqrt(np.where(s2 > 0, s2, 1.0))[:, None], 0.0)
         # A point whose seeds agree exactly borrows the mean direction of the others.
         spare = unit[s2 > 0].mean(axis=0) if (s2 > 0).any() else np.zeros(vals.shape[1])
@@ -82,7 +84,12 @@ def draw_means(vals: np.ndarray, sds: np.ndarray, n_boot: int, rng: np.random.Ge
     out = mean[None, :] + rng.standard_normal((n_boot, mean.size)) * np.sqrt(
         extra / np.maximum(n, 1)[None, :])
     if not several:
-        return out
+        if seed_var is None:
+            return out
+        # One seed of a curve whose other sizes have several: its value carries a seed effect
+        # too, one shift of its whole curve, of the pooled variance beyond the evaluation noise.
+        shift = np.sqrt(np.maximum(kappa2[:, None] * seed_var - ev[None, :], 0.0))
+        return out + rng.standard_normal((n_boot, 1)) * shift
     g = rng.standard_normal((n_boot, vals.shape[1]))  # one multiplier per seed, shared by points
     # sum_s g_s r_s / n has variance s2 (n-1) / n^2; times sqrt(n / (n-1)) gives s2 / n.
     scale = np.where(n > 1, np.sqrt(n / np.maximum(n - 1, 1)) / np.maximum(n, 1), 0.0)
@@ -108,6 +115,8 @@ def draw_sizes(sizes: list[tuple[np.ndarray, np.ndarray]], n_boot: int,
         return [draw_means(v, sd, n_boot, rng) for v, sd in sizes]
     pooled = sum(d * v for d, v in spreads if v > 0) / dof_pool
     kappa2 = dof_pool / rng.chisquare(dof_pool, size=n_boot)
+    # Sizes with one seed get the pooled seed variance too (draw_means): the report can say
+    # every interval includes training-seed variance once any size has several seeds.
     return [draw_means(v, sd, n_boot, rng, kappa2, pooled) for v, sd in sizes]
 
 

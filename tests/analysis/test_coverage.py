@@ -60,6 +60,23 @@ def test_curve_point_intervals_cover_the_truth(n_seeds, seed_sd, eval_sd, known,
     assert width <= max_width, width  # not bought with a blown-up interval
 
 
+def test_a_one_seed_size_gets_the_seed_variance_of_the_others():
+    # Size A: three seeds that disagree (seed sd 1); size B: one seed, fid_std 0.1. B's value is
+    # as exposed to seed luck as each of A's seeds: its interval must be near A's seed spread,
+    # not the 0.1 of its evaluation noise alone.
+    rng = np.random.default_rng(3)
+    hits = []
+    for _ in range(300):
+        a = rng.normal(0.0, 1.0, 3)[None, :] + rng.normal(0.0, 0.1, (POINTS, 3))
+        b = rng.normal(0.0, 1.0) + rng.normal(0.0, 0.1, (POINTS, 1))
+        draws = draw_sizes([(a, np.full_like(a, 0.1)), (b, np.full_like(b, 0.1))], BOOT, rng)
+        lo, hi = np.percentile(draws[1], [2.5, 97.5], axis=0)
+        hits.append(((lo <= 0) & (0 <= hi)).mean())
+    assert np.mean(hits) >= 0.91, np.mean(hits)  # evaluation noise alone would cover ~0.15
+    alone = draw_sizes([(b, np.full_like(b, 0.1))], BOOT, rng)[0]
+    assert np.percentile(alone, 97.5, axis=0).mean() - b.mean() < 0.3  # no seeds: eval only
+
+
 def _family_arrays(spec: FamilySpec, rng: np.random.Generator) -> list[tuple]:
     """(cost, vals (points, seeds), sds) of both sizes, drawn as family_table draws them."""
     steps = np.asarray(spec.steps, float)
