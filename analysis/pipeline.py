@@ -140,7 +140,7 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
             "files": {k: v for k, v in paths.items()}}
     paths["report"] = write_report(out / "report.html", page)
     paths["findings_md"] = write_markdown(out / "findings.md", page)
-    best = [{"sampler": s, "size": size_label(r["params"]), **r}
+    best = [{"sampler": s, "size": r.get("label", size_label(r["params"])), **r}  # "A ~ B" when tied
             for s, g in fid.best_size[fid.best_size["budget"] == FINAL].groupby("sampler", sort=False)
             for r in winner_ranges(g)]
     summary = {"out_dir": str(out), "report": paths["report"], "findings_md": paths["findings_md"],
@@ -156,6 +156,7 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
                 "training_points": pts, "findings": frame_of({"training": train_text, **{
                     f"{m}/{k}": v for m, f in found.items() for k, v in f.items()}})},
         curves=_wandb_curves(results, experiments, pts),
+        training=pts.assign(size=pts["params"].map(size_label)),
         figures={k: v["png"] for k, v in figs.items()},
         summary=_wandb_summary(flagged, crossovers, claims),
         config={"run_dir": str(run), "bootstrap": n_boot, "seed": seed, **ref})

@@ -28,7 +28,7 @@ def resolve_mode(mode: str | None) -> str | None:
 def log_analysis(root: str | Path, project: str, mode: str | None,
                  tables: dict[str, pd.DataFrame], figures: dict[str, str],
                  summary: dict[str, float | str], config: dict, group: str | None = None,
-                 curves: pd.DataFrame | None = None) -> str | None:
+                 curves: pd.DataFrame | None = None, training: pd.DataFrame | None = None) -> str | None:
     """Write one W&B run under ROOT/wandb/ with the tables, native charts of the curves, PNG
     figures and summary, in the study's group (its training runs' group: the study name);
     return the run's folder (None when logging is off)."""
@@ -49,6 +49,10 @@ def log_analysis(root: str | Path, project: str, mode: str | None,
                 run.log({f"tables/{name}": wandb.Table(dataframe=_plain(frame))})
         if curves is not None and not curves.empty:
             run.log(_charts(wandb, curves))
+        if training is not None and not training.empty:  # FID vs training compute, a line per size
+            table = wandb.Table(dataframe=_plain(training.sort_values(["params", "train_flops"])))
+            run.log({"charts/base/fid_vs_training_compute": wandb.plot.line(
+                table, x="train_flops", y="fid", stroke="size", title="base: FID vs training compute")})
         for name, png in figures.items():
             run.log({f"figures/{name}": wandb.Image(png)})
         run.summary.update(summary)

@@ -113,7 +113,8 @@ def test_wandb_run_joins_the_study_group_with_native_charts(tmp_path, monkeypatc
                           "tied": [True]})
     folder = log_analysis(tmp_path, "ldm-scaling", "offline", tables={"best_size": bands}, figures={},
                           summary={"claim/sampling_cost": "reproduced"}, config={}, group="tiny-study",
-                          curves=curves)
+                          curves=curves, training=pd.DataFrame({"params": [1e6, 1e6], "size": "1M",
+                                                                 "train_flops": [1e12, 2e12], "fid": [9.0, 7.0]}))
     path = next((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     deadline = time.time() + 30
     while b"tiny-study-analysis" not in path.read_bytes() and time.time() < deadline:
@@ -122,6 +123,7 @@ def test_wandb_run_joins_the_study_group_with_native_charts(tmp_path, monkeypatc
     assert b"tiny-study" in record and b"tiny-study-analysis" in record  # group and run name
     media = tmp_path / "wandb" / folder.rsplit("/", 1)[-1] / "files" / "media" / "table"
     assert list(media.glob("charts/base/fid_vs_sampling_cost/ddim*.table.json"))
+    assert list(media.glob("charts/base/fid_vs_training_compute*.table.json"))
     assert list(media.glob("tables/best_size*.table.json")) and list(media.glob("tables/curves*.table.json"))
 
 
