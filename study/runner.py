@@ -32,26 +32,12 @@ def archive(out: Path) -> Path | None:
 
 
 def _print_summary(console, out: Path, analysis: dict, timings: dict) -> None:
-    from rich.table import Table
+    from analysis.api import summary_lines
 
     console.rule("[bold]study finished")
-    report = analysis.get("report") or analysis.get("paths", {}).get("report")
-    console.print(f"report: [bold]{report}[/]")
-    best = analysis.get("best_size_per_budget") or []
-    if best:
-        t = Table(title="best size at each sampling budget (FID, best guidance)")
-        for col in best[0]:
-            t.add_column(str(col))
-        for row in best:
-            t.add_row(*(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()))
-        console.print(t)
-    cross = analysis.get("crossovers") or []
-    if cross:
-        for c in cross:
-            console.print("crossover: " + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                    for k, v in c.items()))
-    else:
-        console.print("crossovers: none found between any pair of sizes")
+    # The report's findings in a few lines (analysis.api.summary_lines); plain text, no rich markup.
+    for line in summary_lines(analysis):
+        console.print(line, markup=False, highlight=False)
     console.print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
 
 
