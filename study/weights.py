@@ -18,6 +18,10 @@ class CorruptCheckpointError(UserError):
     """A checkpoint file is missing, truncated or altered since it was written."""
 
 
+class NotACheckpointError(CorruptCheckpointError, FileNotFoundError):
+    """The folder holds no complete checkpoint (no state.json)."""
+
+
 def sha256_file(path: Path) -> str:
     """The SHA-256 of a file, read in 8 MiB blocks."""
     h = hashlib.sha256()
@@ -39,7 +43,7 @@ def read_state(folder: Path) -> dict:
     try:
         state = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CorruptCheckpointError(f"{folder} is not a complete checkpoint (no {STATE}): pass a milestone "
+        raise NotACheckpointError(f"{folder} is not a complete checkpoint (no {STATE}): pass a milestone "
                                      f"folder listed in the run's milestones.json") from None
     except (OSError, ValueError) as err:
         raise CorruptCheckpointError(f"checkpoint {folder}: {STATE} is unreadable ({err}): use another milestone "
