@@ -62,8 +62,10 @@ class LCD:
 
     def to(self, device: torch.device, dtype: torch.dtype = torch.float32) -> LCD:
         """Move teacher and target (in the training dtype) and the schedule tables to a device."""
-        self.teacher.to(device=device, dtype=dtype)
-        self.target.to(device=device, dtype=dtype)
+        for net in (self.teacher, self.target):
+            net.to(device)
+            if net.dtype != dtype:  # diffusers warns on every dtype cast, even a no-op one
+                net.to(dtype=dtype)
         self.ema.to(device=device)  # the shadow stays fp32 whatever the training precision
         self.acp, self.grid, self.uncond = self.acp.to(device), self.grid.to(device), self.uncond.to(device)
         return self
