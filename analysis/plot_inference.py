@@ -22,11 +22,12 @@ def cost_label(curves: pd.DataFrame) -> str:
 
 def _log_cost_axis(ax) -> None:
     # Cost spans one or two decades: plain numbers read better than 2x10^-1, and minor labels collide.
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    # '%g' keeps 0.05 as 0.05 (a fixed-precision formatter rounded it to 0.1, next to the real 0.1).
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
