@@ -85,6 +85,8 @@ def user_message(exc: BaseException) -> str | None:
     from study.redact import redact_text
 
     for e in _chain(exc):
+        if isinstance(getattr(e, "cause", None), BaseException):
+            continue  # Ray's wrapper (an instance of the cause's class too): judge the worker's exception itself
         msg = redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         name = type(e).__name__
         if isinstance(e, UserError):

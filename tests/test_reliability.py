@@ -299,3 +299,14 @@ def test_the_wandb_config_carries_no_secret(tmp_path, monkeypatch):
     assert any(b"optuna:***@db.example" in p.read_bytes() for p in written)  # the config was recorded, masked
     for p in written:  # the config, the debug logs and the offline run record W&B would upload
         assert b"s3cr3t-PW" not in p.read_bytes(), p
+
+
+def test_a_user_error_raised_in_a_ray_task_is_still_one_line():
+    from ray.exceptions import RayTaskError
+
+    from study.weights import CorruptCheckpointError
+
+    cause = CorruptCheckpointError("checkpoint /x: ema.safetensors is missing: use another milestone")
+    wrapped = RayTaskError("evaluate_chain", "Traceback ...", cause).as_instanceof_cause()
+    assert user_message(wrapped) == str(cause)
+    assert user_message(RayTaskError("f", "Traceback ...", KeyError("bug"))) is None
