@@ -252,6 +252,37 @@ def recommend(run_dir: Path = typer.Argument(..., help="A run folder with result
 
 
 @app.command()
+def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
+         target: str = typer.Option(..., "--target", help="alpha, beta, delta, fid:WIDTH@STEPS or crossover:W1-W2."),
+         sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),
+         top: int = typer.Option(8, "--top", help="How many candidates to print.")) -> None:
+    """Rank the next runs (a new width, another seed, the next budget, more samples) by how much each shrinks
+    the target's interval per FLOP."""
+    import pandas as pd
+
+    from analysis.planner import plan_run
+    from analysis.table import load_results
+    from study.config import from_dict
+    from study.ladder import LADDERS, geometry, ladder
+
+    saved = run_dir / "config.json"
+    if not saved.is_file():
+        raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
+    cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
+    widths = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths))
+    sizes = pd.DataFrame([{"width": r.width, "params": r.params, "normalized_cost": r.normalized_cost,
+                           "gflops": r.gflops}
+                          for r in ladder(cfg.model.ladder, widths, geometry(cfg), cfg.model.reference_width)])
+    res = plan_run(load_results(run_dir), target, sizes, cfg.eval.num_samples, sampler)
+    rk = res["ranking"]
+    typer.echo(f"{res['curve']}, target {target}: 95% interval now {rk['interval_now'].iloc[0]:.3g} "
+               "(delta method on the joint law)")
+    for r in rk.head(top).itertuples():
+        typer.echo(f"  {r.kind:<12} width {r.width:>4} ({r.note}): interval -> {r.interval_after:.3g}, "
+                   f"{r.flops:.3g} FLOPs, shrinkage per PFLOP {r.shrinkage_per_pflop:.3g}")
+
+
+@app.command()
 def run(config: Optional[str] = typer.Argument(None, help="Config (default: configs/tiny.yaml)."),
         overrides: Optional[List[str]] = OVERRIDES,
         fresh: bool = typer.Option(False, "--fresh", help="Archive the run folder and start over."),
