@@ -17,9 +17,16 @@ def _text2image(cfg, prepared_dir: Path):
     return load_evaluator(cfg, prepared_dir)
 
 
+def _dreambooth(cfg, prepared_dir: Path):
+    from study.dreambooth.evaluator import load_dreambooth_evaluator
+
+    return load_dreambooth_evaluator(cfg, prepared_dir)
+
+
 # The registry: task -> factory(cfg, prepared_dir) (imported lazily: a worker loads only what it evaluates).
 EVALUATORS: dict[str, Callable] = {
     "text2image": _text2image,
+    "dreambooth": _dreambooth,
 }
 
 

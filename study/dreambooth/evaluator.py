@@ -37,6 +37,11 @@ def objective_value(subject_fidelity: float, prompt_fidelity: float, target: flo
     return -subject_fidelity + penalty * max(0.0, target - prompt_fidelity)
 
 
+def _sem(values: torch.Tensor) -> float:
+    """Standard error of the mean of per-sample values."""
+    return float(values.std() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
 class DreamBoothEvaluator:
     """Everything a DreamBooth evaluation needs, loaded once per process."""
 
@@ -131,18 +136,21 @@ class DreamBoothEvaluator:
         return self._base_cache[path]
 
     def _prompt_side(self, unet, sampler, steps, guidance) -> tuple[dict, torch.Tensor]:
-        from study.metrics.subject import domain_predictions, mean_cosine
+        from study.metrics.subject import domain_predictions, mean_cosine, per_sample_cosine
 
         s, k = self.subject, self.db.samples_per_prompt
         cond = self.prompt_emb.repeat_interleave(k, dim=0)
         images = self.generate(unet, sampler, steps, guidance, cond, self._noise(len(cond), 1), salt=1)
         gen_emb = self.subject_embed(images).cpu()
-        res = {"subject_fidelity": mean_cosine(gen_emb, self.subject_embed(s.instance_images).cpu())}
+        per = per_sample_cosine(gen_emb, self.subject_embed(s.instance_images).cpu())
+        # The evaluation noise of each number (standard error over the samples): the analysis' intervals.
+        res = {"subject_fidelity": float(per.mean()), "subject_fidelity_std": _sem(per)}
         if s.eval_labels is not None:
             labels = torch.tensor(s.eval_labels).repeat_interleave(k)
             reads = domain_predictions(self.classifier, images)
             reads_mirrored = domain_predictions(self.classifier, torch.from_numpy(mirror(images.numpy())))
-            res["prompt_fidelity"] = float(((reads == labels) | (reads_mirrored == labels)).float().mean())
+            right = ((reads == labels) | (reads_mirrored == labels)).double()
+            res["prompt_fidelity"], res["prompt_fidelity_std"] = float(right.mean()), _sem(right)
             # the style without the digit: how often the sample reads right only once mirrored back
             res["style_rate"] = float(((reads_mirrored == labels) & (reads != labels)).float().mean())
             res["context_fidelity"] = float(np.mean([
@@ -152,8 +160,9 @@ class DreamBoothEvaluator:
             res["prompt_fidelity"] = float("nan")
         if self.clip is not None:
             texts = [p.replace(f"{self.db.identifier} ", "") for p in s.eval_prompts for _ in range(k)]
-            res["clip_t"] = self.clip.score(images, texts)
-            res["prompt_fidelity"] = res["clip_t"]
+            clip_t = self.clip.scores(images, texts).double()
+            res["clip_t"] = res["prompt_fidelity"] = float(clip_t.mean())
+            res["prompt_fidelity_std"] = _sem(clip_t)
             from study.metrics.subject import clip_image_embeds
 
             res["clip_i"] = mean_cosine(clip_image_embeds(self.clip, images), clip_image_embeds(self.clip, s.instance_images))
@@ -185,13 +194,15 @@ class DreamBoothEvaluator:
 
     def evaluate(self, unet, sampler: str, steps: int, guidance: float) -> dict:
         """Subject and prompt fidelity, the objective and language drift at one setting."""
+        from study.sampling import unet_calls
+
         prompt, _ = self._prompt_side(unet, sampler, steps, guidance)
         res = {**prompt, **self._class_side(unet, sampler, steps, guidance), **self.constants}
         res["objective"] = objective_value(res["subject_fidelity"], res["prompt_fidelity"],
                                            self.db.prompt_fidelity_target, self.db.prompt_penalty)
         res["fid"] = res.get("class_fid", res["drift_fid"])  # the table's FID column: class-prompt samples
         res["num_samples"] = len(self.subject.eval_prompts) * self.db.samples_per_prompt
-        res["unet_calls"] = steps * (2 if guidance > 1.0 else 1)
+        res["unet_calls"] = unet_calls(unet, steps, guidance)
         res["grid_path"] = self.grid(unet)
         return res
 

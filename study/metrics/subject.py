@@ -14,13 +14,18 @@ from study.metrics.classifier import DigitClassifier, as_images
 from study.metrics.extractors import to_rgb
 
 
-def mean_cosine(gen_embeds, ref_embeds) -> float:
-    """Mean over every (generated, real) pair of the cosine similarity of their embeddings (DINO, CLIP-I)."""
+def per_sample_cosine(gen_embeds, ref_embeds) -> torch.Tensor:
+    """(N,) each generated image's mean cosine similarity to the M real ones (its share of DINO, CLIP-I)."""
     g = torch.nn.functional.normalize(torch.as_tensor(np.asarray(gen_embeds), dtype=torch.float64), dim=-1)
     r = torch.nn.functional.normalize(torch.as_tensor(np.asarray(ref_embeds), dtype=torch.float64), dim=-1)
     if g.ndim != 2 or r.ndim != 2 or g.shape[1] != r.shape[1] or not len(g) or not len(r):
         raise ValueError(f"embeddings must be N x D and M x D with N, M >= 1, got {tuple(g.shape)}, {tuple(r.shape)}")
-    return float((g @ r.T).mean())
+    return (g @ r.T).mean(dim=1)
+
+
+def mean_cosine(gen_embeds, ref_embeds) -> float:
+    """Mean over every (generated, real) pair of the cosine similarity of their embeddings (DINO, CLIP-I)."""
+    return float(per_sample_cosine(gen_embeds, ref_embeds).mean())
 
 
 def _uint8_list(images) -> list[torch.Tensor]:

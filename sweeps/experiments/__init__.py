@@ -82,10 +82,17 @@ def _distillation() -> Experiment:
     return DistillationExperiment()
 
 
+def _dreambooth() -> Experiment:
+    from sweeps.experiments.dreambooth import DreamBoothExperiment
+
+    return DreamBoothExperiment()
+
+
 # The registry: name -> factory, in the order the stage runner considers them (dependencies first).
 EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
     "base": _base,
     "distillation": _distillation,
+    "dreambooth": _dreambooth,
 }
 
 

@@ -69,10 +69,17 @@ def _distill() -> Recipe:
     return DistillRecipe()
 
 
+def _dreambooth() -> Recipe:
+    from trainers.recipes.dreambooth import DreamBoothRecipe
+
+    return DreamBoothRecipe()
+
+
 # The registry: name -> factory (imported lazily, so a worker loads only the recipe it runs).
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "base": _base,
     "distill": _distill,
+    "dreambooth": _dreambooth,
 }
 
 

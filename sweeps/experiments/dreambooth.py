@@ -1,0 +1,46 @@
+"""The DreamBooth experiment: a DreamBooth fine-tune of every base (size, seed)'s final milestone, evaluated on
+(sampler, steps) cells with the guidance searched for the combined objective of dreambooth.* (subject fidelity
+under a prompt-fidelity constraint). Its rows (experiment = task = dreambooth) carry subject and prompt fidelity,
+language drift and the path of each size's image grid (RUN_DIR/dreambooth/grids/)."""
+
+from __future__ import annotations
+
+from sweeps.experiments import Experiment, StageContext, final_milestones
+
+
+class DreamBoothExperiment(Experiment):
+    name, task, recipe, after = "dreambooth", "dreambooth", "dreambooth", ("base",)
+    objective = "objective"  # study.dreambooth.evaluator.objective_value
+
+    def enabled(self, cfg) -> bool:
+        return bool(cfg.dreambooth.enabled)
+
+    def options(self, cfg) -> dict:
+        from trainers.recipes.dreambooth import dreambooth_options
+
+        return dreambooth_options(cfg)
+
+    def train_overrides(self, cfg) -> dict:
+        db = cfg.dreambooth
+        # One milestone (the fine-tune's end), no warm-up of a trained model, no caption dropout (the script's).
+        return {"total_images": db.train_images, "milestones": [1.0], "batch_size": db.batch_size, "lr": db.lr,
+                "ema_decay": db.ema_decay, "warmup_images": 0, "cond_drop_prob": 0.0}
+
+    def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
+        """Each base (size, seed)'s final milestone (EMA weights, dreambooth.base_weights)."""
+        return final_milestones(ctx, "base")
+
+    def chains(self, ctx: StageContext, sizes: dict) -> list:
+        """(sampler, steps) cells of dreambooth.samplers x dreambooth.steps on each fine-tune."""
+        from study.schedulers import default_timestep_spacing
+        from sweeps.eval_grid import Chain
+
+        db, chains = ctx.cfg.dreambooth, []
+        for (width, seed), milestones in sorted(sizes.items()):
+            m = milestones[-1]
+            for sampler in db.samplers:
+                spacing = ctx.cfg.eval.timestep_spacing or default_timestep_spacing(sampler)
+                chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler,
+                                    tuple(sorted(db.steps)), spacing, milestone=m, experiment=self.name,
+                                    task=self.task, objective=self.objective))
+        return chains
