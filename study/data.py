@@ -1,4 +1,4 @@
-"""Image-caption data sets: the embedded digits, an HF-style image folder, COCO caption prompts."""
+"""The embedded digits (in memory) and COCO caption prompts; real data sets are streamed (study/shards/)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class ImageCaptionSet:
     images: np.ndarray
     captions: list[str]
     labels: np.ndarray | None = None
+    keys: list[str] | None = None  # a stable id per sample (the shards' meta key)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -65,69 +66,27 @@ def load_digits_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
         images = t.round().clamp(0, 255).to(torch.uint8).numpy()
     tr, ho = _stratified_split(labels, data_cfg.eval_fraction, data_cfg.split_seed)
     captions = digit_captions(labels, data_cfg.split_seed)
-    pick = lambda idx: ImageCaptionSet(images[idx], [captions[i] for i in idx], labels[idx])  # noqa: E731
+    pick = lambda idx: ImageCaptionSet(images[idx], [captions[i] for i in idx], labels[idx],  # noqa: E731
+                                       [f"digits-{i:04d}" for i in idx])
     return pick(tr), pick(ho)
 
 
 def _load_image(path: Path, resolution: int) -> np.ndarray:
-    from PIL import Image
+    """One image file, resized on its short side and centre-cropped: uint8 [3, H, W] (the readers' decode)."""
+    from study.shards.readers import decode_image
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        # Resize the short side then centre-crop, as SD's training pipelines do.
-        w, h = im.size
-        s = resolution / min(w, h)
-        im = im.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
-        w, h = im.size
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-        im = im.crop((left, top, left + resolution, top + resolution))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
-
-
-def read_metadata(root: str | Path) -> list[dict]:
-    """Rows of an image folder's metadata.jsonl, checked for the file_name and text fields."""
-    root = Path(root)
-    meta = root / "metadata.jsonl"
-    if not meta.exists():
-        raise ValueError(f"{meta} not found: an image folder needs metadata.jsonl with one "
-                         '{"file_name": ..., "text": ...} object per line (the HF imagefolder layout)')
-    rows = []
-    for n, line in enumerate(meta.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{meta}:{n}: not valid JSON ({err.msg}): fix or remove that line") from None
-        if "file_name" not in row or "text" not in row:
-            raise ValueError(f"{meta}:{n}: needs both 'file_name' and 'text' fields, got {sorted(row)}")
-        if not (root / row["file_name"]).exists():
-            raise ValueError(f"{meta}:{n}: image {row['file_name']!r} not found under {root}")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{meta} has no rows: add one line per image")
-    return rows
-
-
-def load_imagefolder_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
-    """An HF-style image folder (metadata.jsonl with file_name, text) as (train, held-out) sets."""
-    root = Path(data_cfg.root)
-    rows = read_metadata(root)
-    rng = np.random.default_rng(data_cfg.split_seed)
-    order = rng.permutation(len(rows))
-    n_held = max(1, int(round(data_cfg.eval_fraction * len(rows))))
-    sets = []
-    for idx in (np.sort(order[n_held:]), np.sort(order[:n_held])):
-        images = np.stack([_load_image(root / rows[i]["file_name"], data_cfg.resolution) for i in idx])
-        sets.append(ImageCaptionSet(images, [str(rows[i]["text"]) for i in idx]))
-    return sets[0], sets[1]
+    return decode_image(Path(path).read_bytes(), resolution)
 
 
 def load_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
-    """The (train, held-out) split of the configured data set."""
-    if data_cfg.name == "digits":
-        return load_digits_splits(data_cfg)
-    return load_imagefolder_splits(data_cfg)
+    """The (train, held-out) split of an embedded data set, in memory; streamed sets (image folders,
+    WebDataset, parquet) are never held whole: `study prepare` reads them into shards."""
+    from study.datasets import dataset
+
+    if dataset(data_cfg.name).layout is not None:
+        raise ValueError(f"data.name={data_cfg.name} is streamed, not loaded in memory: run `study prepare` and "
+                         f"read its shards (study.shards.format.ShardIndex)")
+    return load_digits_splits(data_cfg)
 
 
 def load_coco_captions(path: str | Path, limit: int | None = None, seed: int = 0) -> list[str]:

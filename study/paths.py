@@ -18,6 +18,8 @@ def require_paths(cfg: StudyConfig) -> None:
     for key, p in (("data.root", d.root), ("data.eval_captions", d.eval_captions),
                    ("text_encoder.path", cfg.text_encoder.path), ("autoencoder.path", cfg.autoencoder.path),
                    ("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)):
+        if p is not None and "://" in str(p):
+            continue  # a URL (s3://...): study.shards.readers.check_exists checks it before prepare reads
         if p is not None and not Path(p).expanduser().exists():
             raise ConfigError(f"config key {key!r} = {p!r}: the path does not exist; point it at the local "
                               f"copy (nothing is downloaded) or override it on the command line ({key}=...)")

@@ -1,5 +1,7 @@
-"""`study prepare`: encode the data once (latents, text embeddings) and build the evaluator and its
-reference statistics; everything is cached on disk, keyed by what it depends on, and reused."""
+"""`study prepare`: encode the data once into shards (latents, caption hidden states; format in
+study/shards/format.py) and build the evaluator and its reference statistics; everything is cached on
+disk, keyed by what it depends on, and reused. The embedded digits are written from memory; real data
+sets stream through the Ray Data pipeline of study/shards/pipeline.py."""
 
 from __future__ import annotations
 
@@ -16,10 +18,12 @@ import torch
 
 from study import __version__
 from study.atomic import write_atomic, write_json
-from study.config import StudyConfig, config_hash
+from study.config import StudyConfig
+from study.datasets import dataset
+from study.identity import stable_hash
 
 # Bump when the on-disk layout of a prepared folder changes, so old caches are not misread.
-LAYOUT = 1
+LAYOUT = 2  # 2: shards/
 
 
 @dataclass
@@ -32,6 +36,10 @@ class Prepared:
     @property
     def meta(self) -> dict:
         return json.loads((self.dir / "meta.json").read_text())
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.dir / "shards"
 
     def array(self, name: str) -> np.ndarray:
         return np.load(self.dir / f"{name}.npy", mmap_mode="r")
@@ -48,14 +56,20 @@ class Prepared:
         return self.data_dir / "reference.json"
 
 
+# Data keys that change how prepare runs, not what it writes (the shards are the same bytes whatever the
+# workers): they are left out of the cache keys, so a rerun with more actors reuses the prepared folder.
+OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_writers", "keep_parts")
+
+
 def prepared_paths(cfg: StudyConfig) -> Prepared:
     """The cache folders of a config (nothing is computed)."""
     root = Path(cfg.cache_dir).expanduser()
-    key = config_hash(cfg, "data", "text_encoder", "autoencoder")
+    key = stable_hash({"data": _data_identity(cfg), "text_encoder": _section(cfg, "text_encoder"),
+                       "autoencoder": _section(cfg, "autoencoder")})
     # The reference set depends on the data and the features, and on the sample count through the
     # noise floor; not on the text encoder or the latent space.
-    dkey = _hash({"data": _section(cfg, "data"), "extractor": cfg.eval.feature_extractor,
-                  "inception": cfg.eval.inception_path, "n": cfg.eval.num_samples, "layout": LAYOUT})
+    dkey = stable_hash({"data": _data_identity(cfg), "extractor": cfg.eval.feature_extractor,
+                        "inception": cfg.eval.inception_path, "n": cfg.eval.num_samples, "layout": LAYOUT})
     return Prepared(dir=root / f"prepared-{key}-v{LAYOUT}", data_dir=root / f"data-{dkey}")
 
 
@@ -65,10 +79,9 @@ def _section(cfg, name):
     return to_dict(cfg)[name]
 
 
-def _hash(obj) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def _data_identity(cfg) -> dict:
+    """The data section without its operational keys."""
+    return {k: v for k, v in _section(cfg, "data").items() if k not in OPERATIONAL_DATA_KEYS}
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
@@ -88,51 +101,143 @@ def _say(msg: str, progress: bool) -> None:
         Console(stderr=True).print(f"[bold cyan]prepare[/]: {msg}")
 
 
-def _eval_prompts(cfg: StudyConfig, held) -> tuple[list[str], np.ndarray | None]:
-    """The prompts evaluation samples from: the held-out captions, or COCO captions when given."""
-    if cfg.data.eval_captions:
-        from study.data import load_coco_captions
+@dataclass
+class _Sets:
+    """What the text and evaluator stages need from the data, bounded in size for streamed sets."""
 
-        return load_coco_captions(cfg.data.eval_captions, cfg.data.max_eval_prompts, cfg.data.split_seed), None
-    texts = held.captions[: cfg.data.max_eval_prompts]
-    labels = None if held.labels is None else np.asarray(held.labels[: len(texts)])
-    return texts, labels
+    held_captions: list[str]
+    held_labels: np.ndarray | None
+    held_images: np.ndarray  # the FID reference set
+    floor_images: np.ndarray | None  # training images for the real-vs-real noise floor
+    train_images: np.ndarray | None = None  # embedded sets only: the domain classifier trains on them
+    train_labels: np.ndarray | None = None
 
 
-def _prepare_latents(cfg: StudyConfig, prep: Prepared, train, held, progress: bool) -> None:
-    from study.autoencoder import load_latent_space, train_small_vae
+def _train_small_vae(cfg: StudyConfig, prep: Prepared, images: np.ndarray, progress: bool) -> None:
+    from study.autoencoder import train_small_vae
+
+    if cfg.autoencoder.kind != "train" or (prep.autoencoder_dir / "config.json").exists():
+        return
+    _say(f"training the small autoencoder on {len(images)} images", progress)
+    vae = train_small_vae(cfg.autoencoder, images, seed=cfg.data.split_seed, progress=progress)
+    tmp = Path(tempfile.mkdtemp(dir=prep.dir, prefix=".ae-"))
+    vae.save_pretrained(tmp, safe_serialization=True)
+    if prep.autoencoder_dir.exists():
+        shutil.rmtree(prep.autoencoder_dir)
+    os.replace(tmp, prep.autoencoder_dir)
+
+
+def _write_embedded(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
+    """The digits: split in memory as always, then written through the same shards as real data."""
+    from study.autoencoder import load_latent_space
+    from study.data import load_splits
+    from study.shards.format import UNCOND, sample_order, shard_done, shard_name, write_index, write_shard
+    from study.text import embed_captions, load_text_encoder
+
+    d = cfg.data
+    train, held = load_splits(d)
+    _train_small_vae(cfg, prep, np.asarray(train.images), progress)
+    folder = prep.shards_dir
+    n = cfg.eval.num_samples
+    floor = np.asarray(train.images[np.random.default_rng(0).permutation(len(train))[: min(n, len(train))]])
+    sets = _Sets(held.captions, held.labels, np.asarray(held.images), floor, np.asarray(train.images), train.labels)
+    if (folder / "index.json").exists():
+        return sets
+    space = load_latent_space(cfg.autoencoder, prep.autoencoder_dir)
+    encoder = load_text_encoder(cfg.text_encoder)
+    _say(f"encoding {len(train)} training images ({space.name}) and captions ({encoder.name})", progress)
+    records = {}
+    for split, s in (("train", train), ("heldout", held)):
+        order = (sorted(range(len(s)), key=lambda i: sample_order(s.keys[i])) if dataset(d.name).hash_order
+                 else list(range(len(s))))
+        lat = space.encode(torch.from_numpy(np.asarray(s.images)[order])).half().numpy()
+        table, index, _ = embed_captions(encoder, [s.captions[i] for i in order])
+        records[split] = []
+        for k, a in enumerate(range(0, len(order), d.shard_size)):
+            rows, name = order[a:a + d.shard_size], shard_name(split, k)
+            done = shard_done(folder, name)
+            if done is None:
+                meta = [{"key": s.keys[i], "caption": s.captions[i], "label": int(s.labels[i])} for i in rows]
+                sl = slice(a, a + len(rows))
+                done = write_shard(folder, name, lat[sl], table[index[sl]], meta,
+                                   images=np.asarray(s.images)[rows] if split == "heldout" else None)
+            records[split].append({k2: done[k2] for k2 in ("name", "n", "sha256")})
+    write_atomic(folder / UNCOND, lambda f: np.save(f, encoder.encode([""]).half().numpy()))
+    write_index(folder, d.shard_size, lat.shape[1:], table.shape[1:], records, bad_samples=0)
+    return sets
+
+
+def _sample_images(cfg: StudyConfig, limit: int) -> np.ndarray:
+    """Up to `limit` decoded training images, streamed from the first sources (the small VAE's training set)."""
+    from study.datasets import dataset
+    from study.shards.format import split_of
+    from study.shards.readers import decode_image, list_sources, read_source
+
+    d, out = cfg.data, []
+    for src in list_sources(dataset(d.name).layout, d.root):
+        for rec in read_source(src, d.image_column, d.caption_column, d.key_column):
+            if rec.problem is None and split_of(rec.key, d.eval_fraction, d.split_seed) == "train":
+                try:
+                    out.append(decode_image(rec.image, d.resolution, dataset(d.name).channels))
+                except ValueError:
+                    continue
+                if len(out) >= limit:
+                    return np.stack(out)
+    return np.stack(out)
+
+
+def _write_streamed(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
+    """A real data set: the Ray Data pipeline writes the shards; only held-out data is read back."""
+    from study.shards.format import ShardIndex
+    from study.shards.pipeline import FLOOR_FILE, prepare_shards
+    from study.shards.readers import list_sources
+    from study.text import load_text_encoder
+
+    d, entry = cfg.data, dataset(cfg.data.name)
+    folder = prep.shards_dir
+    if not (folder / "index.json").exists():
+        list_sources(entry.layout, d.root)  # a missing path fails here, before any model is loaded
+        if cfg.autoencoder.kind == "train" and not (prep.autoencoder_dir / "config.json").exists():
+            _train_small_vae(cfg, prep, _sample_images(cfg, SMALL_VAE_IMAGES), progress)
+        uncond = load_text_encoder(cfg.text_encoder).encode([""]).half().numpy()
+        _say(f"reading {d.root} ({d.name}) into shards of {d.shard_size}", progress)
+        report = prepare_shards(cfg, folder, prep.autoencoder_dir, uncond, entry.channels, progress)
+        _say(f"{report['good']} samples in shards, {report['bad']} bad (see prepare_report.json)", progress)
+    index = ShardIndex.load(folder)
+    captions, labels, images = [], [], []
+    for s in index.shards("heldout"):
+        rows = index.meta(s["name"])
+        if len(captions) < d.max_eval_prompts:
+            captions += [r["caption"] for r in rows]
+            labels += [r["label"] for r in rows]
+        images.append(np.asarray(index.images(s["name"])))
+    floor = np.load(folder / FLOOR_FILE) if (folder / FLOOR_FILE).exists() else None
+    has_labels = bool(labels) and all(v is not None for v in labels)
+    return _Sets(captions, np.asarray(labels) if has_labels else None, np.concatenate(images), floor)
+
+
+SMALL_VAE_IMAGES = 4096  # images the small autoencoder trains on for a streamed set: a bounded sample
+
+
+def _prepare_text(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool) -> None:
     from study.text import embed_captions, load_text_encoder
 
     out = prep.dir
-    if cfg.autoencoder.kind == "train" and not (prep.autoencoder_dir / "config.json").exists():
-        _say(f"training the small autoencoder on {len(train)} images", progress)
-        vae = train_small_vae(cfg.autoencoder, train.images, seed=cfg.data.split_seed, progress=progress)
-        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".ae-"))
-        vae.save_pretrained(tmp, safe_serialization=True)
-        if prep.autoencoder_dir.exists():
-            shutil.rmtree(prep.autoencoder_dir)
-        os.replace(tmp, prep.autoencoder_dir)
-    if not (out / "latents.npy").exists():
-        space = load_latent_space(cfg.autoencoder, prep.autoencoder_dir)
-        _say(f"encoding {len(train)} training images ({space.name})", progress)
-        save_npy(out / "latents.npy", space.encode(torch.from_numpy(np.asarray(train.images))).half().numpy())
-    if not (out / "eval_table.npy").exists():
-        encoder = load_text_encoder(cfg.text_encoder)
-        _say(f"encoding captions with {encoder.name}", progress)
-        table, index, _ = embed_captions(encoder, train.captions)
-        save_npy(out / "caption_table.npy", table)
-        save_npy(out / "caption_index.npy", index)
-        save_npy(out / "uncond.npy", encoder.encode([""]).half().numpy())
-        prompts, labels = _eval_prompts(cfg, held)
-        etable, eindex, _ = embed_captions(encoder, prompts)
-        save_json(out / "eval_prompts.json", prompts)
-        if labels is not None:
-            save_npy(out / "eval_labels.npy", labels)
-        save_npy(out / "eval_index.npy", eindex)
-        save_npy(out / "eval_table.npy", etable)  # last: its presence marks the text stage complete
+    if (out / "eval_table.npy").exists():
+        return
+    encoder = load_text_encoder(cfg.text_encoder)
+    _say(f"encoding evaluation prompts with {encoder.name}", progress)
+    save_npy(out / "uncond.npy", encoder.encode([""]).half().numpy())
+    prompts, labels = dataset(cfg.data.name).eval_prompts(cfg.data, sets.held_captions, sets.held_labels)
+    etable, eindex, _ = embed_captions(encoder, prompts)
+    save_json(out / "eval_prompts.json", prompts)
+    if labels is not None:
+        save_npy(out / "eval_labels.npy", labels)
+    save_npy(out / "eval_index.npy", eindex)
+    save_npy(out / "eval_table.npy", etable)  # last: its presence marks the text stage complete
 
 
-def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, train, held, progress: bool) -> None:
+def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool) -> None:
     from study.metrics import (ClassifierExtractor, InceptionExtractor, compute_reference, load_classifier,
                                save_classifier, train_digit_classifier)
 
@@ -140,21 +245,22 @@ def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, train, held, progress: 
         return
     if cfg.eval.feature_extractor == "classifier":
         if not (prep.evaluator_dir / "config.json").exists():
-            _say(f"training the digit classifier (the domain-FID features) on {len(train)} images", progress)
-            clf = train_digit_classifier(train.images, train.labels, seed=cfg.data.split_seed, progress=progress)
+            _say(f"training the digit classifier (the domain-FID features) on {len(sets.train_images)} images",
+                 progress)
+            clf = train_digit_classifier(sets.train_images, sets.train_labels, seed=cfg.data.split_seed,
+                                         progress=progress)
             save_classifier(clf, prep.evaluator_dir)
         extractor = ClassifierExtractor(load_classifier(prep.evaluator_dir))
     else:
         extractor = InceptionExtractor.from_file(cfg.eval.inception_path, device=_device())
-    _say(f"reference statistics of the {len(held)} held-out images ({extractor.name})", progress)
-    n = cfg.eval.num_samples
-    floor_imgs = np.asarray(train.images[np.random.default_rng(0).permutation(len(train))[: min(n, len(train))]])
-    ref = compute_reference(extractor, torch.from_numpy(np.asarray(held.images)).float(), prep.data_dir,
-                            key_parts={"data": _section(cfg, "data")}, batch_size=cfg.eval.batch_size,
-                            floor_images=torch.from_numpy(floor_imgs).float(), floor_n=min(n, len(train)))
+    _say(f"reference statistics of the {len(sets.held_images)} held-out images ({extractor.name})", progress)
+    floor = sets.floor_images
+    floor_n = 0 if floor is None else len(floor)
+    ref = compute_reference(extractor, torch.from_numpy(sets.held_images).float(), prep.data_dir,
+                            key_parts={"data": _data_identity(cfg)}, batch_size=cfg.eval.batch_size,
+                            floor_images=None if floor is None else torch.from_numpy(floor).float(), floor_n=floor_n)
     save_json(prep.reference_path(), {"stats": str(prep.data_dir / ref.key), "name": ref.name,
-                                       "num_images": ref.num_images,
-                                       "floor_fid": ref.floor_fid, "floor_n": min(n, len(train))})
+                                       "num_images": ref.num_images, "floor_fid": ref.floor_fid, "floor_n": floor_n})
 
 
 def _device() -> torch.device:
@@ -163,8 +269,8 @@ def _device() -> torch.device:
 
 def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
     """Build (or reuse) every cached artefact a study needs; safe to rerun after an interruption."""
-    from study.data import load_splits
     from study.ladder import geometry
+    from study.shards.format import ShardIndex
 
     prep = prepared_paths(cfg)
     if (prep.dir / "meta.json").exists() and prep.reference_path().exists():
@@ -174,21 +280,23 @@ def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
     prep.dir.mkdir(parents=True, exist_ok=True)
     prep.data_dir.mkdir(parents=True, exist_ok=True)
     _say(f"loading data ({cfg.data.name})", progress)
-    train, held = load_splits(cfg.data)
-    _prepare_latents(cfg, prep, train, held, progress)
-    _prepare_evaluator(cfg, prep, train, held, progress)
-    lat = prep.array("latents")
-    table = prep.array("caption_table")
+    write = _write_embedded if dataset(cfg.data.name).layout is None else _write_streamed
+    sets = write(cfg, prep, progress)
+    _prepare_text(cfg, prep, sets, progress)
+    _prepare_evaluator(cfg, prep, sets, progress)
+    index = ShardIndex.load(prep.shards_dir)
     geom = geometry(cfg)
-    if tuple(lat.shape[1:]) != (geom.in_channels, geom.sample_size, geom.sample_size):
-        raise RuntimeError(f"latents have shape {lat.shape[1:]}, the ladder expects "
+    if index.latent_shape != (geom.in_channels, geom.sample_size, geom.sample_size):
+        raise RuntimeError(f"latents have shape {index.latent_shape}, the ladder expects "
                            f"{(geom.in_channels, geom.sample_size, geom.sample_size)}: clear {prep.dir}")
+    first = index.latents(index.shards("train")[0]["name"])
     save_json(prep.dir / "meta.json", {
-        "n_train": int(lat.shape[0]), "n_eval_prompts": int(len(prep.array("eval_index"))),
-        "n_held_out": len(held), "latent_shape": list(lat.shape[1:]), "context_shape": list(table.shape[1:]),
-        "latent_std": float(np.asarray(lat[: 2048], dtype=np.float32).std()),
+        "n_train": index.n("train"), "n_eval_prompts": int(len(prep.array("eval_index"))),
+        "n_held_out": index.n("heldout"), "latent_shape": list(index.latent_shape),
+        "context_shape": list(index.context_shape),
+        "latent_std": float(np.asarray(first[: 2048], dtype=np.float32).std()),
         "data": cfg.data.name, "text_encoder": cfg.text_encoder.kind, "autoencoder": cfg.autoencoder.kind,
         "has_labels": (prep.dir / "eval_labels.npy").exists(), "data_dir": str(prep.data_dir),
-        "version": __version__, "seconds": round(time.time() - t0, 1)})
+        "shards": str(prep.shards_dir), "version": __version__, "seconds": round(time.time() - t0, 1)})
     _say(f"done in {time.time() - t0:.0f} s: {prep.dir}", progress)
     return prep

@@ -1,13 +1,12 @@
-"""Data sets: embedded digits, an HF-style image folder, COCO caption prompts, the text encoder."""
+"""Data sets: the embedded digits, COCO caption prompts, the text encoder (streamed sets: test_shards_prepare)."""
 
 import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from study.config import load_config
-from study.data import DIGIT_NAMES, load_coco_captions, load_splits, read_metadata
+from study.data import DIGIT_NAMES, load_coco_captions, load_splits
 
 
 def test_digits_split_is_held_out_and_captioned():
@@ -20,9 +19,15 @@ def test_digits_split_is_held_out_and_captioned():
     for cap, k in zip(held.captions, held.labels):
         assert DIGIT_NAMES[k] in cap or f"digit {k}" in cap
     assert len(set(train.captions)) > 10  # several templates per class
-    # Disjoint: no training image is also a held-out image at the same index set.
+    # Disjoint and covering: every digit is in exactly one split, under a stable key.
+    assert not set(train.keys) & set(held.keys)
+    assert sorted(train.keys + held.keys) == [f"digits-{i:04d}" for i in range(1797)]
+    # Stratified: every class is held out in about the same proportion.
+    for k in range(10):
+        n_k = (train.labels == k).sum() + (held.labels == k).sum()
+        assert abs((held.labels == k).sum() / n_k - cfg.data.eval_fraction) < 0.02
     t2, h2 = load_splits(cfg.data)
-    assert (t2.labels == train.labels).all() and (h2.images == held.images).all()  # deterministic
+    assert t2.keys == train.keys and (h2.images == held.images).all() and h2.captions == held.captions  # deterministic
 
 
 def test_digits_upsampled_for_the_latent_path():
@@ -30,32 +35,11 @@ def test_digits_upsampled_for_the_latent_path():
     assert train.images.shape[1:] == (1, 16, 16)
 
 
-def _write_folder(root, n=6, size=(20, 12)):
-    rows = []
-    for i in range(n):
-        arr = np.full((size[1], size[0], 3), i * 40, dtype=np.uint8)
-        Image.fromarray(arr).save(root / f"img{i}.png")
-        rows.append({"file_name": f"img{i}.png", "text": f"a grey square number {i}"})
-    (root / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-
-
-def test_imagefolder_loads_crops_and_splits(tmp_path):
-    _write_folder(tmp_path)
-    cfg = load_config("tiny", ["data.name=imagefolder", f"data.root={tmp_path}", "data.resolution=8",
-                               "data.eval_fraction=0.34", "eval.feature_extractor=inception",
+def test_streamed_sets_are_not_loaded_in_memory(tmp_path):
+    cfg = load_config("tiny", ["data.name=webdataset", f"data.root={tmp_path}", "eval.feature_extractor=inception",
                                f"eval.inception_path={tmp_path}"])
-    train, held = load_splits(cfg.data)
-    assert len(train) == 4 and len(held) == 2
-    assert train.images.shape[1:] == (3, 8, 8) and train.labels is None
-    assert all(c.startswith("a grey square") for c in train.captions + held.captions)
-
-
-def test_imagefolder_bad_metadata_is_named(tmp_path):
-    (tmp_path / "metadata.jsonl").write_text('{"file_name": "x.png"}\n')
-    with pytest.raises(ValueError, match="metadata.jsonl:1: needs both 'file_name' and 'text'"):
-        read_metadata(tmp_path)
-    with pytest.raises(ValueError, match="metadata.jsonl with one"):
-        read_metadata(tmp_path / "missing")
+    with pytest.raises(ValueError, match="streamed"):
+        load_splits(cfg.data)
 
 
 def test_coco_captions_one_per_image(tmp_path):

@@ -11,14 +11,17 @@ def test_prepare_builds_the_contract(smoke_prepared):
     cfg, prep = smoke_prepared
     meta = prep.meta
     geom = geometry(cfg)
-    lat = prep.array("latents")
+    from study.shards.format import ShardIndex
+
+    shards = ShardIndex.load(prep.shards_dir, verify_hashes=True)  # the digits go through the shards too
+    lat = np.concatenate([shards.latents(s["name"]) for s in shards.shards("train")])
     assert lat.shape == (meta["n_train"], geom.in_channels, geom.sample_size, geom.sample_size)
     assert lat.dtype == np.float16
     # Latents are scaled to unit variance by the factor measured on the data (SD's 0.18215 convention).
     assert 0.8 < float(np.asarray(lat, dtype=np.float32).std()) < 1.2
-    table, index = prep.array("caption_table"), prep.array("caption_index")
-    assert table.shape[1:] == (cfg.text_encoder.max_length, 384) and index.max() < len(table)
-    assert prep.array("uncond").shape == (1, cfg.text_encoder.max_length, 384)
+    context = np.concatenate([shards.context(s["name"]) for s in shards.shards("train")])
+    assert context.shape == (meta["n_train"], cfg.text_encoder.max_length, 384)
+    assert shards.uncond().shape == prep.array("uncond").shape == (1, cfg.text_encoder.max_length, 384)
     assert (prep.autoencoder_dir / "config.json").exists()
     ref = json.loads(prep.reference_path().read_text())
     assert ref["floor_fid"] > 0 and ref["num_images"] == meta["n_held_out"]

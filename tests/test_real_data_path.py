@@ -55,7 +55,8 @@ def real_cfg(sd_folder, tmp_path_factory):
     torch.manual_seed(0)
     torch.jit.script(_InceptionStandIn()).save(str(inception))
     return load_config("paper", [
-        f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}", f"data.root={images}", "data.resolution=16",
+        f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}", "data.name=imagefolder", f"data.root={images}",
+        "data.resolution=16", "data.max_bad_fraction=0.1", "data.prepare_actors=1", "data.prepare_gpus_per_actor=0",
         "data.eval_fraction=0.25", f"data.eval_captions={coco}", f"text_encoder.path={sd_folder}",
         "text_encoder.max_length=8", f"autoencoder.path={sd_folder}", f"eval.inception_path={inception}",
         "eval.clip_path=null", "eval.num_samples=6", "eval.batch_size=6", "model.widths=[8]", "model.ladder=tiny",

@@ -1,0 +1,289 @@
+"""`study prepare` for real data: a Ray Data pipeline from source files to fixed-size shards.
+
+    sources -> read chunks (flat_map) -> decode, resize, centre-crop (map, tasks)
+            -> encode latents and captions (map_batches, an actor pool; GPUs from the config)
+            -> chunk files under parts/ -> order by key hash -> final shards (Ray tasks, spread over nodes)
+
+Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one shard per writer task;
+the driver holds only the keys. The chunks of a source are a function of the source alone and each is
+encoded in one call, so the bytes do not depend on the number of workers. Resume: a source with its
+done marker is not re-read, a shard with its done record is not rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from study.atomic import write_atomic, write_json
+from study.shards.format import (SPLITS, UNCOND, _key_digest, sample_order, shard_done, shard_name, split_of,
+                                 write_index, write_shard)
+from study.shards.readers import Source, decode_image, list_sources, read_source
+
+PARTS = "parts"
+REPORT = "prepare_report.json"
+FAIL_AFTER_ENV = "STUDY_PREPARE_FAIL_AFTER_SHARDS"  # test hook: stop after this many shards, as a kill would
+FLOOR_FILE = "floor_images.npy"
+
+
+def _safe(source_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", source_id)
+
+
+def keeps_image(key: str, split: str, data_cfg) -> bool:
+    """Held-out images are kept for the FID reference; a same-sized hash-chosen pool of training
+    images for the real-vs-real noise floor."""
+    return split == "heldout" or _key_digest(f"floor:{data_cfg.split_seed}:{key}") / 2.0**64 < data_cfg.eval_fraction
+
+
+def read_chunks(row: dict, data_cfg):
+    """flat_map: one source -> chunks of up to `prepare_chunk` raw records (bad ones carry their reason).
+
+    Each chunk travels as one pickled payload, so Ray Data moves plain bytes, whatever the records hold."""
+    d, src = data_cfg, Source(**row["source"])
+    held, chunk = None, []
+    emit = lambda k, recs, last: {"payload": pickle.dumps(  # noqa: E731
+        {"source": src.id, "chunk": k, "records": recs, "last": last})}
+    for rec in read_source(src, d.image_column, d.caption_column, d.key_column):
+        chunk.append(asdict(rec))
+        if len(chunk) == d.prepare_chunk:
+            if held is not None:
+                yield emit(*held, False)
+            held, chunk = ((held[0] + 1 if held else 0), chunk), []
+    if chunk:
+        if held is not None:
+            yield emit(*held, False)
+        held = ((held[0] + 1 if held else 0), chunk)
+    if held is None:  # an empty source is itself a bad sample, listed under the source's name
+        held = (0, [{"key": src.id, "image": None, "caption": None, "label": None, "problem": "empty shard"}])
+    yield emit(*held, True)
+
+
+def decode_chunk(row: dict, data_cfg, channels: int) -> dict:
+    """map: decode, resize, centre-crop every good record of a chunk; undecodable images become bad."""
+    c = pickle.loads(row["payload"])
+    good, images, bad = [], [], []
+    for rec in c["records"]:
+        if rec["problem"] is None:
+            try:
+                images.append(decode_image(rec["image"], data_cfg.resolution, channels))
+            except ValueError as err:
+                rec["problem"] = str(err)
+        if rec["problem"] is None:
+            split = split_of(rec["key"], data_cfg.eval_fraction, data_cfg.split_seed)
+            good.append({"key": rec["key"], "caption": rec["caption"], "label": rec["label"], "split": split})
+        else:
+            bad.append([rec["key"], rec["problem"]])
+    shape = (0, channels, data_cfg.resolution, data_cfg.resolution)
+    return {"payload": pickle.dumps({"source": c["source"], "chunk": c["chunk"], "last": c["last"], "good": good,
+                                     "bad": bad,
+                                     "images": np.stack(images) if images else np.zeros(shape, np.uint8)})}
+
+
+class EncodeChunks:
+    """map_batches actor: encode latents and captions of a chunk (one call each) and write its part files."""
+
+    def __init__(self, cfg_dict: dict, autoencoder_dir: str, parts_dir: str):
+        import torch
+
+        from study.autoencoder import load_latent_space
+        from study.config import from_dict
+        from study.text import load_text_encoder
+
+        cfg = from_dict(cfg_dict)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.space = load_latent_space(cfg.autoencoder, autoencoder_dir).to(self.device)
+        self.text = load_text_encoder(cfg.text_encoder)
+        self.text.model.to(self.device)
+        self.d, self.parts = cfg.data, Path(parts_dir)
+
+    def __call__(self, batch: dict) -> dict:
+        import torch
+
+        out = {"source": [], "chunk": [], "last": []}
+        for payload in batch["payload"]:
+            c = pickle.loads(payload)
+            good, images = c["good"], c["images"]
+            base = self.parts / _safe(c["source"]) / f"{c['chunk']:06d}"
+            with torch.no_grad():
+                lat = self.space.to(self.device).encode(torch.from_numpy(images), batch_size=max(1, len(images)))
+                ctx = self.text.encode([g["caption"] for g in good], batch_size=max(1, len(good)))
+            lat, ctx = lat.half().cpu().numpy(), ctx.half().cpu().numpy()
+            keep = [j for j, g in enumerate(good) if keeps_image(g["key"], g["split"], self.d)]
+            rows = {j: r for r, j in enumerate(keep)}
+            for j, g in enumerate(good):
+                g["image_row"] = rows.get(j, -1)
+            base.parent.mkdir(parents=True, exist_ok=True)
+            for kind, arr in (("latents", lat), ("context", ctx), ("images", images[keep])):
+                write_atomic(f"{base}.{kind}.npy", lambda f, a=arr: np.save(f, a))
+            write_json(f"{base}.json", {"good": good, "bad": c["bad"]})  # last: marks the chunk written
+            out["source"].append(c["source"])
+            out["chunk"].append(c["chunk"])
+            out["last"].append(c["last"])
+        return out
+
+
+def encode_sources(cfg, sources: list[Source], parts: Path, autoencoder_dir: Path, channels: int,
+                   progress: bool) -> None:
+    """Stage 1, the Ray Data pipeline: every source not yet done -> part files of encoded chunks."""
+    import ray
+
+    from study.config import to_dict
+
+    todo = [s for s in sources if not (parts / f"{_safe(s.id)}.done.json").exists()]
+    if not todo:
+        return
+    d = cfg.data
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ds = ray.data.from_items([{"source": asdict(s)} for s in todo], override_num_blocks=len(todo))
+    # Reading and decoding are tasks (fused by Ray Data); encoding is the actor pool that holds the models.
+    ds = ds.flat_map(read_chunks, fn_kwargs={"data_cfg": d})
+    ds = ds.map(decode_chunk, fn_kwargs={"data_cfg": d, "channels": channels})
+    ds = ds.map_batches(EncodeChunks, batch_size=1, concurrency=d.prepare_actors,
+                        num_gpus=d.prepare_gpus_per_actor,
+                        fn_constructor_kwargs={"cfg_dict": to_dict(cfg), "autoencoder_dir": str(autoencoder_dir),
+                                               "parts_dir": str(parts)})
+    got: dict[str, set[int]] = {}
+    n_chunks: dict[str, int] = {}
+    for row in ds.iter_rows():  # streaming: rows are small summaries; the data stays in the workers
+        src = row["source"]
+        got.setdefault(src, set()).add(int(row["chunk"]))
+        if row["last"]:
+            n_chunks[src] = int(row["chunk"]) + 1
+        if len(got[src]) == n_chunks.get(src, -1):  # every chunk of the source written: never re-read it
+            write_json(parts / f"{_safe(src)}.done.json", {"chunks": n_chunks[src]})
+
+
+def _collect(parts: Path, sources: list[Source]) -> tuple[dict[str, list], list]:
+    """Every good sample's (order, key, caption, label, chunk file, row, image row) by split; every bad one."""
+    by_split: dict[str, list] = {s: [] for s in SPLITS}
+    bad = []
+    for s in sources:
+        n = json.loads((parts / f"{_safe(s.id)}.done.json").read_text())["chunks"]
+        for c in range(n):
+            base = parts / _safe(s.id) / f"{c:06d}"
+            part = json.loads(Path(f"{base}.json").read_text())
+            bad += part["bad"]
+            for row, g in enumerate(part["good"]):
+                by_split[g["split"]].append((sample_order(g["key"]), g["key"], g["caption"], g["label"], str(base),
+                                             row, g["image_row"]))
+    for entries in by_split.values():
+        entries.sort(key=lambda e: e[0])
+    return by_split, bad
+
+
+def _write_final(folder: str, name: str, entries: list, with_images: bool) -> dict:
+    """Ray task: gather a shard's samples from the part files (memory-mapped) and write it."""
+    import ray
+
+    cache: dict[str, dict] = {}
+
+    def part(base, kind):
+        if (base, kind) not in cache:
+            cache[(base, kind)] = np.load(f"{base}.{kind}.npy", mmap_mode="r")
+        return cache[(base, kind)]
+
+    lat = np.stack([part(e[4], "latents")[e[5]] for e in entries])
+    ctx = np.stack([part(e[4], "context")[e[5]] for e in entries])
+    imgs = np.stack([part(e[4], "images")[e[6]] for e in entries]) if with_images else None
+    meta = [{"key": e[1], "caption": e[2], "label": e[3]} for e in entries]
+    node = ray.get_runtime_context().get_node_id()
+    return {**write_shard(folder, name, lat, ctx, meta, images=imgs, extra={"node": node}), "node": node}
+
+
+def write_final_shards(folder: Path, by_split: dict[str, list], shard_size: int, parallel: int) -> dict:
+    """Stage 3: the shards of each split, in key-hash order; done shards are kept, the rest written by tasks."""
+    import ray
+
+    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_write_final)
+    records: dict[str, list] = {s: [] for s in SPLITS}
+    pending, written = {}, 0
+    for split, entries in by_split.items():
+        for k in range(0, -(-len(entries) // shard_size)):
+            name, part = shard_name(split, k), entries[k * shard_size:(k + 1) * shard_size]
+            done = shard_done(folder, name)
+            if done and done["n"] == len(part):
+                records[split].append({"name": name, "n": done["n"], "sha256": done["sha256"]})
+                continue
+            records[split].append(None)
+            while len(pending) >= parallel:
+                written += _finish(pending, records, fail_after, written)
+            ref = task.remote(str(folder), name, part, split == "heldout")
+            pending[ref] = (split, k)
+    while pending:
+        written += _finish(pending, records, fail_after, written)
+    return records
+
+
+def _finish(pending: dict, records: dict, fail_after: int, written: int) -> int:
+    import ray
+
+    [ref], _ = ray.wait(list(pending), num_returns=1)
+    split, k = pending.pop(ref)
+    rec = ray.get(ref)
+    records[split][k] = {x: rec[x] for x in ("name", "n", "sha256")}
+    if fail_after and written + 1 >= fail_after:
+        raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: stopping after {written + 1} shards (test hook)")
+    return 1
+
+
+def _floor_images(by_split: dict[str, list], n: int) -> np.ndarray:
+    picks = [e for e in by_split["train"] if e[6] >= 0][:n]
+    return np.stack([np.load(f"{e[4]}.images.npy", mmap_mode="r")[e[6]] for e in picks]) if picks else None
+
+
+def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray, channels: int,
+                   progress: bool = True) -> dict:
+    """Read, encode and shard the configured data set into `folder`; returns the prepare report."""
+    from study.raycluster import ensure_ray
+
+    d = cfg.data
+    sources = list_sources(d.name, d.root)  # fails on a missing path before any work
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = folder.parent / PARTS
+    import ray
+
+    local = ensure_ray(cfg) or os.environ.get("RAY_ADDRESS") is None and not cfg.resources.ray_address
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if local and d.prepare_actors >= cpus:
+        # Each encoder actor holds a CPU for its lifetime; the read-and-decode tasks need one more.
+        raise ValueError(f"data.prepare_actors={d.prepare_actors} leaves no CPU for reading on this {cpus:g}-CPU "
+                         f"Ray: set data.prepare_actors to at most {max(1, int(cpus) - 1)}")
+    if local and d.prepare_gpus_per_actor * d.prepare_actors > ray.cluster_resources().get("GPU", 0):
+        # A local Ray is a fixed machine: actors asking for GPUs it lacks would wait forever.
+        raise ValueError(f"data.prepare_actors={d.prepare_actors} x data.prepare_gpus_per_actor="
+                         f"{d.prepare_gpus_per_actor} GPUs, this machine has {ray.cluster_resources().get('GPU', 0):g}:"
+                         f" set data.prepare_gpus_per_actor=0 (CPU) or fewer actors")
+    encode_sources(cfg, sources, parts, autoencoder_dir, channels, progress)
+    by_split, bad = _collect(parts, sources)
+    n_good = sum(len(v) for v in by_split.values())
+    total = n_good + len(bad)
+    report = {"sources": len(sources), "samples": total, "good": n_good, "bad": len(bad),
+              "bad_fraction": len(bad) / max(1, total), "max_bad_fraction": d.max_bad_fraction,
+              "bad_samples": [{"key": k, "problem": p} for k, p in bad]}
+    write_json(folder.parent / REPORT, report)
+    if report["bad_fraction"] > d.max_bad_fraction or not by_split["train"]:
+        raise ValueError(f"{len(bad)} of {total} samples of {d.root} are unusable ({report['bad_fraction']:.1%} > "
+                         f"data.max_bad_fraction={d.max_bad_fraction}): see {folder.parent / REPORT}")
+    records = write_final_shards(folder, by_split, d.shard_size, max(1, d.prepare_writers))
+    floor = _floor_images(by_split, cfg.eval.num_samples)
+    if floor is not None:
+        write_atomic(folder / FLOOR_FILE, lambda f: np.save(f, floor))
+    write_atomic(folder / UNCOND, lambda f: np.save(f, uncond))
+    first = next(r for r in records["train"])
+    lat = np.load(folder / f"{first['name']}.latents.npy", mmap_mode="r")
+    ctx = np.load(folder / f"{first['name']}.context.npy", mmap_mode="r")
+    write_index(folder, d.shard_size, lat.shape[1:], ctx.shape[1:], records, len(bad),
+                **({"floor_images": FLOOR_FILE} if floor is not None else {}))
+    if not d.keep_parts:
+        shutil.rmtree(parts, ignore_errors=True)
+    return report
