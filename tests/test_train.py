@@ -172,7 +172,9 @@ def test_budget_accounting(clean, prep):
     metrics = [json.loads(ln) for ln in (size_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["train_images"] for m in metrics] == list(range(32, 257, 32))
     assert {"loss", "train_flops", "images_per_s", "lr", "elapsed_s"} <= metrics[-1].keys()
-    assert json.loads((size_dir / "checkpoints" / "latest" / ckpt.STATE).read_text())["train_images"] == 256
+    # The final milestone is the newest checkpoint; `latest` was dropped, never a hard link sharing its files.
+    assert ckpt.complete(size_dir / "checkpoints")[-1] == (256, size_dir / "checkpoints" / ckpt.milestone_name(256))
+    assert not (size_dir / "checkpoints" / ckpt.LATEST).exists()
     assert (size_dir / "DONE").is_file() and (size_dir / "config.json").is_file()
 
 
