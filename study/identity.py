@@ -19,6 +19,10 @@ STUDY_IDENTITY = ("data", "text_encoder", "autoencoder", "train", "model.ladder"
 # What a trained checkpoint depends on (the sections before evaluation): its results row carries this hash.
 TRAINING_SECTIONS = ("data", "text_encoder", "autoencoder", "model", "train")
 
+# Data settings that change how prepare runs (workers, GPUs, debugging), not what it writes: shards are
+# byte-identical whatever they are, so neither caches nor run folders key on them.
+OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_writers", "keep_parts")
+
 # Training settings that change how a run executes but not what it computes: a rerun may change them freely.
 OPERATIONAL_TRAIN_KEYS = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images",
                           "checkpoint_every_images")
@@ -30,10 +34,15 @@ def stable_hash(obj, n: int = 12) -> str:
 
 
 def get_dotted(d: dict, dotted: str):
-    """d["a"]["b"] for "a.b"."""
+    """d["a"]["b"] for "a.b" (the data section without its operational keys)."""
     for part in dotted.split("."):
         d = d[part]
-    return d
+    return data_identity(d) if dotted == "data" else d
+
+
+def data_identity(data: dict) -> dict:
+    """The data section less the keys that change how prepare runs, not what it computes."""
+    return {k: v for k, v in data.items() if k not in OPERATIONAL_DATA_KEYS}
 
 
 def sections(cfg_dict: dict, names=TRAINING_SECTIONS) -> dict:
@@ -45,7 +54,7 @@ def training_identity(cfg_dict: dict) -> dict:
     """The part of a resolved config that decides what a training run computes."""
     model = {k: v for k, v in cfg_dict["model"].items() if k in ("ladder", "prediction_type")}
     train = {k: v for k, v in cfg_dict["train"].items() if k not in OPERATIONAL_TRAIN_KEYS}
-    ident = {"data": cfg_dict["data"], "text_encoder": cfg_dict["text_encoder"],
+    ident = {"data": data_identity(cfg_dict["data"]), "text_encoder": cfg_dict["text_encoder"],
              "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
     if cfg_dict.get("recipe"):  # a derived run (distillation, fine-tune): its recipe, base checkpoint, options
         ident["recipe"] = cfg_dict["recipe"]

@@ -20,7 +20,7 @@ from study import __version__
 from study.atomic import write_atomic, write_json
 from study.config import StudyConfig
 from study.datasets import dataset
-from study.identity import stable_hash
+from study.identity import data_identity, stable_hash
 
 # Bump when the on-disk layout of a prepared folder changes, so old caches are not misread.
 LAYOUT = 2  # 2: shards/
@@ -56,11 +56,6 @@ class Prepared:
         return self.data_dir / "reference.json"
 
 
-# Data keys that change how prepare runs, not what it writes (the shards are the same bytes whatever the
-# workers): they are left out of the cache keys, so a rerun with more actors reuses the prepared folder.
-OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_writers", "keep_parts")
-
-
 def prepared_paths(cfg: StudyConfig) -> Prepared:
     """The cache folders of a config (nothing is computed)."""
     root = Path(cfg.cache_dir).expanduser()
@@ -80,8 +75,9 @@ def _section(cfg, name):
 
 
 def _data_identity(cfg) -> dict:
-    """The data section without its operational keys."""
-    return {k: v for k, v in _section(cfg, "data").items() if k not in OPERATIONAL_DATA_KEYS}
+    """The data section without its operational keys (study.identity.OPERATIONAL_DATA_KEYS): a rerun with
+    more prepare actors reuses the prepared folder, since the shards are the same bytes."""
+    return data_identity(_section(cfg, "data"))
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:

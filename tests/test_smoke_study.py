@@ -131,15 +131,21 @@ def test_analysis_outputs(smoke_run):
     a = run_dir / "analysis"
     assert (a / "report.html").stat().st_size > 10_000
     assert "data:image/png;base64," in (a / "report.html").read_text()
-    assert list(pd.read_csv(a / "crossovers.csv").columns) == ["sampler", "smaller_width", "larger_width",
-                                                               "crossover_cost", "low", "high"]
+    cross = pd.read_csv(a / "crossovers.csv")
+    assert {"crossover_cost", "low", "high", "p_cross", "verdict"} <= set(cross.columns)
+    assert set(cross["verdict"]) <= {"crossing", "no evidence of crossing", "tied within noise"}
     fits = json.loads((a / "fits.json").read_text())
-    assert fits
+    assert fits["reference"]["sampler"] and set(fits["fits"]) >= {"per_size", "envelope", "chinchilla"}
+    for fit in [*fits["fits"]["per_size"].values(), fits["fits"]["envelope"], fits["fits"]["chinchilla"]]:
+        assert fit["reason"] if fit["skipped"] else all(
+            p["low"] is None or p["low"] <= p["value"] <= p["high"] for p in fit["params"].values())
     assert list(a.glob("*.png")) and list(a.glob("*.svg"))
     assert any(p.stat().st_size > 0 for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     stages = json.loads((run_dir / "stages.json").read_text())
     assert {"train", "evaluate", "analyze", "total"} <= set(stages)
     assert "report:" in out and "wall time:" in out
+    # The findings lead: a Markdown copy beside the report, and the same lines on the terminal.
+    assert (a / "findings.md").is_file() and "Findings (paper's claim" in out
 
 
 def test_rerun_of_a_finished_study_is_quick_and_identical(smoke_run, tmp_path):
