@@ -23,9 +23,16 @@ def _dreambooth(cfg, prepared_dir: Path):
     return load_dreambooth_evaluator(cfg, prepared_dir)
 
 
+def _superres4x(cfg, prepared_dir: Path):
+    from study.superres_eval import load_superres_evaluator
+
+    return load_superres_evaluator(cfg, prepared_dir)
+
+
 # The registry: task -> factory(cfg, prepared_dir) (imported lazily: a worker loads only what it evaluates).
 EVALUATORS: dict[str, Callable] = {
     "text2image": _text2image,
+    "superres4x": _superres4x,
     "dreambooth": _dreambooth,
 }
 

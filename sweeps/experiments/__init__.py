@@ -88,10 +88,17 @@ def _dreambooth() -> Experiment:
     return DreamBoothExperiment()
 
 
+def _superres() -> Experiment:
+    from sweeps.experiments.superres import SuperResExperiment
+
+    return SuperResExperiment()
+
+
 # The registry: name -> factory, in the order the stage runner considers them (dependencies first).
 EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
     "base": _base,
     "distillation": _distillation,
+    "superres": _superres,
     "dreambooth": _dreambooth,
 }
 

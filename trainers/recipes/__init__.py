@@ -75,10 +75,17 @@ def _dreambooth() -> Recipe:
     return DreamBoothRecipe()
 
 
+def _superres() -> Recipe:
+    from trainers.recipes.superres import SuperResRecipe
+
+    return SuperResRecipe()
+
+
 # The registry: name -> factory (imported lazily, so a worker loads only the recipe it runs).
 RECIPES: dict[str, Callable[[], Recipe]] = {
     "base": _base,
     "distill": _distill,
+    "superres": _superres,
     "dreambooth": _dreambooth,
 }
 

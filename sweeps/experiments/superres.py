@@ -1,0 +1,54 @@
+"""The super-resolution experiment (issue 12): a 4x super-resolution fine-tune of every base (size, seed)'s final
+milestone, evaluated on (sampler, steps) cells at guidance 1 (no search: the paper uses no guidance). Its rows
+(experiment = superres, task = superres4x) carry FID, LPIPS, PSNR and SSIM, bicubic upsampling's scores on the
+same patches (bicubic_*), and the path of each cell's output strip for the image grid (RUN_DIR/superres/)."""
+
+from __future__ import annotations
+
+from sweeps.experiments import Experiment, StageContext, final_milestones
+
+# Keys of the superres section that change what a fine-tune computes (its run identity); the evaluation keys
+# (samplers, steps, noise level at inference, num_eval, the metric networks) may change without retraining.
+TRAINING_KEYS = ("data", "root", "hr_size", "photo_shrink", "base_weights", "train_images", "batch_size", "lr",
+                 "warmup_images", "ema_decay", "max_noise_level")
+
+
+class SuperResExperiment(Experiment):
+    name, task, recipe, after = "superres", "superres4x", "superres", ("base",)
+    objective = "fid"
+    search = False
+
+    def enabled(self, cfg) -> bool:
+        return bool(cfg.superres.enabled)
+
+    def options(self, cfg) -> dict:
+        return {k: getattr(cfg.superres, k) for k in TRAINING_KEYS}
+
+    def train_overrides(self, cfg) -> dict:
+        o = cfg.superres
+        # One milestone (the fine-tune's end); no caption dropout: the caption is always the empty prompt.
+        return {"total_images": o.train_images, "milestones": [1.0], "batch_size": o.batch_size, "lr": o.lr,
+                "ema_decay": o.ema_decay, "warmup_images": o.warmup_images, "cond_drop_prob": 0.0}
+
+    def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
+        """Each base (size, seed)'s final milestone (superres.base_weights)."""
+        return final_milestones(ctx, "base")
+
+    def chains(self, ctx: StageContext, sizes: dict) -> list:
+        """(sampler, steps) cells of superres.samplers x superres.steps on each fine-tune, guidance 1."""
+        from study.schedulers import default_timestep_spacing
+        from sweeps.eval_grid import Chain
+
+        o, chains = ctx.cfg.superres, []
+        for (width, seed), milestones in sorted(sizes.items()):
+            m = milestones[-1]
+            for sampler in o.samplers:
+                cap = o.max_steps.get(sampler, max(o.steps))
+                steps = tuple(sorted(s for s in o.steps if s <= cap))
+                if not steps:
+                    continue
+                spacing = ctx.cfg.eval.timestep_spacing or default_timestep_spacing(sampler)
+                chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler, steps, spacing,
+                                    milestone=m, experiment=self.name, task=self.task, objective=self.objective,
+                                    fixed_guidance=(1.0,)))
+        return chains

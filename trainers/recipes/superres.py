@@ -1,0 +1,54 @@
+"""4x super-resolution fine-tuning from a base milestone: the SD x4 upscaler's objective (issue 12)."""
+
+from __future__ import annotations
+
+import torch
+
+from trainers.recipes import Recipe, RecipeContext
+
+
+class SuperResRecipe(Recipe):
+    """The base UNet widened for the concatenated LR image; DDPM loss on HR latents, the empty prompt."""
+
+    name = "superres"
+
+    def data(self, ctx: RecipeContext) -> SuperResRecipe:
+        from study.schedulers import training_scheduler
+        from study.superres_setup import superres_setup
+
+        self.setup = superres_setup(ctx.cfg, ctx.prepared_dir)
+        self.source = self.setup.source(ctx.seed)  # crops keyed by the run's seed, as the base data order
+        self.space = self.setup.space.to(ctx.device)
+        self.scheduler = training_scheduler(ctx.cfg.model.prediction_type)
+        self.uncond = self.setup.uncond.to(ctx.device)
+        self.max_noise_level = int(ctx.cfg.superres.max_noise_level)
+        return self
+
+    @property
+    def geometry(self):
+        return self.setup.geometry
+
+    def batch(self, start: int, count: int, device: torch.device) -> dict:
+        hr, lr = self.source.train_pairs(start, count)
+        return {"latents": self.space.encode(hr.to(device)),
+                "lr": self.setup.condition(lr).to(device),
+                "context": self.uncond.expand(count, -1, -1)}  # no text: the empty prompt, as the paper
+
+    def model(self, ctx: RecipeContext) -> torch.nn.Module:
+        from study.superres import widen_for_superres
+        from study.weights import load_unet
+
+        if ctx.init_from is None:
+            raise ValueError("the superres recipe fine-tunes a base model: it needs init_from (a base milestone)")
+        base = load_unet(ctx.init_from, weights=ctx.cfg.superres.base_weights)
+        if base.config.out_channels != self.setup.channels:
+            raise ValueError(f"the base model outputs {base.config.out_channels} channels, the super-resolution "
+                             f"latents have {self.setup.channels}: the base must be trained in the same latent space")
+        return widen_for_superres(base, self.setup.channels_lr)
+
+    def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+        from study.superres import superres_loss
+
+        return superres_loss(model, self.scheduler, batch["latents"], batch["lr"], batch["context"],
+                             self.max_noise_level, gen, dtype)
+
