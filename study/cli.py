@@ -102,9 +102,12 @@ def train(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
     from study.prepare import prepare as run_prepare
     from trainers import train_size
 
+    from study.lock import folder_lock
+
     require_paths(cfg)
-    prep = run_prepare(cfg)
-    summary = train_size(cfg, special["width"], special.get("seed", cfg.sweep.seeds[0]), run_dir(cfg), prep.dir)
+    with folder_lock(run_dir(cfg)):  # not beside a `study run` of the same folder
+        prep = run_prepare(cfg)
+        summary = train_size(cfg, special["width"], special.get("seed", cfg.sweep.seeds[0]), run_dir(cfg), prep.dir)
     _echo_json(summary)
 
 
@@ -295,7 +298,9 @@ def run(config: Optional[str] = typer.Argument(None, help="Config (default: conf
     if dry_run:
         typer.echo(to_yaml(cfg), nl=False)
         return
-    run_study(cfg, fresh=fresh)
+    result = run_study(cfg, fresh=fresh)
+    if result["failed"]:  # everything else finished and was reported; the exit code says a size is missing
+        raise typer.Exit(1)
 
 
 def main() -> None:

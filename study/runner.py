@@ -9,6 +9,7 @@ from pathlib import Path
 
 from study.atomic import write_json
 from study.config import StudyConfig
+from study.lock import folder_lock
 from study.paths import run_dir
 from study.runtime import wandb_mode
 
@@ -45,13 +46,19 @@ def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> d
     """Prepare, train the grid, search guidance, analyse and report; rerun to resume."""
     from rich.console import Console
 
-    from analysis.api import analyze_run
     from study.paths import require_paths
-    from sweeps.sweep import run_sweep
 
     console = Console(stderr=True)
     require_paths(cfg)
     out = run_dir(cfg)
+    with folder_lock(out):  # a second `study run` of this folder refuses at once, naming this one
+        return _run(cfg, out, fresh, progress, console)
+
+
+def _run(cfg: StudyConfig, out: Path, fresh: bool, progress: bool, console) -> dict:
+    from analysis.api import analyze_run
+    from sweeps.sweep import run_sweep
+
     if fresh:
         moved = archive(out)
         if moved:
@@ -70,4 +77,8 @@ def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> d
     timings["total"] = round(time.time() - t0, 1)
     write_json(out / "stages.json", timings, indent=2)
     _print_summary(console, out, analysis, timings)
-    return {"run_dir": str(out), "timings": timings, "analysis": analysis, "sweep": sweep}
+    for msg in sweep["failed_sizes"]:  # named last, where the eye lands; `study run` then exits 1
+        console.print(f"[red]failed[/]: {msg}; its intact milestones were evaluated and marked partial "
+                      "(rerun the same command to retry it)")
+    return {"run_dir": str(out), "timings": timings, "analysis": analysis, "sweep": sweep,
+            "failed": sweep["failed_sizes"]}

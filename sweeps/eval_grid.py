@@ -53,7 +53,7 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
         fid_floor=res.get("fid_floor"), alignment_metric=res.get("alignment_metric"),
         search="none" if chain.fixed_guidance is not None else cfg.eval.search, optuna_study=cell.study_name,
         optuna_trial=number, sampler_settings=res.get("sampler_settings"), eval_seconds=res.get("eval_seconds"),
-        objective=res.get(chain.objective))
+        objective=res.get(chain.objective), partial=bool(m.get("partial", False)))
     return row_dict(row, res)
 
 

@@ -55,6 +55,7 @@ class ResultRow:
     sampler_settings: str | None = None
     eval_seconds: float | None = None
     objective: float | None = None  # what the guidance search minimised (FID unless the experiment says)
+    partial: bool = False  # a milestone of a run that stopped before its final budget (failed, NaN)
 
 
 _FIELDS = [f.name for f in fields(ResultRow)]

@@ -23,6 +23,24 @@ def trained_sizes(cfg: StudyConfig, run_dir: Path, subdir: str = "train",
     return out
 
 
+def size_outcomes(cfg: StudyConfig, run_dir: Path, subdir: str = "train", sizes: list[tuple[int, int]] | None = None
+                  ) -> tuple[dict[tuple[int, int], list[dict]], dict[tuple[int, int], str]]:
+    """Every run that can be evaluated (finished, or stopped with intact milestones, which are marked
+    partial) and every run that did not finish, with the reason."""
+    from trainers import run_dir_for, size_status
+
+    ready, failed = {}, {}
+    for w, s in sizes if sizes is not None else [(w, s) for w in cfg.model.widths for s in cfg.sweep.seeds]:
+        d = run_dir_for(run_dir, w, s, subdir)
+        st = size_status(d)
+        if st["status"] in ("done", "partial") and st["milestones"]:
+            ready[(w, s)] = [{**m, "path": str(d / m["path"]), "partial": st["status"] == "partial"}
+                             for m in st["milestones"]]
+        if st["status"] != "done":
+            failed[(w, s)] = st["reason"]
+    return ready, failed
+
+
 def run_experiment(exp, ctx, timings: dict) -> dict:
     """Train (or derive) an experiment's checkpoints, then evaluate its cells; returns what went wrong."""
     from sweeps.eval_grid import run_eval_grid
@@ -35,33 +53,43 @@ def run_experiment(exp, ctx, timings: dict) -> dict:
     t = time.time()
     train = run_train_grid(cfg, out, prepared, progress=ctx.progress, experiment=exp, sources=sources)
     timings[f"{label}train"] = round(time.time() - t, 1)
-    sizes = trained_sizes(cfg, out, exp.subdir, sorted(sources) if sources is not None else None)
+    sizes, failed = size_outcomes(cfg, out, exp.subdir, sorted(sources) if sources is not None else None)
     ctx.trained[exp.name] = sizes
+    failed_sizes = [f"{exp.name} w{w}-s{s}: {why}" for (w, s), why in sorted(failed.items())]
     if not sizes:
         if exp.name == "base":
             raise RuntimeError("no size finished training: " + "; ".join(train["errors"]))
-        return {"train_errors": train["errors"] + [f"{exp.name}: no run finished training"], "eval_failed": []}
+        return {"train_errors": train["errors"], "eval_failed": [], "failed_sizes": failed_sizes}
     t = time.time()
     evals = run_eval_grid(cfg, out, prepared, exp.chains(ctx, sizes), ctx.rungs, ctx.storage_url,
                           progress=ctx.progress, name="evaluate" if exp.name == "base" else f"{exp.name}: evaluate")
     timings[f"{label}evaluate"] = round(time.time() - t, 1)
-    return {"train_errors": train["errors"], "eval_failed": evals["failed"], "chains": evals["chains"]}
+    return {"train_errors": train["errors"], "eval_failed": evals["failed"], "chains": evals["chains"],
+            "failed_sizes": failed_sizes}
 
 
 def run_sweep(cfg: StudyConfig, progress: bool = True, timings: dict | None = None) -> dict:
     """Every enabled experiment: its training grid, then its evaluation grid; rerun to resume."""
-    from study.ladder import study_ladder
+    from study.lock import folder_lock
     from study.paths import require_paths, run_dir
-    from study.prepare import prepare
-    from study.raycluster import ensure_ray
-    from study.runfolder import check_run_folder
-    from sweeps.experiments import StageContext, enabled_experiments
-    from sweeps.guidance import default_storage
+    from sweeps.experiments import enabled_experiments
 
     require_paths(cfg)
     experiments = enabled_experiments(cfg)
     timings = {} if timings is None else timings
     out = run_dir(cfg)
+    with folder_lock(out):  # one writer per run folder: a second run refuses at once, naming this one
+        return _sweep(cfg, out, experiments, progress, timings)
+
+
+def _sweep(cfg: StudyConfig, out: Path, experiments: list, progress: bool, timings: dict) -> dict:
+    from study.ladder import study_ladder
+    from study.prepare import prepare
+    from study.raycluster import ensure_ray
+    from study.runfolder import check_run_folder
+    from sweeps.experiments import StageContext
+    from sweeps.guidance import default_storage
+
     check_run_folder(cfg, out)  # refuses a folder made by a different study definition
     t = time.time()
     prep = prepare(cfg, progress=progress)
@@ -71,10 +99,11 @@ def run_sweep(cfg: StudyConfig, progress: bool = True, timings: dict | None = No
                        rungs={r.width: r.as_row() for r in study_ladder(cfg)},
                        storage_url=cfg.sweep.optuna_storage or default_storage(out), progress=progress)
     summary = {"run_dir": str(out), "results": str(out / "results.parquet"), "train_errors": [],
-               "eval_failed": [], "experiments": [e.name for e in experiments], "timings": timings}
+               "eval_failed": [], "failed_sizes": [], "experiments": [e.name for e in experiments],
+               "timings": timings}
     for exp in experiments:
         res = run_experiment(exp, ctx, timings)
-        summary["train_errors"] += res["train_errors"]
-        summary["eval_failed"] += res["eval_failed"]
+        for key in ("train_errors", "eval_failed", "failed_sizes"):
+            summary[key] += res[key]
     summary["sizes"] = len(ctx.trained.get("base", {}))
     return summary

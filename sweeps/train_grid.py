@@ -85,6 +85,10 @@ def run_train_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, progress
         {"CPU": 0.01})  # the driver itself needs (almost) nothing
     path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):  # the run config, callbacks included, is restored with it
+        # Restoring unpickles Tune's files: refuse ones this user does not own or others may write.
+        from study.trust import check_restorable
+
+        check_restorable(path)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         # Widest first: with more trials than slots, the longest jobs start first.

@@ -67,7 +67,8 @@ class Experiment:
 def final_milestones(ctx: StageContext, experiment: str = "base") -> dict[tuple[int, int], str]:
     """(width, seed) -> the final milestone folder of each finished run of an experiment: a derived
     experiment's teachers or starting points."""
-    return {k: rows[-1]["path"] for k, rows in ctx.trained.get(experiment, {}).items() if rows}
+    return {k: rows[-1]["path"] for k, rows in ctx.trained.get(experiment, {}).items()
+            if rows and not rows[-1].get("partial")}  # a run that stopped early is no teacher
 
 
 def _base() -> Experiment:
