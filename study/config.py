@@ -167,37 +167,6 @@ class ResourcesConfig:
 
 
 @dataclass
-class DistillConfig:
-    """Latent consistency distillation of every base (size, seed) to a few-step student (issue 11).
-
-    LCD (Luo et al. 2023), not the paper's CoDi: see the README's "Distillation" for how they differ."""
-
-    enabled: bool = False
-    method: str = "lcd"  # the only method built; named so a run says honestly what it distilled with
-    # Training budget in images seen, from each base's final milestone (EMA weights = the teacher).
-    total_images: int = 4096
-    milestones: List[float] = field(default_factory=lambda: [1.0])  # fractions of total_images
-    batch_size: int = 64
-    lr: float = 1.0e-4  # LCD moves a trained model, not a fresh one: lower than base training
-    # The guidance scale w of the teacher's step, drawn per sample from U[w_min, w_max] in the LCM paper's form
-    # (eps_c + w (eps_c - eps_u), i.e. guidance scale w + 1). None: eval.guidance_min - 1 .. eval.guidance_max - 1,
-    # so the guidance the evaluation searches is the range the student learned.
-    w_min: Optional[float] = None
-    w_max: Optional[float] = None
-    loss: str = "huber"  # "l2" | "huber" (pseudo-Huber, the diffusers example's default)
-    huber_c: float = 0.001  # pseudo-Huber's c (the diffusers example's default)
-    # Target network: EMAModel of the student with this constant decay (the example's 0.95). The trainer's own
-    # EMA, which evaluation reads, uses it too: an average of the same horizon as the target.
-    ema_decay: float = 0.95
-    guidance_embed_dim: int = 256  # width of the w embedding (diffusers' LCM-SD time_cond_proj_dim)
-    # Evaluation: the LCM sampler at these step counts, guidance searched per cell as for base.
-    steps: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    # Image grid written at evaluation time: this many prompts, undistilled (base, DDIM) vs distilled (LCM).
-    grid_prompts: int = 10
-    grid_steps: int = 4  # the step count of the grid's distilled and undistilled rows
-
-
-@dataclass
 class DreamBoothConfig:
     """The DreamBooth experiment (Ruiz et al. 2023; diffusers' examples/dreambooth/train_dreambooth.py)."""
 
@@ -509,7 +478,6 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.batch_size % (t.grad_accum * t.num_workers) == 0, "train.batch_size",
            f"a multiple of grad_accum x num_workers ({t.grad_accum * t.num_workers})", t.batch_size)
     _check(t.lr > 0, "train.lr", "a positive learning rate", t.lr)
-    _check(ae.lr > 0, "autoencoder.lr", "a positive learning rate", ae.lr)
     _check(ae.lr > 0, "autoencoder.lr", "a positive learning rate", ae.lr)
     _check(t.shuffle_window_images > 0, "train.shuffle_window_images", "a positive number of images",
            t.shuffle_window_images)
