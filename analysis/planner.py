@@ -3,13 +3,18 @@ trained width taken to the next training budget, more samples for the cells of a
 much it would shrink the 95 % interval of a target quantity, per FLOP it costs.
 
 The shrinkage comes from the fitted joint law (analysis/predict.py) by its Fisher information, the
-cost-weighted design of "Spend Less, Fit Better" (arXiv 2604.22753): with J the Jacobian of the law's log
-prediction at the cells (rows weighted by 1 / their noise variance), the target's variance is
-g' (J' W J)^-1 g s^2, where g is the target's gradient in the law's parameters and s^2 the scatter of the
-cells about the law. A candidate adds rows (a new width, another seed: its cells again; the next budget:
-its cells at twice the images) or reweights them (4x the samples: a quarter of the evaluation variance).
-This is deterministic and fast, where re-simulating and refitting every candidate is noisy enough to
-rank cheap candidates first by chance.
+cost-weighted design of "Spend Less, Fit Better" (arXiv 2604.22753). Each fitted point carries a weight w:
+the number of base evaluations behind it (one seed at the table's sample count = 1; a point averaged over
+k seeds, or evaluated with m times the samples, has k m: its variance is s^2 / w). The joint law is fitted
+unweighted (least squares in log FID), so with J the Jacobian of its log prediction at the points the
+target's variance is the sandwich g' A^-1 (J' W^-1 J) A^-1 g s^2, A = J' J, where g is the target's
+gradient in the law's parameters and s^2 the variance of one base evaluation about the law (estimated
+as the mean of w r^2 over the residuals r). A candidate adds rows (a new width; the next budget: its cells
+at twice the images) or raises the weights of a width's points (another seed: one more evaluation in each
+seed average; 4x the samples: w -> 4 w, at 3 w evaluations' cost), so the value of a further 4x on a width
+that already has it is counted from where it stands. This is deterministic and fast, where re-simulating
+and refitting every candidate is noisy enough to rank cheap candidates first by chance. Validated in
+tests/analysis/test_planner.py by following the planner on a synthetic study with a known law.
 
 Targets: an exponent of the law (`alpha`, `beta`, `delta`), the FID of a width at a step count
 (`fid:W@S`), or the crossover cost of two widths (`crossover:W1-W2`).
@@ -18,7 +23,7 @@ Targets: an exponent of the law (`alpha`, `beta`, `delta`), the FID of a width a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -61,24 +66,49 @@ def _size(sizes: pd.DataFrame, width: int) -> dict:
     return {"params": float(r["params"]), "normalized_cost": float(r["normalized_cost"])}
 
 
+def cell_weights(points: pd.DataFrame, base_samples: float | None = None) -> np.ndarray:
+    """Each point's weight in base evaluations: n_seeds x num_samples / base_samples (one seed evaluated at
+    the study's sample count = 1; default base: the fewest samples among the points). A point without a
+    sample count counts as one base evaluation per seed."""
+    k = points["n_seeds"].to_numpy(float) if "n_seeds" in points else np.ones(len(points))
+    k = np.where(np.isfinite(k) & (k >= 1), k, 1.0)
+    n = points["num_samples"].to_numpy(float) if "num_samples" in points else np.full(len(points), np.nan)
+    known = np.isfinite(n) & (n > 0)
+    if not known.any():
+        return k
+    base = float(base_samples) if base_samples else float(n[known].min())
+    return k * np.where(known, n / base, 1.0)
+
+
+def width_flops(sizes: pd.DataFrame, width: int, train_images: float, num_samples: int, steps,
+                guided: bool = True) -> tuple[float, float]:
+    """(training, evaluation) FLOPs of one run of a width: 3 F D to train (forward and backward), and
+    samples x network calls x F to evaluate every step count (classifier-free guidance: 2 calls a step)."""
+    row = sizes[sizes["width"] == width]
+    if row.empty:
+        raise ValueError(f"width {width} is not in the ladder given to the planner ({sorted(sizes['width'])})")
+    f = float(row["gflops"].iloc[0]) * 1e9
+    return 3 * f * float(train_images), num_samples * sum(steps) * (2 if guided else 1) * f
+
+
 def candidates(fit: JointFit, sizes: pd.DataFrame, num_samples: int, guided: bool = True) -> list[Candidate]:
-    """Every next run the planner weighs, with its FLOPs (training 3 F D; evaluation samples x calls x F)."""
+    """Every next run the planner weighs, with its FLOPs (width_flops; more samples: 3 w evaluations)."""
     pts = fit.points
     steps = sorted(pts["steps"].unique())
     d_final = float(pts["train_images"].max())
-    calls = sum(steps) * (2 if guided else 1)
-    trained = set(pts["width"])
+    w = pd.Series(cell_weights(pts, num_samples), index=pts.index).groupby(pts["width"]).mean()
     out = []
     for r in sizes.itertuples():
-        f = float(r.gflops) * 1e9
-        evaluate = num_samples * calls * f
-        if r.width not in trained:
-            out.append(Candidate("new_width", int(r.width), 3 * f * d_final + evaluate, "train and evaluate"))
+        train, evaluate = width_flops(sizes, int(r.width), d_final, num_samples, steps, guided)
+        if r.width not in w.index:
+            out.append(Candidate("new_width", int(r.width), train + evaluate, "train and evaluate"))
         else:
-            out.append(Candidate("seed", int(r.width), 3 * f * d_final + evaluate, "another training seed"))
-            out.append(Candidate("next_budget", int(r.width), 3 * f * d_final + evaluate,
+            out.append(Candidate("seed", int(r.width), train + evaluate, "another training seed"))
+            out.append(Candidate("next_budget", int(r.width), train + evaluate,
                                  f"train on to {2 * d_final:.3g} images"))
-            out.append(Candidate("more_samples", int(r.width), 3 * evaluate, "4x the samples of its cells"))
+            # Re-evaluating each of its w base evaluations at 4x the samples adds 3 w evaluations.
+            out.append(Candidate("more_samples", int(r.width), 3 * w[r.width] * evaluate,
+                                 f"4x the samples of its cells (weight {w[r.width]:.3g} -> {4 * w[r.width]:.3g})"))
     return out
 
 
@@ -128,20 +158,40 @@ def _jacobian(fit: JointFit, params, steps, images) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def _rows(fit: JointFit, widths, params, steps, images, weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    J = _jacobian(fit, np.asarray(params, float), np.asarray(steps, float), np.asarray(images, float))
-    return J, np.full(len(J), float(weight)), np.asarray(widths)
+def _rows(fit: JointFit, params, steps, images) -> np.ndarray:
+    return _jacobian(fit, np.asarray(params, float), np.asarray(steps, float), np.asarray(images, float))
 
 
-def target_sd(fit: JointFit, f, J: np.ndarray, w: np.ndarray) -> float:
-    """The target's standard deviation by the delta method: sqrt(g' (J' W J)^-1 g) s."""
+def base_variance(fit: JointFit, base_samples: float | None = None) -> float:
+    """s^2, the variance of one base evaluation about the law: the mean of w r^2 over the fit's residuals."""
+    if not len(fit.residuals):
+        return fit.rmse_log ** 2
+    return float(np.mean(cell_weights(fit.points, base_samples) * fit.residuals ** 2))
+
+
+def target_sd(fit: JointFit, f, J: np.ndarray, w: np.ndarray, s2: float | None = None) -> float:
+    """The target's standard deviation by the delta method for the unweighted least-squares fit of points of
+    variance s^2 / w: sqrt(g' A^-1 (J' W^-1 J) A^-1 g s^2), A = J' J."""
     g = _grad(f, fit.theta)
     if not np.all(np.isfinite(g)):
         return np.inf
-    info = J.T @ (w[:, None] * J)
-    cov = np.linalg.pinv(info, rcond=1e-10)
-    s2 = float(np.mean(fit.residuals ** 2)) if len(fit.residuals) else fit.rmse_log ** 2
+    a_inv = np.linalg.pinv(J.T @ J, rcond=1e-10)
+    cov = a_inv @ (J.T @ (J / w[:, None])) @ a_inv
+    s2 = base_variance(fit) if s2 is None else s2
     return float(np.sqrt(max(g @ cov @ g, 0.0) * s2))
+
+
+def design_interval(fit: JointFit, target: str, sizes: pd.DataFrame, theta: np.ndarray | None = None,
+                    s2: float | None = None, base_samples: float | None = None) -> float:
+    """Width of the target's 95 % interval (2 x 1.96 sd, delta method) for the fit's points and weights, at
+    theta (default: the estimate) and base variance s2 (default: from the residuals). With a known law
+    (theta, s2 true) it is the precision the design itself buys, free of the luck of one noise draw."""
+    at = fit if theta is None else replace(fit, theta=np.asarray(theta, float))
+    pts = at.points
+    J = _rows(at, pts["params"], pts["steps"], pts["train_images"])
+    w = cell_weights(pts, base_samples)
+    return 2 * 1.96 * target_sd(at, _target_fn(at, target, sizes), J, w,
+                                base_variance(at, base_samples) if s2 is None else s2)
 
 
 def plan(fit: JointFit, target: str, sizes: pd.DataFrame, num_samples: int, seed: int = 0) -> pd.DataFrame:
@@ -149,24 +199,32 @@ def plan(fit: JointFit, target: str, sizes: pd.DataFrame, num_samples: int, seed
     of the joint law at its estimate; the interval is 2 x 1.96 standard deviations)."""
     f = _target_fn(fit, target, sizes)
     pts = fit.points
-    J, w, which = _rows(fit, pts["width"], pts["params"], pts["steps"], pts["train_images"], 1.0)
-    now = 2 * 1.96 * target_sd(fit, f, J, w)
+    J = _rows(fit, pts["params"], pts["steps"], pts["train_images"])
+    w = cell_weights(pts, num_samples)
+    k = pts["n_seeds"].to_numpy(float) if "n_seeds" in pts else np.ones(len(pts))
+    which = pts["width"].to_numpy()
+    s2 = base_variance(fit, num_samples)
+    now = 2 * 1.96 * target_sd(fit, f, J, w, s2)
     steps = np.array(sorted(pts["steps"].unique()), float)
     d_final = float(pts["train_images"].max())
     rows = []
     for cand in candidates(fit, sizes, num_samples):
         size = _size(sizes, cand.width)
         n = len(steps)
+        mine = which == cand.width
+        J2 = J
         if cand.kind == "more_samples":  # its cells' evaluation variance falls 4x (the scatter is mostly that)
-            w2 = np.where(which == cand.width, 4.0, w)
-            J2 = J
+            w2 = np.where(mine, 4.0 * w, w)
+        elif cand.kind == "seed":
+            # table.curves averages seeds unweighted: variance (k^2 / w + 1) / (k + 1)^2 of a base evaluation.
+            w2 = np.where(mine, (k + 1) ** 2 / (k ** 2 / w + 1), w)
         else:
             d = 2 * d_final if cand.kind == "next_budget" else d_final
             if cand.kind == "next_budget" and not fit.has_budget:
                 continue  # a law without a budget term cannot value a longer run
-            Jn, wn, _ = _rows(fit, [cand.width] * n, [size["params"]] * n, steps, [d] * n, 1.0)
-            J2, w2 = np.vstack([J, Jn]), np.concatenate([w, wn])
-        after = 2 * 1.96 * target_sd(fit, f, J2, w2)
+            J2 = np.vstack([J, _rows(fit, [size["params"]] * n, steps, [d] * n)])
+            w2 = np.concatenate([w, np.ones(n)])
+        after = 2 * 1.96 * target_sd(fit, f, J2, w2, s2)
         gain = max(now - after, 0.0) if np.isfinite(now) else (np.inf if np.isfinite(after) else 0.0)
         rows.append({"kind": cand.kind, "width": cand.width, "note": cand.note, "flops": cand.flops,
                      "interval_now": now, "interval_after": after, "shrinkage": gain,

@@ -157,6 +157,8 @@ def cells(df: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
     out["std"] = best[std_col].astype(float).values if std_col in best else np.nan
     out["floor"] = (best["fid_floor"].astype(float).values
                     if "fid_floor" in best and metric == "fid" else np.nan)
+    if "num_samples" in best:  # the planner weighs a cell by the samples behind it
+        out["num_samples"] = pd.to_numeric(best["num_samples"], errors="coerce").values
     return out.reset_index(drop=True)
 
 
@@ -172,6 +174,8 @@ def curves(cell_df: pd.DataFrame) -> pd.DataFrame:
     # Noise of a mean of independent evaluations: sqrt(sum var) / n.
     var = cell_df.assign(v=cell_df["std"] ** 2).groupby(keys)["v"]
     out["std"] = (np.sqrt(var.sum(min_count=1)) / g.size()).values
+    if "num_samples" in cell_df:
+        out["num_samples"] = g["num_samples"].mean().values
     return out.sort_values(["curve", "width", "train_images", "sampling_cost"]).reset_index(
         drop=True)
 
