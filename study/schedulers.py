@@ -95,6 +95,7 @@ def make_sampler(
         # memory (diffusers drops keys listed in `_use_default_values`), so "default" would depend
         # on where the config came from.
         timestep_spacing = default_timestep_spacing(name)
+    timestep_spacing = str(timestep_spacing)  # a config's Spacing choice: diffusers stores a plain string
     _check_choice("timestep_spacing", timestep_spacing, TIMESTEP_SPACINGS)
     config = getattr(train_config_or_scheduler, "config", train_config_or_scheduler)
     if not isinstance(config, Mapping):

@@ -100,7 +100,10 @@ def test_results_table(smoke_run):
     assert len(pd.read_csv(run_dir / "results.csv")) == len(df)
     # No duplicate rows after the kill and the rerun: one per (cell, Optuna trial).
     assert not df.duplicated(["optuna_study", "optuna_trial"]).any()
-    # Every cell has its trials and exactly one best row, the lowest FID.
+    # Every experiment of the paper ran through the one table.
+    assert set(df["experiment"]) == {"base", "distillation", "superres", "dreambooth"}
+    all_df, df = df, df[df["experiment"] == "base"]
+    # Every base cell has its trials and exactly one best row, the lowest FID.
     cells = df.groupby(CELL)
     assert (cells.size() == cfg.eval.n_trials).all()
     assert (cells["best"].sum() == 1).all()
@@ -115,7 +118,18 @@ def test_results_table(smoke_run):
     assert (df["guidance"].between(cfg.eval.guidance_min, cfg.eval.guidance_max)).all()
     assert df["fid"].gt(0).all() and df["fid_std"].gt(0).all() and df["alignment"].between(0, 1).all()
     assert df["num_samples"].eq(cfg.eval.num_samples).all()
-
+    # A guided step is two UNet calls, an unguided one one.
+    assert (df["unet_calls"] == df["steps"] * (1 + (df["guidance"] > 1))).all()
+    dist = all_df[all_df["experiment"] == "distillation"]
+    assert dist.groupby(CELL).ngroups == len(cfg.model.widths) * len(cfg.distill.steps)
+    assert (dist["sampler"] == "lcm").all() and (dist["unet_calls"] == dist["steps"]).all()
+    assert all((run_dir / "distillation" / f"grid-w{w}-s0.png").is_file() for w in cfg.model.widths)
+    sr = all_df[all_df["experiment"] == "superres"]
+    assert (sr["task"] == "superres4x").all() and (sr["guidance"] == 1.0).all() and sr["fid"].gt(0).all()
+    assert sr.groupby(CELL).ngroups == len(cfg.model.widths) * len(cfg.superres.samplers) * len(cfg.superres.steps)
+    db = all_df[all_df["experiment"] == "dreambooth"]
+    assert (db["task"] == "dreambooth").all() and db["objective"].notna().all()
+    assert (db.groupby(CELL)["best"].sum() == 1).all()
 
 def test_rerun_after_kill_retrains_nothing_finished(smoke_run):
     run_dir, out, done_before, times_before = smoke_run
