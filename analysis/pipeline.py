@@ -12,6 +12,7 @@ from analysis.export import crossover_table, fits_table, write_csv, write_json
 from analysis.findings import frame_of, inference_findings, training_findings
 from analysis.frontier import winner_ranges
 from analysis.inference import FINAL, analyze_metric, optimal_guidance
+from analysis.extras import backtest_section, experiment_sections
 from analysis.page import sections
 from analysis.plot_best import plot_best_size, segment_table
 from analysis.plot_guidance import plot_guidance
@@ -135,7 +136,9 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     method = getattr(fid, "method", None)  # how crossings, ties and intervals were computed
     page = {"title": f"ldm-scaling: {run.name}", "subtitle": _subtitle(base, claims, fid.noisy),
             "claims": claims, "numbers": numbers,
-            "sections": sections(figs, results, found, fits, pts, guidance, bands, experiments, exp_tables, paths),
+            "sections": sections(figs, results, found, fits, pts, guidance, bands, experiments, exp_tables, paths)
+            + experiment_sections(table, out, n_boot, seed)
+            + [s for s in [backtest_section(base, n_boot, seed, out)] if s],
             "about": _about(base, source, ref, fid.noisy, n_boot, method),
             "files": {k: v for k, v in paths.items()}}
     paths["report"] = write_report(out / "report.html", page)
