@@ -33,6 +33,9 @@ class Chain:
     objective: str = "fid"  # the evaluator's key the search minimises
     fixed_guidance: tuple[float, ...] | None = None  # evaluate exactly these, no search (e.g. (1.0,))
 
+    def __post_init__(self):  # a config's Spacing choice travels (and is recorded) as its plain string
+        object.__setattr__(self, "spacing", str(self.spacing))
+
     def cells(self) -> list[Cell]:
         return [Cell(self.width, self.seed, self.train_images, self.sampler, s, self.spacing, self.experiment)
                 for s in self.steps]

@@ -6,6 +6,7 @@ results.parquet is the source of truth; results.csv is a copy written beside it 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from pathlib import Path
 
 import pandas as pd
@@ -73,7 +74,8 @@ DEFAULTS = {"experiment": "base", "task": "text2image"}
 def row_dict(row: ResultRow, metrics: dict | None = None) -> dict:
     """The row as the table stores it: the fields, then the task's own numeric metrics and file paths
     (keys ending in _path, e.g. the image grid a DreamBooth row refers to)."""
-    out = asdict(row)
+    # Config choices (study.config.Choice, a str Enum) are stored as their plain string values.
+    out = {k: v.value if isinstance(v, Enum) else v for k, v in asdict(row).items()}
     for k, v in (metrics or {}).items():
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
         if k not in out and (number or (isinstance(v, str) and k.endswith("_path"))):

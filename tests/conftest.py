@@ -41,3 +41,19 @@ def smoke_prepared(shared_cache):
 
     cfg = load_config("smoke", [f"cache_dir={shared_cache}", *SMOKE_TEST_OVERRIDES])
     return cfg, prepare(cfg, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A fresh local Ray for one test module's training runs (never another Ray found on the machine), with
+    Ray Train polling fast enough for seconds-long runs (these are Ray's own settings, read by its controller)."""
+    import ray
+
+    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

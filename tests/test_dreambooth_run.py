@@ -66,20 +66,6 @@ def test_evaluator_metrics_drift_and_grid(setup):
     assert objective_value(0.5, 0.9, 0.8, 5.0) == pytest.approx(-0.5)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never another session's cluster
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 def _finetune(cfg, prep, base, run_dir, hooks=None, *extra):
     from sweeps.experiments.dreambooth import DreamBoothExperiment
     from trainers import train_size

@@ -26,21 +26,6 @@ MILESTONES = [64, 128, 256]  # 0.25, 0.5, 1.0 of 256 images in batches of 32
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    # Faster polling for seconds-long test runs (these are Ray's own settings, read by its controller).
-    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
-@pytest.fixture(scope="module")
 def prep(tmp_path_factory):
     return fake_prepared(tmp_path_factory.mktemp("prep"))
 

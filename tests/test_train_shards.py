@@ -122,20 +122,6 @@ def test_shard_of_the_wrong_shape_is_named(legacy, tmp_path):
 
 # --- a training run from shards -------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-
-
 def _train(run_dir, prep, hooks=None):
     if hooks:
         os.environ[TEST_HOOKS_ENV] = json.dumps(hooks)
