@@ -1,4 +1,10 @@
-"""Typed study configuration: OmegaConf structured configs, YAML presets, dotlist overrides."""
+"""Typed study configuration: OmegaConf structured configs, YAML presets, dotlist overrides.
+
+The defaults: the paper's study (arXiv 2404.01367) wherever the paper states a value (training lr, the
+guidance grid and range, samplers, step counts, caption dropout, SD1.5's schedule); the data, text encoder
+and latent space default to the embedded digits, the only ones that run offline without local weights.
+A preset in configs/ states what it changes from them (tiny: CPU-sized; paper: SD's VAE, CLIP, web data).
+"""
 
 from __future__ import annotations
 
@@ -97,7 +103,7 @@ class DataConfig:
     # text), as HF imagefolder; "webdataset": tar shards as img2dataset writes them (.jpg + .txt);
     # "parquet": files with an image-bytes and a caption column. root may be a path or s3://bucket/prefix.
     name: str = "digits"
-    root: Optional[str] = None
+    root: Optional[str] = None  # a folder, a shard pattern or s3://bucket/prefix (not used by digits)
     image_column: str = "jpg"  # parquet: the image-bytes column (img2dataset's name)
     caption_column: str = "txt"  # parquet: the caption column (img2dataset's name)
     key_column: str = "key"  # parquet: a unique sample id column; row numbers are used where absent
@@ -112,8 +118,8 @@ class DataConfig:
     eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
     # COCO-2014 caption annotations (captions_val2014.json) for evaluation prompts on real data.
     eval_captions: Optional[str] = None
-    max_eval_prompts: int = 30000
-    split_seed: int = 0
+    max_eval_prompts: int = 30000  # COCO-30k as the paper: prompts drawn for evaluation
+    split_seed: int = 0  # fixes the held-out split and the caption templates
 
 
 @dataclass
@@ -131,12 +137,13 @@ class AutoencoderConfig:
     # "pretrained": the SD VAE (AutoencoderKL) from a local folder.
     kind: AutoencoderKind = AutoencoderKind.identity
     path: Optional[str] = None  # SD-style folder with vae/ or an AutoencoderKL folder
-    latent_channels: int = 4
+    latent_channels: int = 4  # SD's VAE: 4 latent channels
+    # kind=train: two levels = one 2x downsampling
     block_out_channels: List[int] = field(default_factory=lambda: [32, 64])
-    train_steps: int = 1500
-    train_batch_size: int = 64
-    lr: float = 1e-3
-    kl_weight: float = 1e-6
+    train_steps: int = 1500  # kind=train: optimizer steps of the small VAE (a minute on CPU)
+    train_batch_size: int = 64  # kind=train: images per VAE step
+    lr: float = 1e-3  # kind=train: Adam's lr for a from-scratch VAE
+    kl_weight: float = 1e-6  # kind=train: SD's VAE KL weight (1e-6): latents near-deterministic
 
 
 @dataclass
@@ -153,52 +160,54 @@ class TrainConfig:
     # Milestone budgets as fractions of total_images: one run yields every budget of the study.
     milestones: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     batch_size: int = 64  # global batch = micro_batch x grad_accum x workers
-    grad_accum: int = 1
-    lr: float = 1e-4
-    warmup_images: int = 0
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    grad_accum: int = 1  # micro-batches per optimizer step (memory, not maths)
+    lr: float = 1e-4  # the paper's 1e-4 (Sec. 3); tiny overrides it for its 500-step runs
+    warmup_images: int = 0  # linear lr warm-up, counted in images
+    weight_decay: float = 0.01  # AdamW's, as diffusers' text-to-image examples
+    adam_beta1: float = 0.9  # Adam's default
+    adam_beta2: float = 0.999  # Adam's default; tiny uses 0.99 (its largest model spiked with 0.999)
+    grad_clip: float = 1.0  # global gradient-norm clip, as diffusers' training scripts
+    ema_decay: float = 0.999  # EMA of the weights evaluated (eval.checkpoint=ema); ~1000-step horizon
     cond_drop_prob: float = 0.1  # caption dropped for classifier-free guidance (paper: 10 %)
-    zero_stage: int = 0
+    zero_stage: int = 0  # DeepSpeed ZeRO 0, 1 or 2 (3 shards the weights the EMA needs whole)
     precision: Precision = Precision.auto  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every_images: int = 0  # "latest" checkpoint cadence for resuming; 0 = every milestone only
     log_every_images: int = 0  # 0: about 50 log lines per run
     num_workers: int = 1  # data-parallel Ray Train workers per trial
     use_gpu: str = "auto"  # auto | true | false
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs Ray reserves for each Train worker
     torch_threads: int = 0  # 0: cpus_per_worker
     # Samples shuffled together (whole shards): each epoch permutes the shard order, then the samples within
     # windows of this many images; memory is 8 bytes per window image, not per data-set image. A window
     # holding the whole set (the digits) is a full shuffle.
     shuffle_window_images: int = 1048576
-    seed: int = 0
+    seed: int = 0  # kept for the record: each run's seed is its sweep.seeds entry
 
 
 @dataclass
 class EvalConfig:
+    # the paper's three (Sec. 4.3): names from study.schedulers
     samplers: List[str] = field(default_factory=lambda: ["ddim", "ddpm", "dpmsolver++"])
-    steps: List[int] = field(default_factory=lambda: [4, 8, 16, 32])
+    steps: List[int] = field(default_factory=lambda: [4, 8, 16, 32])  # sampling steps evaluated (the paper: 4..50)
     # Per-sampler cap on steps (the paper runs DPM-Solver++ only up to 20 steps).
     max_steps: dict = field(default_factory=lambda: {"dpmsolver++": 20})
     timestep_spacing: Optional[Spacing] = None  # None: each scheduler's diffusers default
-    guidance_min: float = 1.5
-    guidance_max: float = 8.0
+    guidance_min: float = 1.5  # the paper's guidance grid runs 1.5..8
+    guidance_max: float = 8.0  # the paper's guidance grid runs 1.5..8
     search: Search = Search.optuna  # optuna | grid (the paper's fixed grid, for comparison)
+    # the paper's grid (search=grid)
     grid: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
     n_trials: int = 5  # Optuna trials per cell
     optuna_sampler: OptunaSampler = OptunaSampler.gp  # gp (Gaussian process: few evaluations in 1-D) | tpe
     # Where the full (sampler x steps) grid runs: every training budget ("all", as the paper) or the
     # final one only; the other budgets then get the quality-vs-compute cell (curve_sampler, curve_steps).
     grid_budgets: GridBudgets = GridBudgets.all
-    curve_sampler: str = "ddim"
+    curve_sampler: str = "ddim"  # the quality-vs-compute cell's sampler (the paper's default, DDIM)
     curve_steps: int = 0  # 0: the largest of steps
     default_guidance: float = 7.5  # the paper's default, seeded first (clipped to the range)
-    num_samples: int = 500
-    batch_size: int = 250
-    seed: int = 1234
+    num_samples: int = 500  # samples per FID (the paper: 30k; noise shrinks as 1/sqrt(n))
+    batch_size: int = 250  # samples per sampling batch (memory, not maths)
+    seed: int = 1234  # fixes the noise and prompts every cell shares (common random numbers)
     # FID of num_samples split over this many tasks, each generating a slice with its own fixed noise and
     # returning sufficient statistics that merge exactly (study.evaluator.Evaluator.slice_stats); 1: one task,
     # with the noise of eval.seed itself.
@@ -207,15 +216,16 @@ class EvalConfig:
     # "classifier": the domain classifier trained by `study prepare` (digits);
     # "inception": clean-fid's Inception loaded from inception_path (real data).
     feature_extractor: FeatureExtractor = FeatureExtractor.classifier
-    inception_path: Optional[str] = None
+    inception_path: Optional[str] = None  # clean-fid's inception-2015-12-05.pt, local (never downloaded)
     clip_path: Optional[str] = None  # local CLIP folder for the CLIP score (real data)
-    cpus_per_eval: float = 1.0
-    gpus_per_eval: float = 0.0
-    max_retries: int = 2
+    cpus_per_eval: float = 1.0  # CPUs each evaluation task reserves (and torch threads it uses)
+    gpus_per_eval: float = 0.0  # GPUs each evaluation task reserves (1 on a GPU cluster)
+    max_retries: int = 2  # Ray retries of an evaluation task that crashed
 
 
 @dataclass
 class SweepConfig:
+    # training seeds per size; >= 2 puts seed variance in the intervals
     seeds: List[int] = field(default_factory=lambda: [0])
     max_failures: int = 2  # Ray Train worker restarts from the latest checkpoint
     trial_retries: int = 1  # Tune retries of an errored trial on rerun
@@ -227,8 +237,8 @@ class SweepConfig:
 @dataclass
 class TrackingConfig:
     wandb_mode: WandbMode = WandbMode.offline  # offline | online | disabled; online needs WANDB_API_KEY in the env
-    project: str = "ldm-scaling"
-    entity: Optional[str] = None
+    project: str = "ldm-scaling"  # W&B project
+    entity: Optional[str] = None  # W&B entity (team); None: the key's default
 
 
 @dataclass
@@ -242,14 +252,14 @@ class ResourcesConfig:
 class DreamBoothConfig:
     """The DreamBooth experiment (Ruiz et al. 2023; diffusers' examples/dreambooth/train_dreambooth.py)."""
 
-    enabled: bool = False
+    enabled: bool = False  # off by default: a downstream experiment on top of the base ladder
     # The subject: "digits" (embedded: mirror-written digits, see the README's DreamBooth section),
     # "google" (Google's DreamBooth data set: root = its dataset/ folder, subject = a folder in it), or
     # "folder" (root = a folder of 3-6 instance images, class_noun = their class).
     data: str = "digits"
-    root: Optional[str] = None
-    subject: str = "dog"
-    class_noun: str = ""
+    root: Optional[str] = None  # data=google or folder: where the subject's images are
+    subject: str = "dog"  # data=google: a folder of Google's data set
+    class_noun: str = ""  # data=folder: the subject's class ("dog")
     identifier: str = "sks"  # the rare token of the paper and the script's "a photo of sks dog"
     digit: int = 3  # digits: the instances are mirrored training digits of this class (an asymmetric one)
     num_instances: int = 4  # digits: the paper uses 3-5 images of a subject
@@ -259,22 +269,22 @@ class DreamBoothConfig:
     # Prior preservation: class images sampled from each base checkpoint with the class prompt, cached per
     # base. 200 as the paper's ~200 (the script's default is 100); weight 1 as the script's example.
     prior_preservation: bool = True
-    num_class_images: int = 200
-    prior_loss_weight: float = 1.0
+    num_class_images: int = 200  # prior preservation images per base model (the script's default)
+    prior_loss_weight: float = 1.0  # the script's default
     class_sampler: str = "ddim"  # the script samples with the pipeline's defaults: 50 steps, guidance 7.5
-    class_steps: int = 50
-    class_guidance: float = 7.5
+    class_steps: int = 50  # class images: the pipeline's default steps
+    class_guidance: float = 7.5  # class images: the pipeline's default guidance
     base_weights: str = "ema"  # the base milestone's weights the fine-tune (and its class images) start from
     # Fine-tuning (UNet only, text encoder frozen), budgets in instance images seen (each step also sees as
     # many class images). The script's SD example: 400-800 steps of batch 1 at lr 5e-6, no EMA.
     train_images: int = 800
-    batch_size: int = 1
-    lr: float = 5.0e-6
+    batch_size: int = 1  # the script's default
+    lr: float = 5.0e-6  # the script's default for SD's UNet
     ema_decay: float = 0.0  # 0: no averaging (the script keeps no EMA), so the milestone's ema = raw weights
     # Evaluation cells (sampler, steps), the guidance searched per cell as the base's (eval.guidance_min/max,
     # eval.n_trials).
     samplers: List[str] = field(default_factory=lambda: ["ddim", "dpmsolver++"])
-    steps: List[int] = field(default_factory=lambda: [10, 20, 50])
+    steps: List[int] = field(default_factory=lambda: [10, 20, 50])  # sampling steps evaluated
     samples_per_prompt: int = 4  # the paper: 4 images per prompt
     class_eval_samples: int = 100  # class-prompt samples per model for language drift (before and after)
     grid_per_prompt: int = 4  # columns of the per-size image grid
@@ -283,7 +293,7 @@ class DreamBoothConfig:
     # of subject fidelity). Digits: prompt fidelity is an accuracy, 0.8 keeps 4 in 5 samples the prompted
     # digit; real data (CLIP-T, about 0.3 for SD) needs a target on that scale, e.g. 0.28.
     prompt_fidelity_target: float = 0.8
-    prompt_penalty: float = 5.0
+    prompt_penalty: float = 5.0  # objective weight of missing the prompt-fidelity target
     dino_path: Optional[str] = None  # local DINO ViT-S/16 folder (transformers ViTModel) for the DINO metric
 
 
@@ -291,12 +301,12 @@ class DreamBoothConfig:
 class SuperResConfig:
     """4x super-resolution fine-tuned from every base (size, seed): the SD x4 upscaler's conditioning (issue 12)."""
 
-    enabled: bool = False
+    enabled: bool = False  # off by default: a downstream experiment on top of the base ladder
     # "embedded": the photographs inside scikit-image's wheel, held out by photograph (grey for a grey base);
     # "div2k": root holds DIV2K_train_HR/, DIV2K_valid_HR/ (and ..._LR_bicubic/X4/ where present);
     # "imagefolder": root is any folder of images, held out by file.
     data: str = "embedded"
-    root: Optional[str] = None
+    root: Optional[str] = None  # data=div2k or imagefolder: where the images are
     hr_size: int = 16  # HR patch side (pixels); LR = hr_size / 4. 16 from 4x4: see the README's Super-resolution
     photo_shrink: int = 2  # embedded: photographs halved first, so a 16x16 patch holds edges, not flat 1/32 of a face
     num_eval: int = 256  # held-out patches scored per cell, the same ones for every model (common random numbers)
@@ -305,7 +315,7 @@ class SuperResConfig:
     base_weights: str = "ema"  # the base milestone's weights the fine-tune starts from
     # Fine-tuning budget in HR images seen, from each base's final milestone.
     train_images: int = 4096
-    batch_size: int = 64
+    batch_size: int = 64  # HR patches per optimizer step
     lr: float = 1.0e-3  # the base's 2e-3 halved: the pretrained weights are a starting point worth keeping
     warmup_images: int = 512  # the zero-initialised LR weights grow before the full step size hits the rest
     ema_decay: float = 0.99  # ~100-step EMA horizon for a 64-step fine-tune
@@ -313,7 +323,7 @@ class SuperResConfig:
     eval_noise_level: int = 20  # LR noise level at inference (StableDiffusionUpscalePipeline's default)
     # Evaluation cells (sampler, steps), guidance 1 (the paper uses none in super-resolution).
     samplers: List[str] = field(default_factory=lambda: ["ddim", "ddpm", "dpmsolver++"])
-    steps: List[int] = field(default_factory=lambda: [2, 4, 8, 16])
+    steps: List[int] = field(default_factory=lambda: [2, 4, 8, 16])  # sampling steps evaluated
     max_steps: dict = field(default_factory=lambda: {"dpmsolver++": 8})  # converged by 8 steps at this scale
 
 
@@ -323,18 +333,18 @@ class DistillConfig:
 
     LCD (Luo et al. 2023), not the paper's CoDi: see the README's "Distillation" for how they differ."""
 
-    enabled: bool = False
+    enabled: bool = False  # off by default: a derived experiment on top of the base ladder
     method: str = "lcd"  # the only method built; named so a run says honestly what it distilled with
     # Training budget in images seen, from each base's final milestone (EMA weights = the teacher).
     total_images: int = 4096
     milestones: List[float] = field(default_factory=lambda: [1.0])  # fractions of total_images
-    batch_size: int = 64
+    batch_size: int = 64  # images per LCD step
     lr: float = 1.0e-4  # LCD moves a trained model, not a fresh one: lower than base training
     # The guidance scale w of the teacher's step, drawn per sample from U[w_min, w_max] in the LCM paper's form
     # (eps_c + w (eps_c - eps_u), i.e. guidance scale w + 1). None: eval.guidance_min - 1 .. eval.guidance_max - 1,
     # so the guidance the evaluation searches is the range the student learned.
     w_min: Optional[float] = None
-    w_max: Optional[float] = None
+    w_max: Optional[float] = None  # None: the evaluation's guidance range minus one
     loss: str = "huber"  # "l2" | "huber" (pseudo-Huber, the diffusers example's default)
     huber_c: float = 0.001  # pseudo-Huber's c (the diffusers example's default)
     # Target network: EMAModel of the student with this constant decay (the example's 0.95). The trainer's own
@@ -350,8 +360,8 @@ class DistillConfig:
 
 @dataclass
 class StudyConfig:
-    name: str = "study"
-    runs_dir: str = "runs"
+    name: str = "study"  # the run folder's name under runs_dir (letters, digits, -_.)
+    runs_dir: str = "runs"  # where run folders live
     cache_dir: str = ".cache/ldm-scaling"  # shared encoders, latents, reference statistics
     data: DataConfig = field(default_factory=DataConfig)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
