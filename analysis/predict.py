@@ -133,9 +133,10 @@ def fit_joint(table: pd.DataFrame, curve: str, n_boot: int = 200, seed: int = 0,
              "D0": float(pts["train_images"].max())}
     fit = JointFit(curve, ("E", "A", "alpha", "B", "beta") + (("C", "delta") if has_budget else ()),
                    np.zeros(n_par), np.empty((0, n_par)), scale,
-                   # n_seeds and num_samples ride along: the planner weighs a point by the evaluations behind it.
+                   # n_seeds, num_samples, std ride along: the planner weighs a point by the evaluations behind it.
                    pts.reindex(columns=["width", "params", "normalized_cost", "steps", "train_images", "value",
-                                        "n_seeds", "num_samples"]).reset_index(drop=True), np.nan, has_budget)
+                                        "n_seeds", "num_samples", "std"]).reset_index(drop=True), np.nan,
+                   has_budget)
     u = fit._u(pts["params"].to_numpy(), pts["steps"].to_numpy(), pts["train_images"].to_numpy())
     logy = np.log(pts["value"].to_numpy(float))
     fit.theta = _fit(u, logy, has_budget, _inits(logy, has_budget))
