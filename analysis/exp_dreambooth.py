@@ -35,7 +35,10 @@ def best_cells(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[table["experiment"] == EXPERIMENT].copy()
     if rows.empty:
         return rows
-    score = pd.to_numeric(rows["objective"], errors="coerce")
+    # The searched objective where the table records it; a table without it (written by other tools) falls back
+    # to the subject fidelity, the objective's main term.
+    score = (pd.to_numeric(rows["objective"], errors="coerce") if "objective" in rows
+             else -pd.to_numeric(rows.get("subject_fidelity", rows["fid"] * -1), errors="coerce"))
     rows = rows.assign(_score=score.fillna(np.inf))
     idx = rows.groupby(["width", "seed", "sampler", "steps"])["_score"].idxmin()
     return rows.loc[idx.values].drop(columns="_score").assign(curve=lambda d: d["sampler"]).reset_index(drop=True)
