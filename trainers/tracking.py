@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -23,6 +24,12 @@ class Tracker:
         mode = wandb_mode(cfg.tracking.wandb_mode)
         if mode is not None:
             import wandb
+
+            # wandb exports its service's address (WANDB_SERVICE) to the environment of the process that first
+            # used it, and Ray workers inherit their driver's environment. A run must live in its own worker's
+            # service: in a shared one, a killed worker's run stays registered and its resume is refused
+            # ("run ID ... is in use").
+            os.environ.pop("WANDB_SERVICE", None)
 
             job = f"{cfg_dict['recipe']['name']}-" if cfg_dict.get("recipe") else ""
 
