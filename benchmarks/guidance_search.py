@@ -36,7 +36,8 @@ def main(argv=None) -> int:
     from study.config import from_dict
     from study.evaluator import load_evaluator
     from study.prepare import prepared_paths
-    from sweeps.eval_grid import plan_chains
+    from sweeps.experiments import StageContext
+    from sweeps.experiments.base import BaseExperiment
     from sweeps.guidance import search_cell
     from sweeps.sweep import trained_sizes
     from study.weights import load_unet
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
         print(f"{args.run_dir}: no trained sizes; run `study run` (or `study sweep`) first", file=sys.stderr)
         return 2
     finals = {k: [v[-1]] for k, v in sizes.items()}
-    chains = plan_chains(cfg, finals)
+    chains = BaseExperiment().chains(StageContext(cfg, args.run_dir, prepared_paths(cfg).dir, {}, ""), finals)
     evaluator = load_evaluator(cfg, prepared_paths(cfg).dir)
     lo, hi = cfg.eval.guidance_min, cfg.eval.guidance_max
     grid = sorted({min(max(g, lo), hi) for g in (1.5, 2, 3, 4, 5, 6, 7, 8)})

@@ -27,7 +27,9 @@ def test_train_and_eval_grid_spread_over_nodes(cluster, smoke_prepared, smoke_ov
     import ray
 
     from study.config import load_config
-    from sweeps.eval_grid import plan_chains, run_eval_grid
+    from sweeps.eval_grid import run_eval_grid
+    from sweeps.experiments import StageContext
+    from sweeps.experiments.base import BaseExperiment
     from sweeps.guidance import default_storage
     from sweeps.sweep import trained_sizes
     from sweeps.train_grid import run_train_grid
@@ -53,7 +55,8 @@ def test_train_and_eval_grid_spread_over_nodes(cluster, smoke_prepared, smoke_ov
 
     sizes = trained_sizes(cfg, run_dir)
     rungs = {w: {"params": 1, "gflops": 1.0, "normalized_cost": 1.0} for w in cfg.model.widths}
-    res = run_eval_grid(cfg, run_dir, prep.dir, plan_chains(cfg, sizes), rungs, default_storage(run_dir),
+    chains = BaseExperiment().chains(StageContext(cfg, run_dir, prep.dir, rungs, default_storage(run_dir)), sizes)
+    res = run_eval_grid(cfg, run_dir, prep.dir, chains, rungs, default_storage(run_dir),
                         progress=False)
     assert res["failed"] == []
     import pandas as pd
