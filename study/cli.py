@@ -307,8 +307,9 @@ def main() -> None:
     """Entry point: a failure the user can fix (bad file or value, missing or corrupt artefact, full disk,
     missing storage) is one line and exit code 2, its traceback kept in a log file; a bug keeps its
     traceback. LDM_SCALING_DEBUG=1 shows every traceback."""
-    from study.errors import report_user_error
+    from study.errors import note_run_dir, report_user_error
 
+    note_run_dir(None)  # each command learns its own run folder (tests call main() many times in one process)
     try:
         app()
     except KeyboardInterrupt:

@@ -116,6 +116,7 @@ def test_the_experiment_evaluates_its_cells_into_superres_rows(clean, prep, tmp_
     for r in rows:
         assert r["experiment"] == "superres" and r["task"] == "superres4x" and r["guidance"] == 1.0
         assert r["num_samples"] == 16 and r["unet_calls"] == 2 and r["search"] == "none"
-        assert 0 <= r["ssim"] <= 1 and r["lpips"] > 0 and r["bicubic_psnr"] > r["psnr"] - 100
+        # SSIM ranges over [-1, 1]: a barely trained model's output may correlate negatively with the HR image.
+        assert -1 <= r["ssim"] <= 1 and r["lpips"] > 0 and r["bicubic_psnr"] > r["psnr"] - 100
         assert {"bicubic_fid", "bicubic_lpips", "bicubic_ssim", "fid_std", "lpips_std"} <= set(r)
         assert os.path.exists(r["strip_path"]) and os.path.exists(r["hr_strip_path"])
