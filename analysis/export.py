@@ -66,7 +66,8 @@ def fits_table(fits: dict) -> pd.DataFrame:
 
 def crossover_table(pairs: pd.DataFrame) -> pd.DataFrame:
     """The headline crossovers: pairs whose curves cross, CROSSOVER_COLUMNS (+ verdict, method)."""
-    cols = CROSSOVER_COLUMNS + [c for c in OPTIONAL_CROSSOVER_COLUMNS if c in pairs]
+    # Always the same columns (empty ones where the analysis gave none), so readers can rely on them.
+    cols = CROSSOVER_COLUMNS + OPTIONAL_CROSSOVER_COLUMNS
     if pairs.empty:
         return pd.DataFrame(columns=cols)
-    return pairs[pairs["crossover_cost"].notna()][cols].reset_index(drop=True)
+    return pairs[pairs["crossover_cost"].notna()].reindex(columns=cols).reset_index(drop=True)
