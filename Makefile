@@ -14,8 +14,10 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed  ## the whole embedded study on this machine (CPU is enough)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(BIN)/study run configs/tiny.yaml
 
+# Two test processes (pytest-xdist), each test file in one of them: most of the suite waits on Ray and on
+# subprocesses rather than computing, so two overlap well on 2 cores. `pytest tests/x.py` runs in one process.
 test: $(BIN)/.installed  ## the test suite (CPU), including the smoke study end to end
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 test-gpu: $(BIN)/.installed  ## the GPU tests (needs CUDA)
 	$(BIN)/python -m pytest -q -m gpu

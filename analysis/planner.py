@@ -213,6 +213,10 @@ def plan(fit: JointFit, target: str, sizes: pd.DataFrame, num_samples: int, seed
     """Candidates ranked by the expected shrinkage of the target's 95 % interval per FLOP (Fisher information
     of the joint law at its estimate; the interval is 2 x 1.96 standard deviations)."""
     f = _target_fn(fit, target, sizes)
+    if not np.isfinite(f(fit.theta)):  # no interval to shrink: every candidate would rank as nothing gained
+        raise ValueError(f"target {target}: the fitted law has no crossing of these two widths within the evaluated "
+                         f"steps (1..{int(fit.points['steps'].max())}), so it has no interval to shrink; plan for a "
+                         f"crossover the law predicts (`study predict` lists them) or for fid:WIDTH@STEPS")
     pts = fit.points
     J = _rows(fit, pts["params"], pts["steps"], pts["train_images"])
     w = cell_weights(pts, num_samples)

@@ -81,7 +81,7 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
         overrides += ["autoencoder.kind=train"]
         ae_dir = _small_vae_dir(Path(out_dir).parent, px)
     cfg = load_config("tiny", overrides)
-    ray.init(num_cpus=workers + 1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     peaks: dict[int, tuple[str, int]] = {}
     stop = threading.Event()
 

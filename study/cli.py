@@ -60,14 +60,16 @@ def ladder(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
 
 
 @app.command()
-def prepare(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES) -> None:
+def prepare(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
+            evaluator: bool = typer.Option(True, "--evaluator/--no-evaluator",
+                                           help="Also build the evaluation features and FID reference.")) -> None:
     """Encode the data and build the evaluator and reference statistics (cached, resumable)."""
     from study.prepare import prepare as run_prepare
     from study.paths import require_paths
 
     cfg = _load(config, overrides)
-    require_paths(cfg)
-    prep = run_prepare(cfg)
+    require_paths(cfg, evaluation=evaluator)
+    prep = run_prepare(cfg, evaluator=evaluator)
     _echo_json({"prepared": str(prep.dir), "evaluator": str(prep.data_dir), **prep.meta})
 
 
@@ -104,9 +106,9 @@ def train(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
 
     from study.lock import folder_lock
 
-    require_paths(cfg)
+    require_paths(cfg, evaluation=False)  # training needs no evaluator (no Inception file)
     with folder_lock(run_dir(cfg)):  # not beside a `study run` of the same folder
-        prep = run_prepare(cfg)
+        prep = run_prepare(cfg, evaluator=False)
         summary = train_size(cfg, special["width"], special.get("seed", cfg.sweep.seeds[0]), run_dir(cfg), prep.dir)
     _echo_json(summary)
 

@@ -23,6 +23,16 @@ class UserError(ValueError):
     """A failure the user can fix: printed as one line naming the file or key and the fix, no traceback."""
 
 
+class ConfigError(UserError):
+    """A user error in the configuration: one line naming the key and what is expected."""
+
+
+def check(cond: bool, key: str, expected: str, value) -> None:
+    """A config value check: ConfigError naming the key, its value and what is expected."""
+    if not cond:
+        raise ConfigError(f"config key {key!r} = {value!r}: expected {expected}")
+
+
 @contextlib.contextmanager
 def reading(path, what: str, fix: str):
     """Within the block, any failure to read a user's file (other than a full disk) becomes one UserError

@@ -30,6 +30,11 @@ class Evaluator:
         self.labels = (torch.from_numpy(np.array(prep.array("eval_labels"))) if meta["has_labels"] else None)
         self.prompts = json.loads((prep.dir / "eval_prompts.json").read_text())
         self.space = load_latent_space(cfg.autoencoder, prep.autoencoder_dir).to(self.device)
+        if not prep.reference_path().exists():  # prepared for training only (`study train`, --no-evaluator)
+            from study.errors import UserError
+
+            raise UserError(f"no FID reference in {prep.data_dir}: run `study prepare` with this config (it builds "
+                            f"the evaluation features and reference, and needs eval.inception_path for real data)")
         ref_meta = json.loads(prep.reference_path().read_text())
         self.reference = load_reference(ref_meta["stats"])
         self.floor_fid = ref_meta.get("floor_fid")
@@ -125,7 +130,16 @@ class Evaluator:
         from study.metrics.fid import fid_from_sums, merge_sums
 
         sums = merge_sums(s["sums"] for s in slices)
-        res = {"fid": fid_from_sums(sums, self.reference.mu, self.reference.sigma), "kid": None, "fid_std": None,
+        mu, sigma = self.reference.mu, self.reference.sigma
+        fid_std = None
+        if len(slices) >= 3:
+            # The evaluation noise by the delete-one-slice jackknife (the slices are independent groups of
+            # samples); with 2 slices it would rest on one degree of freedom, so none is stated.
+            k = len(slices)
+            loo = np.array([fid_from_sums(merge_sums(s["sums"] for j, s in enumerate(slices) if j != i), mu, sigma)
+                            for i in range(k)])
+            fid_std = float(np.sqrt((k - 1) / k * np.sum((loo - loo.mean()) ** 2)))
+        res = {"fid": fid_from_sums(sums, mu, sigma), "kid": None, "fid_std": fid_std,
                "kid_std": None, "num_samples": sums.count, "fid_floor": self.floor_fid,
                "floor_n": self.reference.floor_n, "fid_slices": len(slices),
                "reference": self.reference.key, "extractor": self.extractor.name,

@@ -12,14 +12,31 @@ def run_dir(cfg: StudyConfig) -> Path:
     return Path(cfg.runs_dir).expanduser() / cfg.name
 
 
-def require_paths(cfg: StudyConfig) -> None:
-    """Fail at once, naming the key, if a configured local path does not exist."""
+def require_paths(cfg: StudyConfig, evaluation: bool = True) -> None:
+    """Fail at once, naming the key, if a configured local path does not exist.
+
+    evaluation=False (training, sampling) leaves out the evaluation models, which those stages never load.
+    """
     d, e = cfg.data, cfg.eval
-    for key, p in (("data.root", d.root), ("data.eval_captions", d.eval_captions),
-                   ("text_encoder.path", cfg.text_encoder.path), ("autoencoder.path", cfg.autoencoder.path),
-                   ("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)):
+    paths = [("data.root", d.root), ("data.eval_captions", d.eval_captions),
+             ("text_encoder.path", cfg.text_encoder.path), ("autoencoder.path", cfg.autoencoder.path)]
+    if evaluation:
+        require_evaluator(cfg)
+        paths += [("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)]
+    for key, p in paths:
         if p is not None and "://" in str(p):
             continue  # a URL (s3://...): study.shards.readers.check_exists checks it before prepare reads
         if p is not None and not Path(p).expanduser().exists():
             raise ConfigError(f"config key {key!r} = {p!r}: the path does not exist; point it at the local "
                               f"copy (nothing is downloaded) or override it on the command line ({key}=...)")
+
+
+def require_evaluator(cfg: StudyConfig) -> None:
+    """Fail in one line, before any work, if the evaluation features cannot be loaded."""
+    e = cfg.eval
+    if e.feature_extractor == "inception" and not e.inception_path:
+        from study.metrics.extractors import inception_url
+
+        raise ConfigError(f"eval.feature_extractor=inception needs clean-fid's Inception file to evaluate: fetch "
+                          f"inception-2015-12-05.pt once on a machine with network ({inception_url}) and set "
+                          f"eval.inception_path to its local path (training and sampling do not need it)")

@@ -5,9 +5,11 @@ sets stream through the Ray Data pipeline of study/shards/pipeline.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -263,23 +265,59 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prepare(cfg: StudyConfig, progress: bool = True) -> Prepared:
-    """Build (or reuse) every cached artefact a study needs; safe to rerun after an interruption."""
+def prepare(cfg: StudyConfig, progress: bool = True, evaluator: bool = True) -> Prepared:
+    """Build (or reuse) every cached artefact a study needs; safe to rerun after an interruption.
+
+    With evaluator=False the evaluation features and the FID reference are left out (training and sampling
+    need neither): the evaluation stage builds them later by calling this again with evaluator=True.
+    """
+    prep = prepared_paths(cfg)
+    if _cached(prep, evaluator):
+        _say(f"cached: {prep.dir}", progress)
+        return prep
+    if evaluator:
+        from study.paths import require_evaluator
+
+        require_evaluator(cfg)  # before the data is read
+    # Studies of the same data share the cache: one writes it while the others wait, then reuse it.
+    with _cache_lock(prep.dir, progress), _cache_lock(prep.data_dir, progress):
+        if _cached(prep, evaluator):
+            return prep
+        return _prepare(cfg, prep, progress, evaluator)
+
+
+def _cached(prep: Prepared, evaluator: bool) -> bool:
+    return (prep.dir / "meta.json").exists() and (not evaluator or prep.reference_path().exists())
+
+
+@contextlib.contextmanager
+def _cache_lock(folder: Path, progress: bool):
+    from study.lock import FolderLockedError, folder_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(folder, "prepare cache"))
+        except FolderLockedError as busy:
+            print(f"note: {busy}: waiting for it", file=sys.stderr, flush=True)
+            stack.enter_context(folder_lock(folder, "prepare cache", wait_s=float("inf")))
+        yield
+
+
+def _prepare(cfg: StudyConfig, prep: Prepared, progress: bool, evaluator: bool) -> Prepared:
     from study.ladder import geometry
     from study.shards.format import ShardIndex
 
-    prep = prepared_paths(cfg)
-    if (prep.dir / "meta.json").exists() and prep.reference_path().exists():
-        _say(f"cached: {prep.dir}", progress)
-        return prep
     t0 = time.time()
     prep.dir.mkdir(parents=True, exist_ok=True)
     prep.data_dir.mkdir(parents=True, exist_ok=True)
     _say(f"loading data ({cfg.data.name})", progress)
     write = _write_embedded if dataset(cfg.data.name).layout is None else _write_streamed
-    sets = write(cfg, prep, progress)
+    sets = write(cfg, prep, progress)  # cached shards: reads back only the held-out set
     _prepare_text(cfg, prep, sets, progress)
-    _prepare_evaluator(cfg, prep, sets, progress)
+    if evaluator:
+        _prepare_evaluator(cfg, prep, sets, progress)
+    if (prep.dir / "meta.json").exists():
+        return prep
     index = ShardIndex.load(prep.shards_dir)
     geom = geometry(cfg)
     if index.latent_shape != (geom.in_channels, geom.sample_size, geom.sample_size):

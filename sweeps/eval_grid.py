@@ -66,35 +66,102 @@ def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage) -> list[dict
             for n, g, res in completed_results(cell, storage)]
 
 
-def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, storage_url: str) -> list[dict]:
-    """Search every cell of a chain (one process, one loaded model) and return its rows."""
-    import torch
+def fid_slices(cfg: StudyConfig, chain: Chain) -> int:
+    """Tasks one evaluation of the chain is split over: eval.fid_slices for text-to-image FID, else 1."""
+    return cfg.eval.fid_slices if chain.task == "text2image" else 1
 
-    from study.sampling import unet_calls
+
+class _Loaded:
+    """A chain's evaluator and model in one process: evaluate(sampler, steps, g) -> result dict."""
+
+    def __init__(self, cfg_dict: dict, prepared_dir: str, task: str, checkpoint: str):
+        import torch
+
+        from study.tasks import make_evaluator
+        from study.weights import load_unet
+
+        cfg = from_dict(cfg_dict)
+        torch.set_num_threads(max(1, int(cfg.eval.cpus_per_eval)))
+        self.evaluator = make_evaluator(task, cfg, prepared_dir)
+        self.unet = load_unet(checkpoint, weights=cfg.eval.checkpoint)
+
+    def _calls(self, res: dict, steps: int, g: float) -> dict:
+        from study.sampling import unet_calls
+
+        res.setdefault("unet_calls", unet_calls(self.unet, steps, g))
+        return res
+
+    def evaluate(self, sampler: str, steps: int, g: float) -> dict:
+        return self._calls(self.evaluator.evaluate(self.unet, sampler, steps, g), steps, g)
+
+    def slice_stats(self, sampler: str, steps: int, g: float, index: int, parts: int) -> dict:
+        return self.evaluator.slice_stats(self.unet, sampler, steps, g, index, parts)
+
+    def merge(self, slices: list[dict], steps: int, g: float) -> dict:
+        return self._calls(self.evaluator.merge_slices(slices), steps, g)
+
+
+class _Sliced:
+    """One evaluation split over `parts` Ray actors (each its slice of the samples, its own fixed noise), merged
+    exactly from their feature sums. The actors are reserved together in a placement group: chains that each
+    held some of their slices' resources and waited for the rest would deadlock the cluster."""
+
+    def __init__(self, cfg: StudyConfig, cfg_dict: dict, prepared_dir: str, chain: Chain, parts: int):
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        bundle = {"CPU": cfg.eval.cpus_per_eval, **({"GPU": cfg.eval.gpus_per_eval} if cfg.eval.gpus_per_eval else {})}
+        self.pg = placement_group([bundle] * parts, strategy="SPREAD")
+        ray.get(self.pg.ready())
+        actor = ray.remote(_Loaded)
+        self.parts = parts
+        self.actors = [actor.options(num_cpus=cfg.eval.cpus_per_eval, num_gpus=cfg.eval.gpus_per_eval,
+                                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+                       .remote(cfg_dict, prepared_dir, chain.task, chain.checkpoint) for i in range(parts)]
+
+    def evaluate(self, sampler: str, steps: int, g: float) -> dict:
+        import ray
+
+        slices = ray.get([a.slice_stats.remote(sampler, steps, g, i, self.parts) for i, a in enumerate(self.actors)])
+        return ray.get(self.actors[0].merge.remote(slices, steps, g))
+
+    def close(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for a in self.actors:
+            ray.kill(a)
+        remove_placement_group(self.pg)
+
+
+def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, storage_url: str) -> list[dict]:
+    """Search every cell of a chain (one loaded model; or its eval.fid_slices actors) and return its rows."""
     from study.schedulers import make_sampler, sampler_settings, training_scheduler
-    from study.tasks import make_evaluator
-    from study.weights import load_unet
 
     cfg = from_dict(cfg_dict)
-    torch.set_num_threads(max(1, int(cfg.eval.cpus_per_eval)))
-    evaluator = make_evaluator(chain.task, cfg, prepared_dir)
-    unet = load_unet(chain.checkpoint, weights=cfg.eval.checkpoint)
+    parts = fid_slices(cfg, chain)
+    model = (_Sliced(cfg, cfg_dict, prepared_dir, chain, parts) if parts > 1
+             else _Loaded(cfg_dict, prepared_dir, chain.task, chain.checkpoint))
     storage = open_storage(storage_url)
     settings = sampler_settings(make_sampler(chain.sampler, training_scheduler(cfg.model.prediction_type),
                                              cfg.eval.timestep_spacing))
     lo, hi = cfg.eval.guidance_min, cfg.eval.guidance_max
     prev = None
-    for cell in chain.cells():
-        def evaluate(g, steps=cell.steps):
-            res = evaluator.evaluate(unet, chain.sampler, steps, g)
-            res.setdefault("unet_calls", unet_calls(unet, steps, g))
-            res["sampler_settings"] = str(settings)
-            return res
+    try:
+        for cell in chain.cells():
+            def evaluate(g, steps=cell.steps):
+                res = model.evaluate(chain.sampler, steps, g)
+                res["sampler_settings"] = str(settings)
+                return res
 
-        seeds = [min(max(cfg.eval.default_guidance, lo), hi)] + ([prev] if prev is not None else [])
-        search_cell(cell, evaluate, storage, cfg.eval, seeds, objective=chain.objective,
-                    fixed=list(chain.fixed_guidance) if chain.fixed_guidance is not None else None)
-        prev = best_guidance(cell, storage, chain.objective)
+            seeds = [min(max(cfg.eval.default_guidance, lo), hi)] + ([prev] if prev is not None else [])
+            search_cell(cell, evaluate, storage, cfg.eval, seeds, objective=chain.objective,
+                        fixed=list(chain.fixed_guidance) if chain.fixed_guidance is not None else None)
+            prev = best_guidance(cell, storage, chain.objective)
+    finally:
+        if parts > 1:
+            model.close()
     return chain_rows(cfg, chain, rung, storage)
 
 
@@ -117,13 +184,32 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
 
     storage = open_storage(storage_url)
     todo = [ch for ch in chains if not chain_done(cfg, ch, storage)]
-    remote = ray.remote(run_chain).options(
-        num_cpus=cfg.eval.cpus_per_eval, num_gpus=cfg.eval.gpus_per_eval,
-        max_retries=cfg.eval.max_retries, retry_exceptions=True)
+    remote = ray.remote(run_chain)
     cfg_dict = to_dict(cfg)
     # Biggest models first: the longest chains start early and the tail of the grid is short.
     todo.sort(key=lambda c: (-rungs[c.width]["normalized_cost"] * sum(c.steps), c.sampler))
-    pending = {remote.remote(cfg_dict, str(prepared_dir), ch, rungs[ch.width], storage_url): ch for ch in todo}
+    # A chain split over FID slices is a coordinator (no resources; its slice actors hold them): at most as many
+    # in flight as the cluster has room for their slices, so idle coordinators do not pile up.
+    room = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cfg.eval.cpus_per_eval, 1e-9)))
+
+    def submit(ch: Chain):
+        parts = fid_slices(cfg, ch)
+        res = ({"num_cpus": 0, "num_gpus": 0} if parts > 1
+               else {"num_cpus": cfg.eval.cpus_per_eval, "num_gpus": cfg.eval.gpus_per_eval})
+        return remote.options(max_retries=cfg.eval.max_retries, retry_exceptions=True, **res).remote(
+            cfg_dict, str(prepared_dir), ch, rungs[ch.width], storage_url)
+
+    queue = list(todo)
+    pending: dict = {}
+
+    def fill():
+        while queue and (fid_slices(cfg, queue[0]) == 1
+                         or sum(fid_slices(cfg, c) for c in pending.values()) + fid_slices(cfg, queue[0]) <= room
+                         or not pending):
+            ch = queue.pop(0)
+            pending[submit(ch)] = ch
+
+    fill()
     failed = []
 
     written = [-1]  # rows in the table after the last write
@@ -151,6 +237,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
                 failed.append(f"{ch.experiment} evaluation of w{ch.width} at {ch.train_images} images, {ch.sampler}: "
                               f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
             bar.set_postfix_str(f"w{ch.width} {ch.sampler} done")
+        fill()
         bar.update(min(total, sync()) - bar.n)
     bar.close()
     return {"chains": len(chains), "evaluated": len(todo), "failed": failed}

@@ -52,8 +52,16 @@ def ray_local():
     env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    if ray.is_initialized():  # a Ray an earlier test's code started in this process
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
     for k, v in saved.items():
         os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The smoke study first: it is the longest file, and under `make test`'s two processes (pytest-xdist,
+    one file per process) starting it last would leave one process idle while it runs alone."""
+    items.sort(key=lambda item: 0 if item.fspath.basename == "test_smoke_study.py" else 1)

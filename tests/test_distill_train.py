@@ -114,3 +114,12 @@ def test_a_distilled_run_needs_its_teacher(ray_local, prep, tmp_path):
     with pytest.raises(Exception, match="teacher"):
         trainers.train_size(cfg, 8, 0, tmp_path, prep, progress=False, recipe="distill", init_from=None,
                             train={"total_images": 64, "batch_size": 32}, subdir=SUBDIR, options=lcd_options(cfg))
+
+
+@pytest.mark.parametrize("name", ["distill", "superres", "dreambooth"])
+def test_a_derived_recipe_without_its_base_fails_in_the_driver_naming_init_from(name, prep):
+    from trainers.recipes import RecipeContext, get_recipe
+
+    ctx = RecipeContext(tiny_config(), 8, 0, prep, torch.device("cpu"))
+    with pytest.raises(ValueError, match=f"the {name} recipe starts from a trained base model .*pass init_from"):
+        get_recipe(name).data(ctx)  # what trainers.run.train_size calls before any worker starts

@@ -96,3 +96,42 @@ def test_prepare_and_evaluate_on_real_data(real_cfg):
     assert np.isfinite(res["fid"]) and res["num_samples"] == 6 and res["extractor"].startswith("cleanfid-")
     images, _ = ev.generate(unet, "ddim", 2, 2.0)
     assert images.shape == (6, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 255
+
+
+def test_a_user_without_inception_can_prepare_and_train_and_evaluation_says_what_to_set(real_cfg, tmp_path,
+                                                                                         monkeypatch, capsys):
+    from study import cli
+    from study.config import from_dict, to_dict
+    from study.paths import require_paths
+    from study.prepare import prepare
+
+    raw = to_dict(real_cfg)
+    raw["eval"]["inception_path"] = None
+    raw["cache_dir"], raw["runs_dir"] = str(tmp_path / "cache"), str(tmp_path / "runs")
+    cfg = from_dict(raw)
+    require_paths(cfg, evaluation=False)
+    prep = prepare(cfg, progress=False, evaluator=False)  # shards, text and meta; no FID reference
+    assert prep.meta["n_train"] > 0 and not prep.reference_path().exists()
+    from study.config import ConfigError
+    from trainers import train_size
+
+    # The paper's 8 GPU workers on this machine's Ray (started by prepare above): refused at once, not a
+    # run that waits forever for GPUs that never come.
+    with pytest.raises(ConfigError, match="train.num_workers=8 needs"):
+        train_size(cfg, 8, 0, tmp_path / "paper-runs", prep.dir, progress=False)
+    cpu = {"total_images": 8, "batch_size": 4, "milestones": [1.0], "warmup_images": 0, "use_gpu": "false",
+           "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 0}
+    summary = train_size(cfg, 8, 0, tmp_path / "runs" / cfg.name, prep.dir, progress=False, train=cpu)
+    assert summary["train_images"] == 8
+    # Evaluation needs the file: one line naming the key and where to get it, before any data is read.
+    (tmp_path / "cfg.yaml").write_text(__import__("yaml").safe_dump(raw))
+    monkeypatch.setattr("sys.argv", ["study", "prepare", str(tmp_path / "cfg.yaml")])
+    capsys.readouterr()  # what training printed
+    with pytest.raises(SystemExit) as out:
+        cli.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert out.value.code == 2 and len(err) == 1, err
+    assert "eval.inception_path" in err[0] and "inception-2015-12-05.pt" in err[0]
+    import ray
+
+    ray.shutdown()  # the local Ray prepare started in this process

@@ -310,3 +310,28 @@ def test_a_user_error_raised_in_a_ray_task_is_still_one_line():
     wrapped = RayTaskError("evaluate_chain", "Traceback ...", cause).as_instanceof_cause()
     assert user_message(wrapped) == str(cause)
     assert user_message(RayTaskError("f", "Traceback ...", KeyError("bug"))) is None
+
+
+def test_a_prepare_cache_being_written_makes_a_second_study_wait_then_go_on(tmp_path, capsys):
+    import threading
+
+    from study.prepare import _cache_lock
+
+    folder = tmp_path / "cache" / "prepared-x"
+    proc = _holder_process(folder)
+    entered = threading.Event()
+
+    def second():
+        with _cache_lock(folder, progress=False):
+            entered.set()
+
+    t = threading.Thread(target=second, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    assert not entered.is_set()  # waits while the first study writes the cache
+    os.kill(proc.pid, signal.SIGKILL)  # the writer goes (here: dies); the waiting study takes the cache
+    proc.wait()
+    t.join(10)
+    assert entered.is_set()
+    err = capsys.readouterr().err
+    assert f"prepare cache {folder} is in use by pid {proc.pid}" in err and "waiting for it" in err

@@ -58,7 +58,7 @@ def local_ray():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)  # 2 actors + reads
+    ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)  # 2 actors + reads
     yield
     ray.shutdown()
 

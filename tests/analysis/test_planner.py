@@ -48,6 +48,14 @@ def test_unknown_targets_and_widths_are_named(fit):
         plan(fit, "fid:7@4", SIZES, 250)
 
 
+def test_a_crossover_the_law_does_not_predict_is_refused_naming_the_alternatives(fit):
+    # Under this law the 0.5M model never catches the 1.7M one within 16 steps: no crossing, no interval.
+    with pytest.raises(ValueError, match="no crossing of these two widths within the evaluated steps .*fid:WIDTH@STEPS"):
+        plan(fit, "crossover:8-16", SIZES, 250)
+    ranking = plan(fit, "crossover:16-24", SIZES, 250)  # one it does predict: ranked, with a finite interval
+    assert np.isfinite(ranking["interval_now"]).all() and (ranking["shrinkage"] >= 0).all()
+
+
 # --- Following the planner on a synthetic study (issue 17's validation) -------------------------------
 # A known law, 6 widths of a ladder whose FLOPs (and params) grow as width^2, 4 step counts, 2 % log-normal
 # evaluation noise at the base sample count (falling as 1 / sqrt(samples)). The study starts from the 3

@@ -27,6 +27,14 @@ class RecipeContext:
     init_from: Path | None = None  # a base milestone folder (unet.json + ema.safetensors), or None
     options: dict = field(default_factory=dict)  # the experiment's own config section
 
+    def require_base(self, recipe: str, role: str) -> Path:
+        """The base milestone a derived recipe starts from; call it in data(), which the driver runs before any
+        worker starts, so a missing base fails at once."""
+        if self.init_from is None:
+            raise ValueError(f"the {recipe} recipe starts from a trained base model ({role}): pass init_from, a "
+                             f"base milestone folder (its experiment takes each base run's final milestone)")
+        return self.init_from
+
 
 class Recipe:
     """The base of every recipe; the defaults are the ones of plain diffusion training."""

@@ -30,9 +30,7 @@ class DistillRecipe(BaseRecipe):
     name = "distill"
 
     def data(self, ctx: RecipeContext):
-        if ctx.init_from is None:  # checked here: the driver calls data() before any worker starts
-            raise ValueError("distillation needs a teacher: pass init_from, a base milestone folder (the "
-                             "distillation experiment takes each base run's final milestone)")
+        ctx.require_base("distill", "the teacher")
         return super().data(ctx)
 
     def model(self, ctx: RecipeContext) -> torch.nn.Module:

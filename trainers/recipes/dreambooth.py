@@ -30,9 +30,7 @@ class DreamBoothRecipe(Recipe):
         from study.dreambooth.prepare import prepared_geometry
         from study.schedulers import training_scheduler
 
-        if ctx.init_from is None:  # checked here: the driver calls data() before any worker starts
-            raise ValueError("DreamBooth fine-tunes a base model: pass init_from, a base milestone folder (the "
-                             "dreambooth experiment takes each base run's final milestone)")
+        ctx.require_base("dreambooth", "the model it fine-tunes")
         self.ctx = ctx
         self.geometry = prepared_geometry(ctx.prepared_dir)  # all the driver needs: no class images there
         self.scheduler = training_scheduler(ctx.cfg.model.prediction_type)

@@ -16,6 +16,7 @@ class SuperResRecipe(Recipe):
         from study.schedulers import training_scheduler
         from study.superres_setup import superres_setup
 
+        ctx.require_base("superres", "the model it widens")
         self.setup = superres_setup(ctx.cfg, ctx.prepared_dir)
         self.source = self.setup.source(ctx.seed)  # crops keyed by the run's seed, as the base data order
         self.space = self.setup.space.to(ctx.device)
@@ -38,9 +39,7 @@ class SuperResRecipe(Recipe):
         from study.superres import widen_for_superres
         from study.weights import load_unet
 
-        if ctx.init_from is None:
-            raise ValueError("the superres recipe fine-tunes a base model: it needs init_from (a base milestone)")
-        base = load_unet(ctx.init_from, weights=ctx.cfg.superres.base_weights)
+        base = load_unet(ctx.require_base("superres", "the model it widens"), weights=ctx.cfg.superres.base_weights)
         if base.config.out_channels != self.setup.channels:
             raise ValueError(f"the base model outputs {base.config.out_channels} channels, the super-resolution "
                              f"latents have {self.setup.channels}: the base must be trained in the same latent space")
