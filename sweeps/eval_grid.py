@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study import __version__
-from study.config import StudyConfig, config_hash, from_dict, to_dict
+from study.config import ConfigError, StudyConfig, config_hash, from_dict, to_dict
 from study.identity import TRAINING_SECTIONS
 from study.ladder import sampling_cost
+from study.raycluster import ensure_ray
 from sweeps.guidance import Cell, best_guidance, completed_results, open_storage, search_cell
 from sweeps.results import ResultRow, row_dict, upsert_results
 
@@ -190,7 +191,14 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     todo.sort(key=lambda c: (-rungs[c.width]["normalized_cost"] * sum(c.steps), c.sampler))
     # A chain split over FID slices is a coordinator (no resources; its slice actors hold them): at most as many
     # in flight as the cluster has room for their slices, so idle coordinators do not pile up.
-    room = max(1, int(ray.cluster_resources().get("CPU", 1) // max(cfg.eval.cpus_per_eval, 1e-9)))
+    have = ray.cluster_resources()
+    room = max(1, int(have.get("CPU", 1) // max(cfg.eval.cpus_per_eval, 1e-9)))
+    slices = max([fid_slices(cfg, c) for c in todo], default=1)
+    if slices > 1 and ensure_ray(cfg):  # a local Ray is a fixed machine: slices that never fit would wait forever
+        for kind, per in (("CPU", cfg.eval.cpus_per_eval), ("GPU", cfg.eval.gpus_per_eval)):
+            if slices * per > have.get(kind, 0):
+                raise ConfigError(f"eval.fid_slices={slices} x {per:g} {kind}s per slice, this machine's Ray has "
+                                  f"{have.get(kind, 0):g}: lower eval.fid_slices or eval.cpus_per_eval/gpus_per_eval")
 
     def submit(ch: Chain):
         parts = fid_slices(cfg, ch)

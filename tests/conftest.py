@@ -10,6 +10,14 @@ os.environ.pop("WANDB_API_KEY", None)
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's own settings, read by its controller (also in the study subprocesses, which inherit them): runs of
+# seconds poll fast, and no spot-preemption watcher runs on a laptop.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+# Under `make test`'s two pytest-xdist processes on 2 cores, one intra-op thread each (set before torch is
+# imported; the study subprocesses inherit it): two processes of two spinning OpenMP threads each oversubscribe.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
@@ -44,21 +52,26 @@ def smoke_prepared(shared_cache):
 
 
 @pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and spinning threads stall on a shared 2-core box."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def ray_local():
-    """A fresh local Ray for one test module's training runs (never another Ray found on the machine), with
-    Ray Train polling fast enough for seconds-long runs (these are Ray's own settings, read by its controller)."""
+    """A fresh local Ray for one test module's training runs (never another Ray found on the machine)."""
     import ray
 
-    env = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     if ray.is_initialized():  # a Ray an earlier test's code started in this process
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -119,3 +119,26 @@ def test_the_evaluation_grid_splits_one_fid_over_slice_actors_and_merges_it_exac
     assert got["fid"] == pytest.approx(want["fid"], rel=1e-6) and got["fid_slices"] == 3
     assert got["num_samples"] == cfg.eval.num_samples and got["unet_calls"] == 4  # 2 guided steps
     assert 0 < got["fid_std"] < got["fid"] and got["fid_std"] == pytest.approx(want["fid_std"], rel=1e-6)
+
+
+def test_slices_that_cannot_fit_the_local_machine_are_refused_at_once(smoke_prepared, tmp_path):
+    import ray
+
+    from study.config import ConfigError, from_dict, to_dict
+    from study.raycluster import ensure_ray
+    from sweeps.eval_grid import Chain, run_eval_grid
+
+    cfg, prep = smoke_prepared
+    raw = to_dict(cfg)
+    raw["eval"]["fid_slices"], raw["resources"]["num_cpus"] = 3, 2
+    cfg = from_dict(raw)
+    if ray.is_initialized():
+        ray.shutdown()
+    assert ensure_ray(cfg)  # this machine's Ray, 2 CPUs: 3 slices of 1 CPU never fit
+    try:
+        chain = Chain(8, 0, 768, str(tmp_path), "ddim", (2,), "leading")
+        with pytest.raises(ConfigError, match=r"eval.fid_slices=3 x 1 CPUs per slice, this machine's Ray has 2"):
+            run_eval_grid(cfg, tmp_path, prep.dir, [chain], {8: {"normalized_cost": 0.1}},
+                          f"sqlite:///{tmp_path / 'optuna.db'}", progress=False)
+    finally:
+        ray.shutdown()

@@ -17,6 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def _study(args, **kw):
     # Not this process's W&B service (WANDB_SERVICE, set by the analysis tests' W&B runs): the study starts its own.
+    # (Ray Train's fast-polling settings come from tests/conftest.py's environment.)
     env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline", "RAY_ADDRESS": ""}
     return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)

@@ -63,6 +63,24 @@ class Experiment:
         """Its evaluation chains (sweeps.eval_grid.Chain) for the milestones of its trained sizes."""
         raise NotImplementedError
 
+    def final_chains(self, ctx: StageContext, sizes: dict, samplers, steps: dict, **chain) -> list:
+        """One chain per sampler on each run's final milestone; steps: sampler -> its step counts (a sampler
+        with none is skipped); chain: further Chain fields (e.g. fixed_guidance)."""
+        from study.schedulers import default_timestep_spacing
+        from sweeps.eval_grid import Chain
+
+        out = []
+        for (width, seed), milestones in sorted(sizes.items()):
+            m = milestones[-1]
+            for sampler in samplers:
+                if not steps[sampler]:
+                    continue
+                spacing = ctx.cfg.eval.timestep_spacing or default_timestep_spacing(sampler)
+                out.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler,
+                                 tuple(sorted(steps[sampler])), spacing, milestone=m, experiment=self.name,
+                                 task=self.task, objective=self.objective, **chain))
+        return out
+
 
 def final_milestones(ctx: StageContext, experiment: str = "base") -> dict[tuple[int, int], str]:
     """(width, seed) -> the final milestone folder of each finished run of an experiment: a derived

@@ -32,15 +32,5 @@ class DreamBoothExperiment(Experiment):
 
     def chains(self, ctx: StageContext, sizes: dict) -> list:
         """(sampler, steps) cells of dreambooth.samplers x dreambooth.steps on each fine-tune."""
-        from study.schedulers import default_timestep_spacing
-        from sweeps.eval_grid import Chain
-
-        db, chains = ctx.cfg.dreambooth, []
-        for (width, seed), milestones in sorted(sizes.items()):
-            m = milestones[-1]
-            for sampler in db.samplers:
-                spacing = ctx.cfg.eval.timestep_spacing or default_timestep_spacing(sampler)
-                chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler,
-                                    tuple(sorted(db.steps)), spacing, milestone=m, experiment=self.name,
-                                    task=self.task, objective=self.objective))
-        return chains
+        db = ctx.cfg.dreambooth
+        return self.final_chains(ctx, sizes, db.samplers, {s: db.steps for s in db.samplers})

@@ -36,19 +36,6 @@ class SuperResExperiment(Experiment):
 
     def chains(self, ctx: StageContext, sizes: dict) -> list:
         """(sampler, steps) cells of superres.samplers x superres.steps on each fine-tune, guidance 1."""
-        from study.schedulers import default_timestep_spacing
-        from sweeps.eval_grid import Chain
-
-        o, chains = ctx.cfg.superres, []
-        for (width, seed), milestones in sorted(sizes.items()):
-            m = milestones[-1]
-            for sampler in o.samplers:
-                cap = o.max_steps.get(sampler, max(o.steps))
-                steps = tuple(sorted(s for s in o.steps if s <= cap))
-                if not steps:
-                    continue
-                spacing = ctx.cfg.eval.timestep_spacing or default_timestep_spacing(sampler)
-                chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler, steps, spacing,
-                                    milestone=m, experiment=self.name, task=self.task, objective=self.objective,
-                                    fixed_guidance=(1.0,)))
-        return chains
+        o = ctx.cfg.superres
+        steps = {s: [x for x in o.steps if x <= o.max_steps.get(s, max(o.steps))] for s in o.samplers}
+        return self.final_chains(ctx, sizes, o.samplers, steps, fixed_guidance=(1.0,))
