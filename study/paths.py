@@ -8,8 +8,11 @@ from study.config import ConfigError, StudyConfig
 
 
 def run_dir(cfg: StudyConfig) -> Path:
-    """The run folder of a study: RUNS_DIR/NAME."""
-    return Path(cfg.runs_dir).expanduser() / cfg.name
+    """The run folder of a study: RUNS_DIR/NAME, absolute (from this process's working directory).
+
+    Absolute because paths under it travel to Ray Tune trials, which run in their own working directories:
+    a relative `runs/tiny/...` milestone given to a derived experiment's trial would not be found there."""
+    return (Path(cfg.runs_dir).expanduser() / cfg.name).absolute()
 
 
 def require_paths(cfg: StudyConfig, evaluation: bool = True) -> None:

@@ -76,3 +76,11 @@ def test_cli_config_show_prints_resolved_yaml():
     proc = subprocess.run([sys.executable, "-m", "study.cli", "config", "show", "smoke", "train.batch_size=32"],
                           capture_output=True, text=True, check=True)
     assert "batch_size: 32" in proc.stdout and "ladder: tiny" in proc.stdout
+
+
+def test_the_run_folder_is_absolute_so_paths_under_it_survive_a_trial_s_working_directory(tmp_path, monkeypatch):
+    from study.paths import run_dir
+
+    monkeypatch.chdir(tmp_path)
+    out = run_dir(load_config("tiny"))  # runs_dir: runs (relative), as the embedded default
+    assert out.is_absolute() and out == tmp_path / "runs" / "tiny"
