@@ -335,3 +335,22 @@ def test_a_prepare_cache_being_written_makes_a_second_study_wait_then_go_on(tmp_
     assert entered.is_set()
     err = capsys.readouterr().err
     assert f"prepare cache {folder} is in use by pid {proc.pid}" in err and "waiting for it" in err
+
+
+def test_a_size_folder_with_no_checkpoint_starts_under_a_changed_config_one_with_a_checkpoint_refuses(tmp_path,
+                                                                                                      capsys):
+    from study.config import load_config, to_dict
+    from trainers.rundir import check_config, write_config
+
+    def cfg(lr):
+        return to_dict(load_config("tiny", [f"train.lr={lr}"]))
+
+    size = tmp_path / "w8-s0"
+    write_config(size, cfg(1.0))  # a run that failed before its first checkpoint
+    check_config(size, cfg(2.0))
+    assert not (size / "config.json").exists() and "held no checkpoint of its old config" in capsys.readouterr().err
+    write_config(size, cfg(2.0))
+    (size / "checkpoints" / "milestone-0000000064").mkdir(parents=True)
+    (size / "checkpoints" / "milestone-0000000064" / "state.json").write_text("{}")
+    with pytest.raises(UserError, match="holds a run trained with train.lr=2.0, this config has train.lr=3.0"):
+        check_config(size, cfg(3.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from study.atomic import write_atomic, write_json
@@ -33,6 +34,13 @@ def check_config(size_dir: Path, cfg_dict: dict) -> None:
         return
     # The folder's copy is redacted (study.redact): compare like with like.
     diff = first_difference(identity(redact(json.loads(path.read_text()))), identity(redact(cfg_dict)))
+    if diff and not any((size_dir / "checkpoints").glob("*/state.json")):
+        # Nothing was trained under the old config (a run that failed before its first checkpoint): the folder
+        # holds no result that the new config could mix with, so it starts under the new one.
+        print(f"note: {size_dir} held no checkpoint of its old config ({diff[0]} differs): starting it anew",
+              file=sys.stderr)
+        path.unlink()
+        return
     if diff:
         key, old, new = diff
         raise ConfigError(f"{size_dir} holds a run trained with {key}={old!r}, this config has {key}={new!r}: "
