@@ -146,8 +146,6 @@ def _validate_distill(ds: DistillConfig) -> None:
 
 
 def _validate_superres(sr: SuperResConfig) -> None:
-    from study.schedulers import SAMPLERS
-
     _check(sr.data in ("embedded", "div2k", "imagefolder"), "superres.data", "'embedded', 'div2k' or 'imagefolder'",
            sr.data)
     _check(sr.data == "embedded" or sr.root is not None, "superres.root", "a data folder for div2k/imagefolder",
@@ -164,10 +162,7 @@ def _validate_superres(sr: SuperResConfig) -> None:
     _check(0 <= sr.max_noise_level < 1000, "superres.max_noise_level", "a level in [0, 1000)", sr.max_noise_level)
     _check(0 <= sr.eval_noise_level < 1000, "superres.eval_noise_level", "a level in [0, 1000)",
            sr.eval_noise_level)
-    _check(len(sr.samplers) > 0 and all(x in SAMPLERS for x in sr.samplers), "superres.samplers",
-           f"a non-empty list from {list(SAMPLERS)}", list(sr.samplers))
-    _check(len(sr.steps) > 0 and all(isinstance(x, int) and x > 0 for x in sr.steps), "superres.steps",
-           "a non-empty list of positive step counts", list(sr.steps))
+    _check_cells("superres", sr.samplers, sr.steps)
 
 
 def _validate_dreambooth(db: DreamBoothConfig) -> None:
@@ -190,12 +185,19 @@ def _validate_dreambooth(db: DreamBoothConfig) -> None:
            "a positive budget of instance images (and batch_size > 0)", db.train_images)
     _check(db.lr > 0, "dreambooth.lr", "a positive learning rate", db.lr)
     _check(0 <= db.ema_decay < 1, "dreambooth.ema_decay", "a decay in [0, 1)", db.ema_decay)
-    _check(len(db.samplers) > 0 and all(x in SAMPLERS for x in db.samplers), "dreambooth.samplers",
-           f"a non-empty list from {list(SAMPLERS)}", list(db.samplers))
-    _check(len(db.steps) > 0 and all(isinstance(x, int) and x > 0 for x in db.steps), "dreambooth.steps",
-           "a non-empty list of positive step counts", list(db.steps))
+    _check_cells("dreambooth", db.samplers, db.steps)
     for key in ("samples_per_prompt", "grid_per_prompt"):
         _check(getattr(db, key) > 0, f"dreambooth.{key}", "a positive integer", getattr(db, key))
     _check(db.class_eval_samples > 1, "dreambooth.class_eval_samples", "at least 2 (an FID needs 2)",
            db.class_eval_samples)
     _check(db.prompt_penalty >= 0, "dreambooth.prompt_penalty", "a penalty >= 0", db.prompt_penalty)
+
+
+def _check_cells(section: str, samplers, steps) -> None:
+    """An experiment's evaluation cells: a non-empty list of known samplers and of positive step counts."""
+    from study.schedulers import SAMPLERS
+
+    _check(len(samplers) > 0 and all(x in SAMPLERS for x in samplers), f"{section}.samplers",
+           f"a non-empty list from {list(SAMPLERS)}", list(samplers))
+    _check(len(steps) > 0 and all(isinstance(x, int) and x > 0 for x in steps), f"{section}.steps",
+           "a non-empty list of positive step counts", list(steps))
