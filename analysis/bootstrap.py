@@ -103,5 +103,10 @@ def bootstrap_fit(law: Law, xs: list[np.ndarray], y: np.ndarray, n_boot: int = 2
 
 
 def _safe(f: Derived, params: dict[str, float]) -> float:
+    """A derived quantity, NaN where it is undefined for these parameters (a resample with B = 0, say):
+    intervals are read from the finite samples."""
     with np.errstate(all="ignore"):
-        return float(f(params))
+        try:
+            return float(f(params))
+        except (ZeroDivisionError, OverflowError, ValueError):
+            return float("nan")

@@ -32,6 +32,25 @@ def test_power_recovers_parameters():
     assert out["at_bound"] == {}  # a well-determined fit is not flagged
 
 
+def test_a_derived_quantity_undefined_on_some_resamples_is_nan_there_not_a_crash():
+    # The embedded study's Chinchilla fit once died here: a resample put B at 0 and N_opt divides by B.
+    truth = {"E": 2.0, "A": 3.0e5, "alpha": 0.3}
+    x = np.geomspace(1e15, 1e20, 12)
+    y = _noisy(get_law("power").predict(truth, {"x": x}), 0.01, seed=5)
+    cut = None
+
+    def ratio(p):  # undefined (Python's ZeroDivisionError) on the resamples with alpha below the median
+        return 1.0 / (p["alpha"] - p["alpha"]) if p["alpha"] < cut else p["A"] / p["E"]
+
+    cut = bootstrap_fit(get_law("power"), [x], y, n_boot=40, seed=0)["params"]["alpha"]["value"]
+    out = bootstrap_fit(get_law("power"), [x], y, n_boot=40, seed=0, derived={"ratio": ratio})
+    samples = out["samples"]["ratio"]
+    undefined = out["samples"]["alpha"] < cut
+    assert undefined.any() and (~undefined).any()
+    assert np.isnan(samples[undefined]).all() and np.isfinite(samples[~undefined]).all()
+    assert np.isfinite(out["derived"]["ratio"]["low"])  # the interval comes from the finite samples
+
+
 def test_point_bootstrap_still_available_and_bad_method_is_clear():
     truth = {"E": 2.0, "A": 3.0e5, "alpha": 0.3}
     x = np.geomspace(1e15, 1e20, 12)
