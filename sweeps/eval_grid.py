@@ -42,7 +42,8 @@ class Chain:
                 for s in self.steps]
 
 
-def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g: float, res: dict) -> dict:
+def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g: float, res: dict,
+         training_hash: str) -> dict:
     m = chain.milestone
     row = ResultRow(
         run_id=cfg.name, trial_id=f"w{chain.width}-s{chain.seed}", experiment=chain.experiment, task=chain.task,
@@ -52,7 +53,7 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
         sampler=chain.sampler, steps=cell.steps, timestep_spacing=chain.spacing, guidance=g,
         sampling_cost=sampling_cost(rung["normalized_cost"], cell.steps), unet_calls=int(res.get("unet_calls", 0)),
         fid=res["fid"], kid=res.get("kid"), alignment=res.get("alignment"), num_samples=int(res["num_samples"]),
-        seed=chain.seed, checkpoint=chain.checkpoint, config_hash=config_hash(cfg, *TRAINING_SECTIONS),
+        seed=chain.seed, checkpoint=chain.checkpoint, config_hash=training_hash,
         version=__version__, fid_std=res.get("fid_std"), kid_std=res.get("kid_std"),
         fid_floor=res.get("fid_floor"), alignment_metric=res.get("alignment_metric"),
         search="none" if chain.fixed_guidance is not None else cfg.eval.search, optuna_study=cell.study_name,
@@ -61,9 +62,12 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
     return row_dict(row, res)
 
 
-def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage) -> list[dict]:
-    """The results rows of a chain, rebuilt from its Optuna studies (so a resume never duplicates)."""
-    return [_row(cfg, chain, rung, cell, n, g, res) for cell in chain.cells()
+def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage, training_hash: str | None = None) -> list[dict]:
+    """The results rows of a chain, rebuilt from its Optuna studies (so a resume never duplicates).
+
+    training_hash: config_hash(cfg, *TRAINING_SECTIONS), when the caller has it (it costs ~0.2 CPU-s)."""
+    training_hash = training_hash or config_hash(cfg, *TRAINING_SECTIONS)
+    return [_row(cfg, chain, rung, cell, n, g, res, training_hash) for cell in chain.cells()
             for n, g, res in completed_results(cell, storage)]
 
 
@@ -221,12 +225,19 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     failed = []
 
     written = [-1]  # rows in the table after the last write
+    training_hash = config_hash(cfg, *TRAINING_SECTIONS)
+    rows_of: dict[int, list[dict]] = {}  # chain index -> its rows when last read
 
-    def sync() -> int:
-        """Rebuild every chain's rows from the Optuna studies (the source of truth) into the table.
+    def sync(changed=None) -> int:
+        """Rebuild the chains' rows from the Optuna studies (the source of truth) into the table.
 
-        Completed trials never change, so the table is rewritten only when their number has."""
-        rows = [r for ch in chains for r in chain_rows(cfg, ch, rungs[ch.width], storage)]
+        changed: the chains to read again (default all); only the running and just-finished chains gain trials,
+        and reading a chain's studies costs the driver CPU the evaluations need. Completed trials never
+        change, so the table is rewritten only when their number has."""
+        for i, ch in enumerate(chains):
+            if changed is None or i not in rows_of or id(ch) in changed:
+                rows_of[i] = chain_rows(cfg, ch, rungs[ch.width], storage, training_hash)
+        rows = [r for i in range(len(chains)) for r in rows_of[i]]
         if len(rows) != written[0]:
             upsert_results(run_dir, rows)
             written[0] = len(rows)
@@ -237,6 +248,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     bar = tqdm(total=total, initial=min(total, sync()), unit="eval", desc=desc, disable=not progress)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+        changed = {id(c) for c in pending.values()}  # the running chains and (below) those just finished
         for ref in ready:
             ch = pending.pop(ref)
             try:
@@ -246,6 +258,6 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
                               f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
             bar.set_postfix_str(f"w{ch.width} {ch.sampler} done")
         fill()
-        bar.update(min(total, sync()) - bar.n)
+        bar.update(min(total, sync(changed)) - bar.n)
     bar.close()
     return {"chains": len(chains), "evaluated": len(todo), "failed": failed}
