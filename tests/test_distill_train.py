@@ -47,7 +47,7 @@ def _cfg(*overrides):
                        "distill.guidance_embed_dim=16", *overrides)
 
 
-def _distil(run_dir, prep, teacher, *overrides, hooks=None):
+def _distil(run_dir, prep, teacher, *overrides, hooks=None, inline=False):
     cfg = _cfg(*overrides)
     train = {"total_images": 256, "milestones": [0.25, 0.5, 1.0], "batch_size": 32, "lr": 1e-3,
              "ema_decay": cfg.distill.ema_decay, "warmup_images": 0}
@@ -55,7 +55,7 @@ def _distil(run_dir, prep, teacher, *overrides, hooks=None):
         os.environ[TEST_HOOKS_ENV] = json.dumps(hooks)
     try:
         return trainers.train_size(cfg, 8, 0, run_dir, prep, progress=False, recipe="distill", init_from=teacher,
-                                   train=train, subdir=SUBDIR, options=lcd_options(cfg))
+                                   train=train, subdir=SUBDIR, options=lcd_options(cfg), inline=inline)
     finally:
         os.environ.pop(TEST_HOOKS_ENV, None)
 
@@ -67,8 +67,10 @@ def _files(run_dir, images):
 
 @pytest.fixture(scope="module")
 def clean(ray_local, prep, teacher, tmp_path_factory):
+    # Inline (in this process, as a grid's one-worker trial trains): the killed run below is a Ray Train job, so
+    # their equality also holds the two launchers to the same computation.
     run_dir = tmp_path_factory.mktemp("clean")
-    return run_dir, _distil(run_dir, prep, teacher)
+    return run_dir, _distil(run_dir, prep, teacher, inline=True)
 
 
 def test_distillation_writes_student_and_target(clean, teacher):

@@ -42,7 +42,7 @@ def base(tmp_path_factory):
     return folder
 
 
-def _finetune(run_dir, base, *overrides, hooks=None):
+def _finetune(run_dir, base, *overrides, hooks=None, inline=False):
     cfg = tiny_config("superres.enabled=true", "superres.train_images=256", "superres.batch_size=32",
                       "superres.warmup_images=64", *overrides)
     exp = SuperResExperiment()
@@ -51,7 +51,7 @@ def _finetune(run_dir, base, *overrides, hooks=None):
         os.environ[TEST_HOOKS_ENV] = json.dumps(hooks)
     try:
         return trainers.train_size(cfg, 8, 0, run_dir, base.parent / "prep", progress=False, recipe=exp.recipe,
-                                   init_from=base, train=train, subdir=SUBDIR, options=exp.options(cfg))
+                                   init_from=base, train=train, subdir=SUBDIR, options=exp.options(cfg), inline=inline)
     finally:
         os.environ.pop(TEST_HOOKS_ENV, None)
 
@@ -65,7 +65,7 @@ def _weights(run_dir, images, which):
 def clean(ray_local, prep, base, tmp_path_factory):
     (base.parent / "prep").symlink_to(prep)
     run_dir = tmp_path_factory.mktemp("clean")
-    return run_dir, _finetune(run_dir, base)
+    return run_dir, _finetune(run_dir, base, inline=True)  # inline; the killed run below is a Ray Train job
 
 
 def test_finetune_starts_from_the_base_and_learns_the_lr_input(clean, base):

@@ -32,9 +32,10 @@ def prep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def clean(ray_local, prep, tmp_path_factory):
-    """One uninterrupted run: the reference every other run is compared with."""
+    """One uninterrupted run: the reference every other run is compared with. Trained inline (in this process,
+    as a grid's one-worker trial trains); the runs compared with it are Ray Train jobs."""
     run_dir = tmp_path_factory.mktemp("clean")
-    return run_dir, trainers.train_size(tiny_config(), 8, 0, run_dir, prep, progress=False)
+    return run_dir, trainers.train_size(tiny_config(), 8, 0, run_dir, prep, progress=False, inline=True)
 
 
 def _train(run_dir, prep, *overrides, hooks=None, width=8):

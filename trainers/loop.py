@@ -41,14 +41,57 @@ def _test_hooks(hooks: dict, rank: int, images: int) -> None:
 
 
 def train_loop(config: dict) -> None:
-    """Train (or resume) one run to its final milestone; the driver (trainers.run) reads what it wrote."""
+    """The Ray Train worker: train (or resume) one run to its final milestone as one data-parallel rank."""
     import ray.train
     import ray.train.torch
-    from diffusers.training_utils import EMAModel
     from ray.train.v2._internal.execution import context as ray_context
 
     # Ray Train logs every report in full at INFO; metrics.jsonl and the progress bar already show them.
     ray_context.logger.setLevel(logging.WARNING)
+    context = ray.train.get_context()
+    # To Ray (and Tune, through TuneReportCallback) at milestones only: report is a barrier that waits for
+    # the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default).
+    run_loop(config, context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device(),
+             ray.train.report)
+
+
+def train_inline(config: dict, use_gpu: bool, report) -> None:
+    """One worker in this process (a Tune trial's own actor), without Ray Train's controller and worker group.
+
+    A one-worker run has nothing to coordinate, and on a small machine Ray Train's two extra processes per
+    run cost more CPU than a short fine-tune itself (benchmarks/train_launch.py). A single-rank process group
+    (in-memory store) stands in for the one Ray Train would set up, so DeepSpeed runs unchanged; it lives as
+    long as the process, which Tune reuses for the grid's next run (no new imports). A failure fails the Tune
+    trial, which Tune retries from the run's `latest`."""
+    device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_gpu else "gloo", store=torch.distributed.HashStore(),
+                                             rank=0, world_size=1)
+    # What a launcher would set (DeepSpeed's engine reads LOCAL_RANK), for this run only.
+    launcher_env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}
+    before = {k: os.environ.get(k) for k in launcher_env}
+    os.environ.update(launcher_env)
+    try:
+        run_loop(config, 0, 1, device, report)
+    finally:  # Tune reuses the actor for the grid's next run: leave it nothing of this one
+        import gc
+
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        gc.collect()
+        if use_gpu:
+            torch.cuda.empty_cache()
+
+
+def run_loop(config: dict, rank: int, world: int, device: torch.device, report) -> None:
+    """Train (or resume) one run to its final milestone; the driver (trainers.run) reads what it wrote.
+
+    report: called with the metrics of every milestone (Ray Train's or Tune's report)."""
+    import ray
+    from diffusers.training_utils import EMAModel
 
     from study.config import from_dict
     from trainers.recipes import RecipeContext, get_recipe
@@ -57,9 +100,7 @@ def train_loop(config: dict) -> None:
     tc, hooks, precision = cfg.train, config["test_hooks"], config["precision"]
     size_dir = Path(config["size_dir"])
     root = size_dir / "checkpoints"
-    rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.set_num_threads(config["threads"])
-    device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
@@ -150,9 +191,7 @@ def train_loop(config: dict) -> None:
                 ckpt.write_latest_from(root, folder, rank, world)
                 if rank == 0:
                     add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
-                # To Ray (and Tune, through TuneReportCallback) at milestones only: report is a barrier that
-                # waits for the controller's next poll (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default).
-                ray.train.report({**budget.point(images), "loss": loss_value, "milestone": folder.name})
+                report({**budget.point(images), "loss": loss_value, "milestone": folder.name})
             else:
                 ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)
             saved_images = images

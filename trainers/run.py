@@ -51,12 +51,14 @@ def with_train(cfg, overrides: dict | None):
 
 def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool = True, callbacks=None,
                recipe: str = "base", init_from=None, train: dict | None = None, subdir: str = "train",
-               options: dict | None = None) -> dict:
+               options: dict | None = None, inline: bool = False, report=None) -> dict:
     """Train one ladder width to its final milestone (resuming what a previous call left); return the summary.
 
     recipe: what is optimised (trainers.recipes.RECIPES); init_from: the base milestone a derived run starts
     from; train: TrainConfig overrides of the experiment; subdir: its folder under the run folder;
-    options: the experiment's config section, given to the recipe and part of the run's identity."""
+    options: the experiment's config section, given to the recipe and part of the run's identity;
+    inline: train in this process (one worker only; a Tune trial that holds the worker's resources) instead
+    of a Ray Train job; report: called inline with each milestone's metrics (a Tune trial's tune.report)."""
     from study.ladder import ladder
     from trainers.recipes import RecipeContext, get_recipe
 
@@ -84,9 +86,11 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
     budget = plan(cfg.train, rung.flops)
     write_config(size_dir, ident)  # only once the config is known to be trainable
 
+    if inline and cfg.train.num_workers != 1:
+        raise ValueError(f"inline training runs one worker, the config asks for {cfg.train.num_workers}")
     started = ensure_ray(cfg, worker_logs=progress)
     gpu = use_gpu(cfg.train.use_gpu)
-    if started:
+    if started and not inline:
         _check_fits(cfg, gpu)
     precision = resolve_precision(cfg.train.precision, gpu)
     loop_config = {
@@ -97,7 +101,12 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         "test_hooks": json.loads(os.environ.get(TEST_HOOKS_ENV) or "{}"),
         "recipe": spec, "identity": ident,
     }
-    _trainer(cfg, width, seed, run_dir, loop_config, gpu, callbacks, subdir).fit()
+    if inline:
+        from trainers.loop import train_inline
+
+        train_inline(loop_config, gpu, report or (lambda metrics: None))
+    else:
+        _trainer(cfg, width, seed, run_dir, loop_config, gpu, callbacks, subdir).fit()
 
     message = nonfinite_message(size_dir)
     if message:
