@@ -66,7 +66,7 @@ def test_evaluator_metrics_drift_and_grid(setup):
     assert objective_value(0.5, 0.9, 0.8, 5.0) == pytest.approx(-0.5)
 
 
-def _finetune(cfg, prep, base, run_dir, hooks=None, *extra):
+def _finetune(cfg, prep, base, run_dir, hooks=None, inline=False):
     from sweeps.experiments.dreambooth import DreamBoothExperiment
     from trainers import train_size
     from trainers.run import TEST_HOOKS_ENV
@@ -77,7 +77,7 @@ def _finetune(cfg, prep, base, run_dir, hooks=None, *extra):
     try:
         return train_size(cfg, 8, 0, run_dir, prep.dir, progress=False, recipe=exp.recipe, init_from=base,
                           train={**exp.train_overrides(cfg), "checkpoint_every_images": 8}, subdir=exp.subdir,
-                          options=exp.options(cfg))
+                          options=exp.options(cfg), inline=inline)
     finally:
         os.environ.pop(TEST_HOOKS_ENV, None)
 
@@ -86,7 +86,7 @@ def test_finetune_resumes_after_kill_and_reuses_class_images(setup, ray_local, t
     import trainers
 
     cfg, prep, base, _ = setup
-    clean = _finetune(cfg, prep, base, tmp_path / "clean")
+    clean = _finetune(cfg, prep, base, tmp_path / "clean", inline=True)  # in this process; the killed run: Ray Train
     assert clean["train_images"] == 32
     cache = sorted((prep.dir / CACHE / "class_images").glob("class-*.npy"))
     assert len(cache) == 1

@@ -1,5 +1,6 @@
-"""One-worker runs of a training grid train inline, in their Tune trial's own actor (no Ray Train job): the same
-weights as a Ray Train job, a killed trial retried by Tune from `latest`, the actor reused for the next size."""
+"""One-worker runs of a training grid train inline, in their Tune trial's own actor (no Ray Train job): a killed
+trial retried by Tune from `latest` to the weights of an uninterrupted run, the actor reused for the next size.
+(That inline and Ray Train runs compute the same weights: tests/test_train.py, whose reference run is inline.)"""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _weights(run_dir, width, images, which):
     return load_file(folder / f"{which}.safetensors")
 
 
-def test_killed_inline_trial_resumes_to_a_ray_train_runs_weights_and_its_actor_trains_the_next_size(
+def test_killed_inline_trial_resumes_to_an_uninterrupted_runs_weights_and_its_actor_trains_the_next_size(
         killing_ray, tmp_path):
     from sweeps.train_grid import inline_training, run_train_grid
 
@@ -72,10 +73,10 @@ def test_killed_inline_trial_resumes_to_a_ray_train_runs_weights_and_its_actor_t
                (trainers.run_dir_for(tmp_path / "grid", 16, 0) / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(32, 257, 32))  # resumed from `latest` at 160: nothing logged twice
 
-    # The same run as a Ray Train job (the launcher of multi-worker runs), uninterrupted: the same weights.
-    reference = tmp_path / "ray-train"
-    trainers.train_size(tiny_config(*overrides), 16, 0, reference, prep, progress=False)
-    assert _pids(reference, 16)[0] not in (killed, retried, os.getpid())  # its own Ray Train worker
+    # The same run uninterrupted (inline in this process): the same weights at every milestone.
+    reference = tmp_path / "uninterrupted"
+    trainers.train_size(tiny_config(*overrides), 16, 0, reference, prep, progress=False, inline=True)
+    assert _pids(reference, 16) == [os.getpid()]
     for images in MILESTONES:
         for which in ("raw", "ema"):
             a, b = _weights(tmp_path / "grid", 16, images, which), _weights(reference, 16, images, which)

@@ -122,18 +122,18 @@ def test_shard_of_the_wrong_shape_is_named(legacy, tmp_path):
 
 # --- a training run from shards -------------------------------------------------------------------
 
-def _train(run_dir, prep, hooks=None):
+def _train(run_dir, prep, hooks=None, inline=False):
     if hooks:
         os.environ[TEST_HOOKS_ENV] = json.dumps(hooks)
     try:  # windows of two shards: the windowed order, not the one-window full shuffle
         cfg = tiny_config("train.checkpoint_every_images=32", "train.shuffle_window_images=128")
-        return trainers.train_size(cfg, 8, 0, run_dir, prep, progress=False)
+        return trainers.train_size(cfg, 8, 0, run_dir, prep, progress=False, inline=inline)
     finally:
         os.environ.pop(TEST_HOOKS_ENV, None)
 
 
 def test_resumed_run_from_shards_equals_an_uninterrupted_one(ray_local, shards, tmp_path):
-    clean = _train(tmp_path / "clean", shards)
+    clean = _train(tmp_path / "clean", shards, inline=True)  # in this process; the killed run is a Ray Train job
     assert [r["train_images"] for r in clean["milestones"]] == [64, 128, 256]
     hooks = {"kill_after_images": 160, "kill_marker": str(tmp_path / "killed")}
     with pytest.raises(Exception):  # max_failures=0: the killed worker fails the run
