@@ -90,3 +90,4 @@ def test_inline_is_for_one_worker_only(tmp_path):
     with pytest.raises(ValueError, match="one worker"):
         trainers.train_size(tiny_config("train.num_workers=2"), 8, 0, tmp_path, fake_prepared(tmp_path / "p"),
                             progress=False, inline=True)
+    assert not trainers.run_dir_for(tmp_path, 8, 0).exists()  # refused before the run folder is written

@@ -1,4 +1,5 @@
-"""The Ray Train worker loop: one ladder width on the prepared latents, DeepSpeed data-parallel."""
+"""The training loop of one ladder width on the prepared latents, DeepSpeed data-parallel: as a Ray Train worker
+(train_loop) or, for one worker, in the calling process (train_inline)."""
 
 from __future__ import annotations
 

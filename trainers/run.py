@@ -64,6 +64,8 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
 
     t0 = time.time()
     cfg = with_train(cfg, train)
+    if inline and cfg.train.num_workers != 1:
+        raise ValueError(f"inline training runs one worker, the config asks for {cfg.train.num_workers}")
     size_dir = run_dir_for(Path(run_dir).resolve(), width, seed, subdir)
     prepared = Path(prepared_dir).resolve()
     cfg_dict = to_dict(cfg)
@@ -86,8 +88,6 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
     budget = plan(cfg.train, rung.flops)
     write_config(size_dir, ident)  # only once the config is known to be trainable
 
-    if inline and cfg.train.num_workers != 1:
-        raise ValueError(f"inline training runs one worker, the config asks for {cfg.train.num_workers}")
     started = ensure_ray(cfg, worker_logs=progress)
     gpu = use_gpu(cfg.train.use_gpu)
     if started and not inline:
