@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -274,7 +275,9 @@ def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and
     if not saved.is_file():
         raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
     cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
-    widths = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths))
+    # The widths a target names (fid:40@4, crossover:24-40) count as the ladder too, as `study predict --width`.
+    named = {int(w) for w in re.findall(r"(?<=[:-])(\d+)(?=[@-]|$)", target)}
+    widths = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths) | named)
     sizes = pd.DataFrame([{"width": r.width, "params": r.params, "normalized_cost": r.normalized_cost,
                            "gflops": r.gflops}
                           for r in ladder(cfg.model.ladder, widths, geometry(cfg), cfg.model.reference_width)])

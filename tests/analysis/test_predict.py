@@ -115,3 +115,21 @@ def test_cli_predict_on_a_run_folder(tmp_path):
     assert {p.suffix for p in files} >= {".csv", ".png", ".json"}
     saved = json.loads(next(p for p in files if p.suffix == ".json").read_text())
     assert len(saved["prediction"]) > 3 and saved["crossovers"]
+
+
+def test_cli_plan_for_a_width_outside_the_ladder_preset(tmp_path):
+    # `study predict --width 40` takes any width; the planner takes the same widths in its target.
+    from study.config import load_config, to_dict
+    from study.ladder import LADDERS, study_ladder
+
+    assert 40 not in LADDERS["tiny"].widths
+    cfg = load_config("tiny")
+    rungs = {r.width: (r.params, r.normalized_cost) for r in study_ladder(cfg)}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
+    table(sizes={w: rungs[w] for w in (8, 16, 32)}).to_csv(run / "results.csv", index=False)
+    proc = subprocess.run([sys.executable, "-m", "study.cli", "plan", str(run), "--target", "fid:40@4"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "target fid:40@4: 95% interval now" in proc.stdout and "new_width    width   40" in proc.stdout
