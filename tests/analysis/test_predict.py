@@ -97,7 +97,8 @@ def test_too_few_cells_is_one_clear_error():
         fit_joint(t[t["width"] == 8], "ddim", n_boot=0)
 
 
-def test_cli_predict_on_a_run_folder(tmp_path):
+def _run_folder(tmp_path):
+    """A run folder of the tiny config holding a synthetic results table of widths 8, 16 and 32."""
     from study.config import load_config, to_dict
     from study.ladder import study_ladder
 
@@ -107,6 +108,11 @@ def test_cli_predict_on_a_run_folder(tmp_path):
     run.mkdir()
     (run / "config.json").write_text(json.dumps(to_dict(cfg)))
     table(sizes={w: rungs[w] for w in (8, 16, 32)}).to_csv(run / "results.csv", index=False)
+    return run
+
+
+def test_cli_predict_on_a_run_folder(tmp_path):
+    run = _run_folder(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "study.cli", "predict", str(run), "--width", "24",
                            "--bootstrap", "30"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -119,16 +125,10 @@ def test_cli_predict_on_a_run_folder(tmp_path):
 
 def test_cli_plan_for_a_width_outside_the_ladder_preset(tmp_path):
     # `study predict --width 40` takes any width; the planner takes the same widths in its target.
-    from study.config import load_config, to_dict
-    from study.ladder import LADDERS, study_ladder
+    from study.ladder import LADDERS
 
     assert 40 not in LADDERS["tiny"].widths
-    cfg = load_config("tiny")
-    rungs = {r.width: (r.params, r.normalized_cost) for r in study_ladder(cfg)}
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.json").write_text(json.dumps(to_dict(cfg)))
-    table(sizes={w: rungs[w] for w in (8, 16, 32)}).to_csv(run / "results.csv", index=False)
+    run = _run_folder(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "study.cli", "plan", str(run), "--target", "fid:40@4"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
