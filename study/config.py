@@ -171,7 +171,7 @@ class TrainConfig:
     precision: Precision = Precision.auto  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every_images: int = 0  # "latest" checkpoint cadence for resuming; 0 = every milestone only
     log_every_images: int = 0  # 0: about 50 log lines per run
-    num_workers: int = 1  # data-parallel Ray Train workers per trial
+    num_workers: int = 1  # data-parallel workers per run: 1 trains inside the Tune trial, more are a Ray Train job
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each Train worker
     torch_threads: int = 0  # 0: cpus_per_worker
@@ -226,8 +226,8 @@ class EvalConfig:
 class SweepConfig:
     # training seeds per size; >= 2 puts seed variance in the intervals
     seeds: List[int] = field(default_factory=lambda: [0])
-    max_failures: int = 2  # Ray Train worker restarts from the latest checkpoint
-    trial_retries: int = 1  # Tune retries of an errored trial on rerun
+    max_failures: int = 2  # restarts of a failed run from its latest checkpoint (Ray Train's; inline, Tune's)
+    trial_retries: int = 1  # Tune retries of an errored trial (inline runs: on top of max_failures)
     storage_path: Optional[str] = None  # Ray Tune storage (local, NFS or s3://); default RUN_DIR/ray
     optuna_storage: Optional[str] = None  # default sqlite:///RUN_DIR/optuna.db; any RDB URL or a .log journal file
     max_concurrent_trials: int = 0  # 0: as many as resources allow
