@@ -10,6 +10,7 @@ from study.atomic import write_atomic, write_json
 from study.config import ConfigError, first_difference
 from study.identity import stable_hash, training_identity as identity
 from study.redact import redact
+from study.weights import STATE
 
 
 class NonFiniteLossError(RuntimeError):
@@ -34,7 +35,7 @@ def check_config(size_dir: Path, cfg_dict: dict) -> None:
         return
     # The folder's copy is redacted (study.redact): compare like with like.
     diff = first_difference(identity(redact(json.loads(path.read_text()))), identity(redact(cfg_dict)))
-    if diff and not any((size_dir / "checkpoints").glob("*/state.json")):
+    if diff and not any((size_dir / "checkpoints").glob(f"*/{STATE}")):
         # Nothing was trained under the old config (a run that failed before its first checkpoint): the folder
         # holds no result that the new config could mix with, so it starts under the new one.
         print(f"note: {size_dir} held no checkpoint of its old config ({diff[0]} differs): starting it anew",
