@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.advice import add_planner_advice
 from analysis.claims import Evidence, check_claims
 from analysis.export import crossover_table, fits_table, write_csv, write_json
 from analysis.findings import frame_of, inference_findings, training_findings
@@ -105,6 +106,7 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     train_text = training_findings(fits)
     claims = check_claims(Evidence(table=table, base=base, pts=pts, ref=ref, fits=fits,
                                    results=results, experiments=experiments))
+    claims = add_planner_advice(claims, table, str(run_dir), seed)  # what the planner would run next
     numbers = prediction_table(fits)
     bands = segment_table(fid)
     pairs = pd.concat([r.pairs for r in [*results.values(), *(e["fid"] for e in experiments.values())]],

@@ -23,7 +23,8 @@ starts from 2 widths (the delta method is then far too confident: alpha is not i
 or, in some noise draws, when half the noise variance is training-seed noise (see the test's docstring).
 
 Targets: an exponent of the law (`alpha`, `beta`, `delta`), the FID of a width at a step count
-(`fid:W@S`), or the crossover cost of two widths (`crossover:W1-W2`).
+(`fid:W@S`), the FID gap of two widths at a step count (`gap:W1-W2@S`, W1's FID minus W2's: what the "larger
+is better" claims compare), or the crossover cost of two widths (`crossover:W1-W2`).
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ def _target_fn(fit: JointFit, target: str, sizes: pd.DataFrame):
     if m:
         row, s = _size(sizes, int(m.group(1))), int(m.group(2))
         return lambda t: float(fit.predict(row["params"], s, None, t))
+    m = re.fullmatch(r"gap:(\d+)-(\d+)@(\d+)", target)
+    if m:  # FID of the first width minus the second's at s steps (positive: the second is better)
+        a, b, s = _size(sizes, int(m.group(1))), _size(sizes, int(m.group(2))), int(m.group(3))
+        return lambda t: float(fit.predict(a["params"], s, None, t) - fit.predict(b["params"], s, None, t))
     m = re.fullmatch(r"crossover:(\d+)-(\d+)", target)
     if m:
         a, b = (_size(sizes, int(m.group(k))) for k in (1, 2))
@@ -139,7 +144,8 @@ def _target_fn(fit: JointFit, target: str, sizes: pd.DataFrame):
                               fit.has_budget)
             return crossovers_between(single, {**a, "label": "a"}, {**b, "label": "b"}, max_steps)["crossover_cost"]
         return cross
-    raise ValueError(f"unknown target {target!r}: use alpha, beta, delta, fid:WIDTH@STEPS or crossover:W1-W2")
+    raise ValueError(f"unknown target {target!r}: use alpha, beta, delta, fid:WIDTH@STEPS, gap:W1-W2@STEPS or "
+                     "crossover:W1-W2")
 
 
 def _grad(f, theta: np.ndarray, eps: float = 1e-4) -> np.ndarray:

@@ -110,7 +110,8 @@ def normalize(df: pd.DataFrame, source: str = "the results table",
     df = df.copy()
     require_columns(df, REQUIRED, source)
     for col, default in DEFAULTS.items():
-        df[col] = df[col].fillna(default).astype(str) if col in df else default
+        # astype(object) first: a column empty in every row reads from CSV as float64, which refuses a str fill.
+        df[col] = df[col].astype(object).fillna(default).astype(str) if col in df else default
     df = validate(df, source)
     if experiment is not None:
         if not (df["experiment"] == experiment).any():
@@ -125,7 +126,7 @@ def normalize(df: pd.DataFrame, source: str = "the results table",
         df["seed"] = 0
     if "timestep_spacing" not in df:
         df["timestep_spacing"] = ""
-    df["timestep_spacing"] = df["timestep_spacing"].fillna("").astype(str)
+    df["timestep_spacing"] = df["timestep_spacing"].astype(object).fillna("").astype(str)
     df["sampler"] = df["sampler"].astype(str)
     if "sampling_cost" not in df or df["sampling_cost"].isna().any():
         df["sampling_cost"] = df["normalized_cost"] * df["steps"]  # paper: cost = nc x steps

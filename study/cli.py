@@ -259,8 +259,11 @@ def recommend(run_dir: Path = typer.Argument(..., help="A run folder with result
 
 @app.command()
 def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
-         target: str = typer.Option(..., "--target", help="alpha, beta, delta, fid:WIDTH@STEPS or crossover:W1-W2."),
+         target: str = typer.Option(..., "--target",
+                                    help="alpha, beta, delta, fid:WIDTH@STEPS, gap:W1-W2@STEPS or crossover:W1-W2."),
          sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),
+         experiment: str = typer.Option("base", "--experiment",
+                                        help="Whose FID rows to plan from: base, superres, distillation, ..."),
          top: int = typer.Option(8, "--top", help="How many candidates to print.")) -> None:
     """Rank the next runs (a new width, another seed, the next budget, more samples) by how much each shrinks
     the target's interval per FLOP."""
@@ -281,7 +284,10 @@ def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and
     sizes = pd.DataFrame([{"width": r.width, "params": r.params, "normalized_cost": r.normalized_cost,
                            "gflops": r.gflops}
                           for r in ladder(cfg.model.ladder, widths, geometry(cfg), cfg.model.reference_width)])
-    res = plan_run(load_results(run_dir), target, sizes, cfg.eval.num_samples, sampler)
+    table = load_results(run_dir, experiment=experiment)  # names the experiments it holds when it lacks this one
+    # A derived experiment evaluates its own sample count (superres.num_eval, ...): weigh its cells by it.
+    samples = cfg.eval.num_samples if experiment == "base" else int(table["num_samples"].min())
+    res = plan_run(table, target, sizes, samples, sampler)
     rk = res["ranking"]
     typer.echo(f"{res['curve']}, target {target}: 95% interval now {rk['interval_now'].iloc[0]:.3g} "
                "(delta method on the joint law)")

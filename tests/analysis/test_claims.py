@@ -138,3 +138,23 @@ def test_terminal_summary_lines():
 @pytest.mark.parametrize("claims", [[]])
 def test_terminal_summary_without_claims(claims):
     assert "no claim of the paper could be checked" in summary_lines({"claims": claims, "report": "r"})[1]
+
+
+def test_an_unresolved_claim_quotes_the_planner_s_next_run(tmp_path):
+    from analysis.advice import add_planner_advice
+
+    ev = _evidence(tmp_path, SyntheticSpec(fid_std=8.0, **FAST))
+    claims = add_planner_advice(check_claims(ev), ev.table, "runs/x")
+    by = {c["key"]: c for c in claims}
+    size = by["model_size"]
+    assert size["verdict"] == UNRESOLVED
+    widths = sorted(ev.base["width"].unique())
+    # The target is the quantity whose interval includes zero: smallest minus largest at the common steps.
+    assert size["plan"].startswith(f"study plan runs/x --target gap:{widths[0]}-{widths[-1]}@100 --sampler ddim")
+    assert size["resolve"].startswith("more samples per FID") and "the planner (`study plan" in size["resolve"]
+    named = int(size["resolve"].split("(width ")[1].split(")")[0])
+    assert named in widths  # a width the run trained, and the interval it would leave
+    now, after = (float(x) for x in size["resolve"].split(" interval ")[1].split(" (95")[0].split(" -> "))
+    assert after < now
+    # Resolved claims are left as they were.
+    assert all(c["plan"] == "" for c in claims if c["verdict"] != UNRESOLVED)

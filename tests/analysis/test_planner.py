@@ -183,3 +183,16 @@ def test_more_samples_are_worth_nothing_against_training_seed_noise():
     from_seeds = plan(seeds, "alpha", LADDER, BASE).query("kind == 'more_samples'")
     assert (evaluation["shrinkage"] > 0).all()
     assert (from_seeds["shrinkage"] < 0.01 * evaluation["shrinkage"].max()).all()
+
+
+def test_the_gap_target_is_the_law_s_fid_difference_and_narrows_with_a_seed_of_either_width(fit):
+    # gap:8-24@4 is FID(width 8, 4 steps) - FID(width 24, 4 steps) under the law at every draw.
+    gap = target_values(fit, "gap:8-24@4", SIZES)
+    diff = target_values(fit, "fid:8@4", SIZES) - target_values(fit, "fid:24@4", SIZES)
+    np.testing.assert_allclose(gap, diff, rtol=1e-9)
+    assert np.median(gap) > 0  # the law's smaller model is worse at 4 steps
+    ranking = plan(fit, "gap:8-24@4", SIZES, 250)
+    seeds = ranking[ranking.kind == "seed"].set_index("width")
+    assert (seeds.loc[[8, 24], "interval_after"] < ranking["interval_now"].iloc[0]).all()
+    with pytest.raises(ValueError, match="gap:W1-W2@STEPS"):
+        plan(fit, "gap:8-24", SIZES, 250)

@@ -133,3 +133,26 @@ def test_cli_plan_for_a_width_outside_the_ladder_preset(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "target fid:40@4: 95% interval now" in proc.stdout and "new_width    width   40" in proc.stdout
+
+
+def test_cli_plan_from_a_derived_experiment_s_rows(tmp_path):
+    # `--experiment superres` plans from that experiment's FID rows (what the report's advice quotes for
+    # a super-resolution claim); an experiment the table lacks is refused by name.
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    run = _run_folder(tmp_path)
+    base = pd.read_csv(run / "results.csv")
+    sr = base.assign(experiment="superres", fid=base["fid"] * 3.0, num_samples=48)
+    pd.concat([base.assign(experiment="base"), sr]).to_csv(run / "results.csv", index=False)
+    runner = CliRunner()
+    got = {e: runner.invoke(app, ["plan", str(run), "--target", "gap:8-32@4", "--experiment", e, "--top", "2"])
+           for e in ("base", "superres")}
+    for e, res in got.items():
+        assert res.exit_code == 0, (e, res.output[-2000:])
+        assert "target gap:8-32@4: 95% interval now" in res.output
+    now = {e: float(r.output.split("interval now ")[1].split()[0]) for e, r in got.items()}
+    assert now["superres"] > 1.5 * now["base"]  # the same relative noise on 3x the FIDs: a wider gap interval
+    bad = runner.invoke(app, ["plan", str(run), "--target", "alpha", "--experiment", "dreambooth"])
+    assert bad.exit_code != 0 and "no rows of experiment 'dreambooth' (it holds base, superres)" in str(bad.exception or bad.output)
