@@ -39,7 +39,10 @@ def _print_summary(console, out: Path, analysis: dict, timings: dict) -> None:
     # The report's findings in a few lines (analysis.api.summary_lines); plain text, no rich markup.
     for line in summary_lines(analysis):
         console.print(line, markup=False, highlight=False)
-    console.print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
+    console.print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if not isinstance(v, dict)))
+    if timings.get("trial_s"):  # experiments that trained in one shared grid: each one's trials' own seconds
+        console.print("training trials (seconds, summed over sizes): "
+                      + ", ".join(f"{k} {v:.0f}" for k, v in timings["trial_s"].items()))
 
 
 def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> dict:

@@ -1,6 +1,7 @@
 """`study sweep`: prepare, then every enabled experiment's training grid and evaluation grid, into the one
-results table. Experiments run in dependency order (a derived experiment after the base ladder it starts
-from); each is resumable by rerunning."""
+results table. Experiments run in dependency order, in waves: the base ladder, then every experiment derived
+from it (distillation, super-resolution, DreamBooth) trained together in one grid and evaluated together in one
+grid; each is resumable by rerunning."""
 
 from __future__ import annotations
 
@@ -41,28 +42,44 @@ def size_outcomes(cfg: StudyConfig, run_dir: Path, subdir: str = "train", sizes:
     return ready, failed
 
 
-def run_experiment(exp, ctx, timings: dict) -> dict:
-    """Train (or derive) an experiment's checkpoints, then evaluate its cells; returns what went wrong."""
+def run_wave(wave: list, ctx, timings: dict) -> dict:
+    """Train (or derive) the checkpoints of a wave of experiments (one or several that depend only on earlier
+    waves) in one training grid, then evaluate all their cells in one evaluation grid; returns what went wrong.
+
+    Stage timings are keyed by the wave's experiments ("train" and "evaluate" for the base; e.g.
+    "distillation+superres+dreambooth_train"); with several experiments, each one's own trials' seconds are
+    kept under "trial_s" (its share of the shared stage)."""
     from sweeps.eval_grid import run_eval_grid
-    from sweeps.train_grid import run_train_grid
+    from sweeps.train_grid import run_train_wave
 
     cfg, out = ctx.cfg, ctx.run_dir
-    label = "" if exp.name == "base" else f"{exp.name}_"
-    sources = exp.sources(ctx)
-    prepared = exp.prepared(ctx)
+    names = [e.name for e in wave]
+    label = "" if names == ["base"] else "+".join(names) + "_"
+    sources = {e.name: e.sources(ctx) for e in wave}
+    prepared = {str(e.prepared(ctx)) for e in wave}
+    if len(prepared) > 1:  # one evaluation grid reads one prepared folder; a wave's experiments share the base's
+        raise ValueError(f"experiments {names} of one wave read different prepared folders {sorted(prepared)}")
+    prepared = wave[0].prepared(ctx)
     t = time.time()
-    train = run_train_grid(cfg, out, prepared, progress=ctx.progress, experiment=exp, sources=sources)
+    train = run_train_wave(cfg, out, prepared, [(e, sources[e.name]) for e in wave], progress=ctx.progress)
     timings[f"{label}train"] = round(time.time() - t, 1)
-    sizes, failed = size_outcomes(cfg, out, exp.subdir, sorted(sources) if sources is not None else None)
-    ctx.trained[exp.name] = sizes
-    failed_sizes = [f"{exp.name} w{w}-s{s}: {why}" for (w, s), why in sorted(failed.items())]
-    if not sizes:
-        if exp.name == "base":
+    if len(wave) > 1:  # each experiment's own share of the shared stage: its trials' seconds
+        timings.setdefault("trial_s", {}).update({n: round(sec, 1) for n, sec in train["trial_seconds"].items()})
+    chains, failed_sizes = [], []
+    for e in wave:
+        src = sources[e.name]
+        sizes, failed = size_outcomes(cfg, out, e.subdir, sorted(src) if src is not None else None)
+        ctx.trained[e.name] = sizes
+        failed_sizes += [f"{e.name} w{w}-s{s}: {why}" for (w, s), why in sorted(failed.items())]
+        if not sizes and e.name == "base":
             raise RuntimeError("no size finished training: " + "; ".join(train["errors"]))
+        if sizes:
+            chains += e.chains(ctx, sizes)
+    if not chains:
         return {"train_errors": train["errors"], "eval_failed": [], "failed_sizes": failed_sizes}
     t = time.time()
-    evals = run_eval_grid(cfg, out, prepared, exp.chains(ctx, sizes), ctx.rungs, ctx.storage_url,
-                          progress=ctx.progress, name="evaluate" if exp.name == "base" else f"{exp.name}: evaluate")
+    evals = run_eval_grid(cfg, out, prepared, chains, ctx.rungs, ctx.storage_url, progress=ctx.progress,
+                          name="evaluate" if names == ["base"] else f"{'+'.join(names)}: evaluate")
     timings[f"{label}evaluate"] = round(time.time() - t, 1)
     return {"train_errors": train["errors"], "eval_failed": evals["failed"], "chains": evals["chains"],
             "failed_sizes": failed_sizes}
@@ -87,7 +104,7 @@ def _sweep(cfg: StudyConfig, out: Path, experiments: list, progress: bool, timin
     from study.prepare import prepare
     from study.raycluster import ensure_ray
     from study.runfolder import check_run_folder
-    from sweeps.experiments import StageContext
+    from sweeps.experiments import StageContext, waves
     from sweeps.guidance import default_storage
 
     check_run_folder(cfg, out)  # refuses a folder made by a different study definition
@@ -101,8 +118,8 @@ def _sweep(cfg: StudyConfig, out: Path, experiments: list, progress: bool, timin
     summary = {"run_dir": str(out), "results": str(out / "results.parquet"), "train_errors": [],
                "eval_failed": [], "failed_sizes": [], "experiments": [e.name for e in experiments],
                "timings": timings}
-    for exp in experiments:
-        res = run_experiment(exp, ctx, timings)
+    for wave in waves(experiments):
+        res = run_wave(wave, ctx, timings)
         for key in ("train_errors", "eval_failed", "failed_sizes"):
             summary[key] += res[key]
     summary["sizes"] = len(ctx.trained.get("base", {}))

@@ -6,15 +6,16 @@ from ray.tune import Callback
 
 
 class GridProgress(Callback):
-    """A tqdm bar of images seen across all (size, seed) trials of the grid.
+    """A tqdm bar of images seen across all (experiment, size, seed) trials of the grid.
 
     Tune pickles its callbacks with the experiment and restores them on a rerun, so the bar itself is
     made lazily and left out of the pickle."""
 
     desc = "train grid"  # a class default: a bar pickled by an older version has no desc of its own
 
-    def __init__(self, total_images: int, n_trials: int, enabled: bool = True, desc: str = "train grid"):
-        self.total, self.n_trials, self.enabled, self.desc = total_images * n_trials, n_trials, enabled, desc
+    def __init__(self, total: int, n_trials: int, enabled: bool = True, desc: str = "train grid"):
+        """total: images of every trial together (the runs of a grid's experiments may differ in budget)."""
+        self.total, self.n_trials, self.enabled, self.desc = total, n_trials, enabled, desc
         self.seen: dict[str, int] = {}
         self._bar = None
 
@@ -39,7 +40,8 @@ class GridProgress(Callback):
             self.seen[trial.trial_id] = images
         loss = f" loss {result['loss']:.3f}" if "loss" in result else ""
         size = trial.config.get("size") or trial.config
-        self.bar.set_postfix_str(f"w{size.get('width')}-s{size.get('seed')}{loss}")
+        exp = f"{size['experiment']} " if "experiment" in size else ""
+        self.bar.set_postfix_str(f"{exp}w{size.get('width')}-s{size.get('seed')}{loss}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         done = sum(t.status == "TERMINATED" for t in trials)

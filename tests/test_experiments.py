@@ -25,6 +25,15 @@ def test_experiments_run_after_what_they_derive_from(monkeypatch):
     assert [e.name for e in ex.enabled_experiments(None)] == ["base", "distillation"]
 
 
+def test_experiments_derived_from_the_same_ones_share_a_wave(monkeypatch):
+    # distillation, superres and dreambooth each start from the base: one wave after it (one training grid,
+    # one evaluation grid); an experiment derived from one of them waits for the next wave.
+    _registry(monkeypatch, _Exp("base"), _Exp("distillation", after=("base",)), _Exp("superres", after=("base",)),
+              _Exp("dreambooth", after=("base",)), _Exp("on_distilled", after=("distillation", "base")))
+    got = [[e.name for e in w] for w in ex.waves(ex.enabled_experiments(None))]
+    assert got == [["base"], ["distillation", "superres", "dreambooth"], ["on_distilled"]]
+
+
 def test_a_missing_dependency_or_a_cycle_is_named(monkeypatch):
     _registry(monkeypatch, _Exp("superres", after=("base",)))
     with pytest.raises(ValueError, match="'superres' derives from \\['base'\\]"):

@@ -141,3 +141,12 @@ def enabled_experiments(cfg) -> list[Experiment]:
             done.add(e.name)
             todo.remove(e)
     return ordered
+
+
+def waves(experiments: list[Experiment]) -> list[list[Experiment]]:
+    """The experiments (in dependency order, enabled_experiments) grouped into waves: each wave depends only on
+    earlier ones, so its experiments train together in one grid and evaluate together in one grid."""
+    depth: dict[str, int] = {}
+    for e in experiments:
+        depth[e.name] = 1 + max((depth[a] for a in e.after), default=-1)
+    return [[e for e in experiments if depth[e.name] == d] for d in sorted(set(depth.values()))]
