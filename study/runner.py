@@ -40,9 +40,10 @@ def _print_summary(console, out: Path, analysis: dict, timings: dict) -> None:
     for line in summary_lines(analysis):
         console.print(line, markup=False, highlight=False)
     console.print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if not isinstance(v, dict)))
-    if timings.get("trial_s"):  # experiments that trained in one shared grid: each one's trials' own seconds
-        console.print("training trials (seconds, summed over sizes): "
-                      + ", ".join(f"{k} {v:.0f}" for k, v in timings["trial_s"].items()))
+    for key, what in (("trial_s", "training trials"), ("eval_s", "evaluations")):
+        if timings.get(key):  # experiments that shared a stage: each one's own seconds in it
+            console.print(f"{what} (seconds, summed over sizes): "
+                          + ", ".join(f"{k} {v:.0f}" for k, v in timings[key].items()))
 
 
 def run_study(cfg: StudyConfig, fresh: bool = False, progress: bool = True) -> dict:

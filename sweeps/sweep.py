@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from study.config import StudyConfig
 
 
@@ -47,8 +49,8 @@ def run_wave(wave: list, ctx, timings: dict) -> dict:
     waves) in one training grid, then evaluate all their cells in one evaluation grid; returns what went wrong.
 
     Stage timings are keyed by the wave's experiments ("train" and "evaluate" for the base; e.g.
-    "distillation+superres+dreambooth_train"); with several experiments, each one's own trials' seconds are
-    kept under "trial_s" (its share of the shared stage)."""
+    "distillation+superres+dreambooth_train"); with several experiments, each one's own seconds are kept under
+    "trial_s" (its training trials) and "eval_s" (its evaluations): its share of the shared stages."""
     from sweeps.eval_grid import run_eval_grid
     from sweeps.train_grid import run_train_wave
 
@@ -81,6 +83,12 @@ def run_wave(wave: list, ctx, timings: dict) -> dict:
     evals = run_eval_grid(cfg, out, prepared, chains, ctx.rungs, ctx.storage_url, progress=ctx.progress,
                           name="evaluate" if names == ["base"] else f"{'+'.join(names)}: evaluate")
     timings[f"{label}evaluate"] = round(time.time() - t, 1)
+    if len(wave) > 1:  # and of the shared evaluation: its evaluations' own seconds (the rows' eval_seconds)
+        from sweeps.results import read_results
+
+        rows = read_results(out)
+        secs = pd.to_numeric(rows["eval_seconds"], errors="coerce").groupby(rows["experiment"]).sum()
+        timings.setdefault("eval_s", {}).update({n: round(float(secs.get(n, 0.0)), 1) for n in names})
     return {"train_errors": train["errors"], "eval_failed": evals["failed"], "chains": evals["chains"],
             "failed_sizes": failed_sizes}
 

@@ -159,6 +159,11 @@ def test_analysis_outputs(smoke_run):
     assert any(p.stat().st_size > 0 for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     stages = json.loads((run_dir / "stages.json").read_text())
     assert {"train", "evaluate", "analyze", "total"} <= set(stages)
+    # The derived experiments ran as one wave (one training grid, one evaluation grid), each one's share kept.
+    derived = {"distillation", "superres", "dreambooth"}
+    assert {"distillation+superres+dreambooth_train", "distillation+superres+dreambooth_evaluate"} <= set(stages)
+    assert set(stages["trial_s"]) == set(stages["eval_s"]) == derived
+    assert all(v > 0 for v in [*stages["trial_s"].values(), *stages["eval_s"].values()])
     assert "report:" in out and "wall time:" in out
     # The findings lead: a Markdown copy beside the report, and the same lines on the terminal.
     assert (a / "findings.md").is_file() and "Findings (paper's claim" in out
