@@ -102,14 +102,10 @@ def advise(table: pd.DataFrame, key: str, run_dir: str, seed: int = 0, fits: dic
 
 
 def add_planner_advice(claims: list[dict], table: pd.DataFrame, run_dir: str, seed: int = 0) -> list[dict]:
-    """Each unresolved claim with a planner target gets `plan` (the command) and the planner's first-ranked
-    run appended to its `resolve`; the others are returned unchanged."""
+    """Each unresolved claim with a planner target gets `plan` (the command) and `advice` (the planner's
+    first-ranked run, a sentence) beside its generic `resolve`; the others get them empty."""
     out, fits = [], {}
     for c in claims:
         a = advise(table, c["key"], run_dir, seed, fits) if c.get("verdict") == UNRESOLVED else None
-        if a is None:
-            out.append({**c, "plan": ""})
-            continue
-        resolve = f"{c['resolve']}; {a['text']}" if c.get("resolve") else a["text"]
-        out.append({**c, "resolve": resolve, "plan": a["command"]})
+        out.append({**c, "plan": a["command"] if a else "", "advice": a["text"] if a else ""})
     return out

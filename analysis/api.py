@@ -94,6 +94,8 @@ def summary_lines(summary: dict, width: int = 110) -> list[str]:
         lines.append(f"      {found}")
         if c.get("resolve"):
             lines.append(f"      to resolve: {c['resolve']}")
+        if c.get("advice"):
+            lines.append(f"      next run: {c['advice']}")
     if len(lines) == 1:
         lines.append("  no claim of the paper could be checked on this results table")
     lines.append(f"report: {summary.get('report')}")

@@ -76,6 +76,8 @@ def findings_html(claims: list[dict]) -> str:
     rows = []
     for c in claims:
         why = f"<div class='why'>to resolve: {_e(c['resolve'])}</div>" if c.get("resolve") else ""
+        if c.get("advice"):  # the planner's first-ranked next run (analysis/advice.py)
+            why += f"<div class='why'>next run: {_e(c['advice'])}</div>"
         rows.append(f"<tr><td><a href='#{_e(c['anchor'])}'>{_e(c['title'])}</a></td><td>{_e(c['paper'])}</td>"
                     f"<td class='found'>{_e(c['found'])}</td><td>{verdict_badge(c['verdict'])}{why}</td></tr>")
     return ("<table><thead><tr><th>experiment</th><th>the paper's claim</th><th>this run found (95% interval)"
@@ -167,6 +169,7 @@ def findings_markdown(page: dict, report_name: str = "report.html") -> str:
              "|---|---|---|---|"]
     for c in page["claims"]:
         v = f"**{c['verdict']}**" + (f" (to resolve: {c['resolve']})" if c.get("resolve") else "")
+        v += f" (next run: {c['advice']})" if c.get("advice") else ""
         lines.append(f"| {_md_cell(c['title'])} | {_md_cell(c['paper'])} | {_md_cell(c['found'])} | {_md_cell(v)} |")
     nums = page["numbers"]
     if nums is not None and not nums.empty:

@@ -151,10 +151,25 @@ def test_an_unresolved_claim_quotes_the_planner_s_next_run(tmp_path):
     widths = sorted(ev.base["width"].unique())
     # The target is the quantity whose interval includes zero: smallest minus largest at the common steps.
     assert size["plan"].startswith(f"study plan runs/x --target gap:{widths[0]}-{widths[-1]}@100 --sampler ddim")
-    assert size["resolve"].startswith("more samples per FID") and "the planner (`study plan" in size["resolve"]
-    named = int(size["resolve"].split("(width ")[1].split(")")[0])
+    assert size["resolve"].startswith("more samples per FID") and size["advice"].startswith("the planner (`study plan")
+    named = int(size["advice"].split("(width ")[1].split(")")[0])
     assert named in widths  # a width the run trained, and the interval it would leave
-    now, after = (float(x) for x in size["resolve"].split(" interval ")[1].split(" (95")[0].split(" -> "))
+    now, after = (float(x) for x in size["advice"].split(" interval ")[1].split(" (95")[0].split(" -> "))
     assert after < now
-    # Resolved claims are left as they were.
-    assert all(c["plan"] == "" for c in claims if c["verdict"] != UNRESOLVED)
+    # Resolved claims get no advice; the terminal lines carry it under the claim.
+    assert all(c["plan"] == c["advice"] == "" for c in claims if c["verdict"] != UNRESOLVED)
+    lines = summary_lines({"claims": claims, "report": "r.html"})
+    assert f"      next run: {size['advice']}" in lines
+
+
+def test_the_report_and_its_markdown_show_the_planner_s_next_run():
+    from analysis.report import findings_html, findings_markdown
+
+    claim = {"key": "model_size", "title": "Size", "paper": "p", "found": "f", "verdict": UNRESOLVED,
+             "resolve": "more seeds", "anchor": "fid_steps", "plan": "study plan r --target alpha",
+             "advice": "the planner (`study plan r --target alpha`) ranks first <another seed>"}
+    html = findings_html([claim])
+    assert "<div class='why'>next run: the planner (`study plan r --target alpha`) ranks first &lt;another seed&gt;" \
+        in html
+    md = findings_markdown({"title": "t", "subtitle": "s", "claims": [claim], "numbers": None, "sections": []})
+    assert "(to resolve: more seeds) (next run: the planner (`study plan r --target alpha`)" in md
