@@ -118,12 +118,16 @@ class _Sliced:
 
         bundle = {"CPU": cfg.eval.cpus_per_eval, **({"GPU": cfg.eval.gpus_per_eval} if cfg.eval.gpus_per_eval else {})}
         self.pg = placement_group([bundle] * parts, strategy="SPREAD")
-        ray.get(self.pg.ready())
-        actor = ray.remote(_Loaded)
-        self.parts = parts
-        self.actors = [actor.options(num_cpus=cfg.eval.cpus_per_eval, num_gpus=cfg.eval.gpus_per_eval,
-                                     scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
-                       .remote(cfg_dict, prepared_dir, chain.task, chain.checkpoint) for i in range(parts)]
+        self.parts, self.actors = parts, []
+        try:  # the chain's try/finally starts after this: a failure here must not leave the group reserved
+            ray.get(self.pg.ready())
+            actor = ray.remote(_Loaded)
+            self.actors = [actor.options(num_cpus=cfg.eval.cpus_per_eval, num_gpus=cfg.eval.gpus_per_eval,
+                                         scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, i))
+                           .remote(cfg_dict, prepared_dir, chain.task, chain.checkpoint) for i in range(parts)]
+        except BaseException:
+            self.close()
+            raise
 
     def evaluate(self, sampler: str, steps: int, g: float) -> dict:
         import ray

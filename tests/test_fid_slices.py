@@ -121,6 +121,30 @@ def test_the_evaluation_grid_splits_one_fid_over_slice_actors_and_merges_it_exac
     assert 0 < got["fid_std"] < got["fid"] and got["fid_std"] == pytest.approx(want["fid_std"], rel=1e-6)
 
 
+def test_a_slice_group_that_fails_while_its_actors_start_gives_its_reservation_back(smoke_prepared, ray_local,
+                                                                                    tmp_path, monkeypatch):
+    import ray
+    from ray.util import placement_group_table
+
+    from study.config import from_dict, to_dict
+    from sweeps.eval_grid import Chain, _Sliced
+
+    cfg, prep = smoke_prepared
+    raw = to_dict(cfg)
+    raw["eval"]["fid_slices"], raw["eval"]["cpus_per_eval"] = 2, 0.5
+    cfg = from_dict(raw)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("actor class cannot be made")
+
+    monkeypatch.setattr(ray, "remote", broken)
+    with pytest.raises(RuntimeError, match="actor class cannot be made"):
+        _Sliced(cfg, raw, str(prep.dir), Chain(8, 0, 768, str(tmp_path), "ddim", (2,), "leading"), 2)
+    monkeypatch.undo()
+    states = [g["state"] for g in placement_group_table().values()]
+    assert "CREATED" not in states and "PENDING" not in states  # nothing left reserved
+
+
 def test_slices_that_cannot_fit_the_local_machine_are_refused_at_once(smoke_prepared, tmp_path):
     import ray
 
