@@ -48,7 +48,7 @@ def concurrent_trials(cfg: StudyConfig) -> int | None:
     res = ray.cluster_resources()
     t = cfg.train
     gpus = res.get("GPU", 0) if use_gpu(t.use_gpu) else 0
-    per_trial = t.num_workers * t.cpus_per_worker + 0.01  # the same for an inline trial (trial_resources)
+    per_trial = trial_cpus(t)
     slots = min(gpus // t.num_workers, res.get("CPU", 1) // per_trial) if gpus else res.get("CPU", 1) // per_trial
     return max(1, int(slots))
 
@@ -60,13 +60,19 @@ def inline_training(train_cfg) -> bool:
     return train_cfg.num_workers == 1
 
 
+def trial_cpus(train_cfg) -> float:
+    """CPUs one trial occupies, wherever they are held: its workers' and 0.01 for its driver (inline, the
+    one worker is the trial's own actor: trial_resources)."""
+    return train_cfg.num_workers * train_cfg.cpus_per_worker + 0.01
+
+
 def trial_resources(train_cfg, inline: bool) -> dict:
     """What a trial's actor holds: almost nothing when it drives a Ray Train job, the worker's share inline."""
     from trainers.run import use_gpu
 
     if not inline:
         return {"CPU": 0.01}  # the driver itself needs (almost) nothing; the Ray Train worker holds the rest
-    return {"CPU": train_cfg.cpus_per_worker + 0.01, **({"GPU": 1} if use_gpu(train_cfg.use_gpu) else {})}
+    return {"CPU": trial_cpus(train_cfg), **({"GPU": 1} if use_gpu(train_cfg.use_gpu) else {})}
 
 
 def experiment_name(cfg: StudyConfig, run_dir: Path, experiment: str = "base", sizes=None, job=None) -> str:
