@@ -100,7 +100,7 @@ def test_finetune_resumes_after_kill_and_reuses_class_images(setup, ray_local, t
     with pytest.raises(Exception):  # max_failures=0: the killed worker fails the run
         _finetune(cfg, prep, base, tmp_path / "run", hooks)
     assert (tmp_path / "killed").exists()
-    resumed = _finetune(cfg, prep, base, tmp_path / "run")  # the same command again
+    resumed = _finetune(cfg, prep, base, tmp_path / "run", inline=True)  # the same command again, resumed inline
     assert resumed["train_images"] == 32
     size_dir = trainers.run_dir_for(tmp_path / "run", 8, 0, "dreambooth/train")
     logged = [json.loads(ln)["train_images"] for ln in (size_dir / "metrics.jsonl").read_text().splitlines()]

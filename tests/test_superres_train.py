@@ -86,7 +86,8 @@ def test_killed_finetune_resumes_to_the_same_checkpoints(clean, base, tmp_path):
     with pytest.raises(Exception):  # max_failures=0: the killed worker fails the run
         _finetune(run_dir, base, "train.checkpoint_every_images=32", hooks=hooks)
     assert (tmp_path / "killed").exists() and not (size_dir / "DONE").exists()
-    summary = _finetune(run_dir, base, "train.checkpoint_every_images=32")  # the same command again
+    # The same command again, resumed inline (the killed part ran under Ray Train: both launchers replay alike).
+    summary = _finetune(run_dir, base, "train.checkpoint_every_images=32", inline=True)
     assert [r["train_images"] for r in summary["milestones"]] == MILESTONES
     for images in MILESTONES:  # bitwise: crops, noise, noise levels and LR augmentation replay exactly
         for which in ("raw", "ema"):

@@ -38,11 +38,11 @@ def clean(ray_local, prep, tmp_path_factory):
     return run_dir, trainers.train_size(tiny_config(), 8, 0, run_dir, prep, progress=False, inline=True)
 
 
-def _train(run_dir, prep, *overrides, hooks=None, width=8):
+def _train(run_dir, prep, *overrides, hooks=None, width=8, inline=False):
     if hooks:
         os.environ[TEST_HOOKS_ENV] = json.dumps(hooks)
     try:
-        return trainers.train_size(tiny_config(*overrides), width, 0, run_dir, prep, progress=False)
+        return trainers.train_size(tiny_config(*overrides), width, 0, run_dir, prep, progress=False, inline=inline)
     finally:
         os.environ.pop(TEST_HOOKS_ENV, None)
 
@@ -205,7 +205,9 @@ def test_resume_after_kill_matches_clean_run(clean, prep, tmp_path):
     (size_dir / "checkpoints" / ".tmp-latest-0000000192").mkdir()
     (size_dir / "checkpoints" / ".tmp-latest-0000000192" / "raw.safetensors").write_bytes(b"partial")
 
-    summary = _train(run_dir, prep, "train.checkpoint_every_images=32")  # the same command again
+    # The same command again, inline, as `study run` resumes a one-worker run (in its Tune trial); the killed
+    # part ran as a Ray Train job.
+    summary = _train(run_dir, prep, "train.checkpoint_every_images=32", inline=True)
     assert [r["train_images"] for r in summary["milestones"]] == MILESTONES
     after = {p.name: (p / "raw.safetensors").stat().st_ino for p in (size_dir / "checkpoints").glob("milestone-*")}
     assert all(after[k] == v for k, v in before.items())  # earlier milestones were not written again
