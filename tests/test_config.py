@@ -73,9 +73,13 @@ def test_cli_user_error_is_one_line_without_traceback():
 
 
 def test_cli_config_show_prints_resolved_yaml():
-    proc = subprocess.run([sys.executable, "-m", "study.cli", "config", "show", "smoke", "train.batch_size=32"],
-                          capture_output=True, text=True, check=True)
-    assert "batch_size: 32" in proc.stdout and "ladder: tiny" in proc.stdout
+    from typer.testing import CliRunner  # in this process: the entry point's own path is tested above
+
+    from study.cli import app
+
+    res = CliRunner().invoke(app, ["config", "show", "smoke", "train.batch_size=32"])
+    assert res.exit_code == 0, res.output
+    assert "batch_size: 32" in res.stdout and "ladder: tiny" in res.stdout
 
 
 def test_the_run_folder_is_absolute_so_paths_under_it_survive_a_trial_s_working_directory(tmp_path, monkeypatch):

@@ -1,8 +1,6 @@
 """The ladder's cost model against the paper's Table 1, measured on the model itself."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -64,8 +62,12 @@ def test_tiny_ladder_same_shape_and_runs():
 
 
 def test_cli_ladder_json():
-    proc = subprocess.run([sys.executable, "-m", "study.cli", "ladder", "tiny", "--format", "json"],
-                          capture_output=True, text=True, check=True)
-    rows = json.loads(proc.stdout)
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
+    res = CliRunner().invoke(app, ["ladder", "tiny", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
     assert [r["width"] for r in rows] == list(load_config("tiny").model.widths)
     assert {"width", "params", "gflops", "normalized_cost"} <= set(rows[0])

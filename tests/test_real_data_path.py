@@ -121,7 +121,8 @@ def test_a_user_without_inception_can_prepare_and_train_and_evaluation_says_what
         train_size(cfg, 8, 0, tmp_path / "paper-runs", prep.dir, progress=False)
     cpu = {"total_images": 8, "batch_size": 4, "milestones": [1.0], "warmup_images": 0, "use_gpu": "false",
            "num_workers": 1, "cpus_per_worker": 1, "zero_stage": 0}
-    summary = train_size(cfg, 8, 0, tmp_path / "runs" / cfg.name, prep.dir, progress=False, train=cpu)
+    # Inline, as `study run` trains a one-worker run (the Ray Train launcher has its own tests).
+    summary = train_size(cfg, 8, 0, tmp_path / "runs" / cfg.name, prep.dir, progress=False, train=cpu, inline=True)
     assert summary["train_images"] == 8
     # Evaluation needs the file: one line naming the key and where to get it, before any data is read.
     (tmp_path / "cfg.yaml").write_text(__import__("yaml").safe_dump(raw))

@@ -2,8 +2,6 @@
 studies with a known law, and `study predict` runs on a run folder."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,11 +110,14 @@ def _run_folder(tmp_path):
 
 
 def test_cli_predict_on_a_run_folder(tmp_path):
+    from typer.testing import CliRunner  # in this process (the CLI's own start-up is tested in test_config)
+
+    from study.cli import app
+
     run = _run_folder(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "study.cli", "predict", str(run), "--width", "24",
-                           "--bootstrap", "30"], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "crossover at cost" in proc.stdout
+    res = CliRunner().invoke(app, ["predict", str(run), "--width", "24", "--bootstrap", "30"])
+    assert res.exit_code == 0, res.output[-2000:]
+    assert "crossover at cost" in res.stdout
     files = list((run / "analysis").glob("predict-w24-*"))
     assert {p.suffix for p in files} >= {".csv", ".png", ".json"}
     saved = json.loads(next(p for p in files if p.suffix == ".json").read_text())
@@ -128,11 +129,14 @@ def test_cli_plan_for_a_width_outside_the_ladder_preset(tmp_path):
     from study.ladder import LADDERS
 
     assert 40 not in LADDERS["tiny"].widths
+    from typer.testing import CliRunner
+
+    from study.cli import app
+
     run = _run_folder(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "study.cli", "plan", str(run), "--target", "fid:40@4"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "target fid:40@4: 95% interval now" in proc.stdout and "new_width    width   40" in proc.stdout
+    res = CliRunner().invoke(app, ["plan", str(run), "--target", "fid:40@4"])
+    assert res.exit_code == 0, res.output[-2000:]
+    assert "target fid:40@4: 95% interval now" in res.stdout and "new_width    width   40" in res.stdout
 
 
 def test_cli_plan_from_a_derived_experiment_s_rows(tmp_path):
