@@ -70,8 +70,8 @@ def advise(table: pd.DataFrame, key: str, run_dir: str, seed: int = 0, fits: dic
         return None
     experiment, pick = TARGETS[key]
     rows = table[table["experiment"].fillna("base").astype(str) == experiment] if "experiment" in table else table
-    if rows.empty:
-        return None
+    if rows.empty or not {"params", "normalized_cost", "gflops", "num_samples"} <= set(rows.columns):
+        return None  # a table without the ladder's cost columns cannot be planned on (FLOPs per candidate)
     curve = _default_curve(rows)
     fits = {} if fits is None else fits
     try:

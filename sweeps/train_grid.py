@@ -128,7 +128,8 @@ def run_train_wave(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: l
         out["trials"] += res["trials"]
         out["errors"] += res["errors"]
         out["trial_seconds"].update(res["trial_seconds"])
-    out["experiment"] = out["experiments"][0]  # the Tune experiment's path (the first, where there are several)
+    # The Tune experiment's path (the first, where there are several; None when there was nothing to train).
+    out["experiment"] = out["experiments"][0] if out["experiments"] else None
     return out
 
 
