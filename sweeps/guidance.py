@@ -37,9 +37,19 @@ class Cell:
 def open_storage(url: str):
     """An Optuna storage from a URL (sqlite:///, postgresql://, ...) or a journal file path (*.log)."""
     if "://" in url:
+        import sqlalchemy.exc
+
         # Several processes write one SQLite file; give each writer time to get the lock.
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        for attempt in range(5):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+            except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+                # Workers that open a fresh database at once race to create Optuna's schema (PostgreSQL: "type
+                # studydirection already exists"); the loser finds it made on its next try.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)

@@ -58,16 +58,23 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def postgres(tmp_path):
-    """PostgreSQL listening on 127.0.0.1 only; yields (url, restart)."""
+    """PostgreSQL listening on 127.0.0.1 only; yields (url, restart). restart(down) stops the server, keeps it
+    down for `down` seconds and starts it again."""
     from pgserver._commands import pg_ctl
 
     srv = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop")
     port, sock = _free_port(), tempfile.mkdtemp(prefix="pg")
     os.chmod(sock, 0o777)  # as root pgserver runs the server as its own system user
     opts = ["-o", f"-h 127.0.0.1 -p {port} -k {sock}"]
+    log = Path(sock) / "server.log"  # the server's output goes to a file, not to pg_ctl's pipe
 
-    def restart():
-        pg_ctl(["-w", "-m", "fast", *opts, "restart"], pgdata=srv.pgdata, user=srv.system_user)
+    def restart(down: float = 0.0):
+        if not down:
+            pg_ctl(["-w", "-m", "fast", *opts, "restart"], pgdata=srv.pgdata, user=srv.system_user)
+            return
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=srv.pgdata, user=srv.system_user)
+        time.sleep(down)
+        pg_ctl(["-w", "-l", str(log), *opts, "start"], pgdata=srv.pgdata, user=srv.system_user)
 
     restart()  # from pgserver's socket-only default to TCP on loopback
     yield f"postgresql+psycopg2://{srv.postgres_user}@127.0.0.1:{port}/postgres", restart
@@ -78,9 +85,11 @@ def _complete(url: str) -> dict:
     import optuna
     from optuna.trial import TrialState
 
-    out = {}
-    for s in optuna.get_all_study_summaries(storage=url):
-        study = optuna.load_study(study_name=s.study_name, storage=url)
+    from sweeps.guidance import open_storage  # as the workers open it (a fresh database's schema race included)
+
+    out, storage = {}, open_storage(url)
+    for s in optuna.get_all_study_summaries(storage=storage):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
         out[s.study_name] = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     return out
 
@@ -97,7 +106,10 @@ def test_workers_share_one_postgres_study_across_a_server_restart(postgres):
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "workers stalled or died"
         time.sleep(0.5)
     before = {name: {t.number for t in trials} for name, trials in _complete(url).items()}
-    restart()  # every worker's connections drop mid-trial
+    # Every worker's connections drop mid-search, and the server stays down for longer than a trial takes
+    # (0.3 s), so every worker's next storage call fails (a restart alone can fall between two calls and be
+    # absorbed by the connection pool's reconnect: the test would then prove nothing).
+    restart(down=3.0)
     logs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     assert any("retry" in log for log in logs), "the restart interrupted no worker: the test proved nothing"
