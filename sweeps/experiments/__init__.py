@@ -131,22 +131,23 @@ def enabled_experiments(cfg) -> list[Experiment]:
         missing = [a for a in e.after if a not in names]
         if missing:
             raise ValueError(f"experiment {e.name!r} derives from {missing}, which this config does not run")
-    ordered, done = [], set()
+    return [e for wave in _rounds(todo) for e in wave]
+
+
+def _rounds(todo: list[Experiment]) -> list[list[Experiment]]:
+    """Experiments in rounds: each round depends only on earlier ones (registry order within a round)."""
+    rounds, done = [], set()
     while todo:
         ready = [e for e in todo if all(a in done for a in e.after)]
         if not ready:
             raise ValueError(f"experiments {[e.name for e in todo]} depend on each other in a cycle")
-        for e in ready:
-            ordered.append(e)
-            done.add(e.name)
-            todo.remove(e)
-    return ordered
+        rounds.append(ready)
+        done |= {e.name for e in ready}
+        todo = [e for e in todo if e not in ready]
+    return rounds
 
 
 def waves(experiments: list[Experiment]) -> list[list[Experiment]]:
     """The experiments (in dependency order, enabled_experiments) grouped into waves: each wave depends only on
     earlier ones, so its experiments train together in one grid and evaluate together in one grid."""
-    depth: dict[str, int] = {}
-    for e in experiments:
-        depth[e.name] = 1 + max((depth[a] for a in e.after), default=-1)
-    return [[e for e in experiments if depth[e.name] == d] for d in sorted(set(depth.values()))]
+    return _rounds(list(experiments))
