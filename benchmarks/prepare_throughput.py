@@ -64,6 +64,28 @@ def _small_vae_dir(root: Path, px: int) -> Path:
     return out
 
 
+def _shm_used() -> int:
+    """Bytes in use on /dev/shm: Ray's object store lives there (its pages are shared by every process
+    that maps them, so a worker's resident set counts the pages it touched)."""
+    import shutil
+
+    return shutil.disk_usage("/dev/shm").used if os.path.isdir("/dev/shm") else 0
+
+
+def _by_mapping(p) -> str:
+    """A process's resident memory by what is mapped (MB): the object store's shared memory, other
+    files (libraries, memory-mapped arrays) and anonymous memory (its own heap). Slow: trace only."""
+    shm = files = anon = 0
+    for m in p.memory_maps(grouped=True):
+        if "/dev/shm" in m.path or "plasma" in m.path:
+            shm += m.rss
+        elif m.path.startswith("/"):
+            files += m.rss
+        else:
+            anon += m.rss
+    return f"shm={shm >> 20} files={files >> 20} anon={anon >> 20}"
+
+
 def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
     """Run one prepare in this process and measure it."""
     import numpy as np
@@ -82,24 +104,38 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
         ae_dir = _small_vae_dir(Path(out_dir).parent, px)
     cfg = load_config("tiny", overrides)
     ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    peaks: dict[int, tuple[str, int]] = {}
+    # Per process: peak resident set, and peak private memory (resident minus shared pages: the object
+    # store's /dev/shm and memory-mapped part files count as shared). Ray reuses worker processes for
+    # different tasks, so a process is named by the role it had at its peak.
+    peaks: dict[int, dict] = {}
+    trace = open(os.environ["PREPARE_TRACE"], "w") if os.environ.get("PREPARE_TRACE") else None
     stop = threading.Event()
 
+    shm_base, shm_peak = _shm_used(), [0]
+
     def sample():  # the driver and every process Ray started for it (raylet, GCS, workers)
-        me = psutil.Process()
+        me, t_start = psutil.Process(), time.time()
         while not stop.is_set():
+            shm_peak[0] = max(shm_peak[0], _shm_used() - shm_base)
             for p in [me, *me.children(recursive=True)]:
                 try:
-                    rss, name = p.memory_info().rss, " ".join(p.cmdline()[:1])[-40:]
+                    m, name = p.memory_info(), " ".join(p.cmdline()[:1])[-40:]
                     if p.pid == me.pid:
                         name = "driver"
                     elif p.name().startswith("ray::"):
                         name = p.name()
-                    if rss > peaks.get(p.pid, ("", 0))[1]:
-                        peaks[p.pid] = (name, rss)
+                    private = m.rss - m.shared
+                    peak = peaks.setdefault(p.pid, {"rss": 0, "private": 0, "rss_role": name, "private_role": name})
+                    if m.rss > peak["rss"]:
+                        peak.update(rss=m.rss, rss_role=name)
+                    if private > peak["private"]:
+                        peak.update(private=private, private_role=name)
+                    if trace:
+                        trace.write(f"{time.time() - t_start:.1f}\t{p.pid}\t{name}\t{m.rss >> 20}\t{private >> 20}"
+                                    f"\t{_by_mapping(p) if name.startswith('ray::') and m.rss > 500 << 20 else ''}\n")
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
-            stop.wait(0.2)
+            stop.wait(0.5)
 
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
@@ -110,12 +146,19 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
     stop.set()
     thread.join()
     ray.shutdown()
+    if trace:
+        trace.close()
     mb = lambda rss: round(rss / 2**20)  # noqa: E731
-    ray_procs = [rss for name, rss in peaks.values() if name.startswith("ray::")]
+    workers_ = {pid: pk for pid, pk in peaks.items() if pk["rss_role"].startswith("ray::")}
+    top = max(workers_.values(), key=lambda pk: pk["rss"], default={"rss": 0, "rss_role": ""})
+    top_private = max(workers_.values(), key=lambda pk: pk["private"], default={"private": 0, "private_role": ""})
     return {"images": report["good"], "seconds": round(seconds, 1), "images_per_s": round(report["good"] / seconds, 1),
-            "driver_peak_mb": mb(peaks[os.getpid()][1]), "worker_peak_mb": mb(max(ray_procs, default=0)),
-            "other_peak_mb": mb(max((rss for pid, (name, rss) in peaks.items()  # raylet, GCS, object store
-                                     if pid != os.getpid() and not name.startswith("ray::")), default=0))}
+            "driver_peak_mb": mb(peaks[os.getpid()]["rss"]), "driver_private_mb": mb(peaks[os.getpid()]["private"]),
+            "worker_peak_mb": mb(top["rss"]), "worker_peak_role": top["rss_role"],
+            "worker_private_mb": mb(top_private["private"]), "worker_private_role": top_private["private_role"],
+            "object_store_mb": mb(shm_peak[0]),
+            "other_peak_mb": mb(max((pk["rss"] for pid, pk in peaks.items()  # raylet, GCS, object store
+                                     if pid != os.getpid() and pid not in workers_), default=0))}
 
 
 def main() -> None:
@@ -126,6 +169,7 @@ def main() -> None:
     ap.add_argument("--spaces", nargs="+", default=["identity", "small-vae"])
     ap.add_argument("--big-px-size", type=int, default=20000, help="set size for resolutions above 64 px")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "prepare-bench"))
+    ap.add_argument("--fresh", action="store_true", help="measure again the rows results.json already holds")
     ap.add_argument("--one", nargs=5, metavar=("DATA", "PX", "WORKERS", "SPACE", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -133,35 +177,51 @@ def main() -> None:
         print(json.dumps(one(data, int(px), int(workers), space, out)))
         return
     root = Path(args.root)
-    print(f"{'images':>7} {'px':>4} {'workers':>7} {'space':>9} {'img/s':>8} {'driver MB':>9} {'worker MB':>9}")
-    rows = []
+    # Rows already measured are kept (a long matrix resumes by rerunning); --fresh measures them again.
+    saved = root / "results.json"
+    rows = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
+    head = ("images", "px", "workers", "space", "img/s", "driver MB", "private", "worker MB", "private", "store MB")
+    print(" ".join(f"{h:>9}" for h in head))
     for px in args.px:
         for n in (args.sizes if px == 64 else [args.big_px_size]):
-            data = make_set(root, n, px)
             for space in args.spaces:
                 for w in args.workers:
-                    with tempfile.TemporaryDirectory(dir=root) as out:
-                        res = subprocess.run([sys.executable, __file__, "--one", str(data), str(px), str(w), space, out],
-                                             capture_output=True, text=True)
-                    if res.returncode:
-                        print(res.stderr[-2000:], file=sys.stderr)
-                        raise SystemExit(f"prepare failed for {n} images at {px} px, {w} workers, {space}")
-                    r = {"n": n, "px": px, "workers": w, "space": space, **json.loads(res.stdout.splitlines()[-1])}
-                    rows.append(r)
-                    print(f"{n:>7} {px:>4} {w:>7} {space:>9} {r['images_per_s']:>8} {r['driver_peak_mb']:>9} "
-                          f"{r['worker_peak_mb']:>9}", flush=True)
-    sizes = sorted({r["n"] for r in rows if r["px"] == 64})
+                    r = next((r for r in rows if (r["n"], r["px"], r["workers"], r["space"]) == (n, px, w, space)),
+                             None)
+                    if r is None:
+                        r = {"n": n, "px": px, "workers": w, "space": space, **_measure(root, n, px, w, space)}
+                        rows.append(r)
+                        root.mkdir(parents=True, exist_ok=True)
+                        saved.write_text(json.dumps(rows, indent=1))
+                    print(" ".join(f"{v:>9}" for v in (n, px, w, space, r["images_per_s"], r["driver_peak_mb"],
+                                                        r["driver_private_mb"], r["worker_peak_mb"],
+                                                        r["worker_private_mb"], r["object_store_mb"])), flush=True)
+    sizes = sorted({r["n"] for r in rows if r["px"] == 64 and r["n"] in args.sizes})
     if len(sizes) > 1:
+        # The target is on each process's own memory (private) and the object store's; a worker's resident
+        # set also counts the object-store pages it has touched, which are shared and counted once in the store.
         for space in args.spaces:
             for w in args.workers:
                 sel = {r["n"]: r for r in rows if r["px"] == 64 and r["space"] == space and r["workers"] == w}
+                if sizes[0] not in sel or sizes[-1] not in sel:
+                    continue
                 lo, hi = sel[sizes[0]], sel[sizes[-1]]
-                for key in ("driver_peak_mb", "worker_peak_mb", "other_peak_mb"):
+                for key in ("driver_private_mb", "worker_private_mb", "object_store_mb", "driver_peak_mb",
+                            "worker_peak_mb", "other_peak_mb"):
                     ratio = hi[key] / max(1, lo[key])
                     print(f"{space}, {w} workers, {key}: {sizes[-1]} vs {sizes[0]} images = {ratio:.2f}x "
                           f"({'flat' if ratio <= 1.2 else 'GROWS'})")
-    (root / "results.json").write_text(json.dumps(rows, indent=1))
 
+
+def _measure(root: Path, n: int, px: int, workers: int, space: str) -> dict:
+    data = make_set(root, n, px)
+    with tempfile.TemporaryDirectory(dir=root) as out:
+        res = subprocess.run([sys.executable, __file__, "--one", str(data), str(px), str(workers), space, out],
+                             capture_output=True, text=True)
+    if res.returncode:
+        print(res.stderr[-2000:], file=sys.stderr)
+        raise SystemExit(f"prepare failed for {n} images at {px} px, {workers} workers, {space}")
+    return json.loads(res.stdout.splitlines()[-1])
 
 if __name__ == "__main__":
     main()
