@@ -2,13 +2,14 @@
 
     sources -> read chunks (flat_map) -> decode, resize, centre-crop (map, tasks)
             -> encode latents and captions (map_batches, an actor pool; GPUs from the config)
-            -> chunk files under parts/ -> order by key hash -> final shards (Ray tasks, spread over nodes)
+            -> chunk files under parts/ -> index rows sorted by key hash (Ray Data's distributed sort)
+            -> final shards (Ray tasks, spread over nodes)
 
-Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one shard per writer task
-(which reads exactly its rows from the part files: `read_rows`);
-the driver holds only the keys. The chunks of a source are a function of the source alone and each is
-encoded in one call, so the bytes do not depend on the number of workers. Resume: a source with its
-done marker is not re-read, a shard with its done record is not rewritten.
+Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one shard per writer task,
+which reads exactly its rows from the part files (`read_rows`). The driver holds one row per chunk and
+streams the sorted index one shard's entries at a time. The chunks of a source are a function of the
+source alone and each is encoded in one call, so the bytes do not depend on the number of workers.
+Resume: a source with its done marker is not re-read, a shard with its done record is not rewritten.
 """
 
 from __future__ import annotations
@@ -163,22 +164,52 @@ def encode_sources(cfg, sources: list[Source], parts: Path, autoencoder_dir: Pat
             write_json(parts / f"{_safe(src)}.done.json", {"chunks": n_chunks[src]})
 
 
-def _collect(parts: Path, sources: list[Source]) -> tuple[dict[str, list], list]:
-    """Every good sample's (order, key, caption, label, chunk file, row, image row) by split; every bad one."""
-    by_split: dict[str, list] = {s: [] for s in SPLITS}
-    bad = []
-    for s in sources:
+def _scan_parts(parts: Path, sources: list[Source]) -> tuple[list[dict], dict[str, int], list]:
+    """Pass 1 over the part records: each chunk's part file, the good samples per split, the bad ones.
+
+    Memory: one small row per chunk (not per sample) and the bad samples' keys (at most
+    data.max_bad_fraction of the set, or prepare stops)."""
+    chunks, counts, bad = [], {s: 0 for s in SPLITS}, []
+    for i, s in enumerate(sources):
         n = json.loads((parts / f"{_safe(s.id)}.done.json").read_text())["chunks"]
         for c in range(n):
             base = parts / _safe(s.id) / f"{c:06d}"
             part = json.loads(Path(f"{base}.json").read_text())
             bad += part["bad"]
-            for row, g in enumerate(part["good"]):
-                by_split[g["split"]].append((sample_order(g["key"]), g["key"], g["caption"], g["label"], str(base),
-                                             row, g["image_row"]))
-    for entries in by_split.values():
-        entries.sort(key=lambda e: e[0])
-    return by_split, bad
+            for g in part["good"]:
+                counts[g["split"]] += 1
+            if part["good"]:
+                chunks.append({"base": str(base), "source": i, "chunk": c})
+    return chunks, counts, bad
+
+
+def index_rows(row: dict) -> list[dict]:
+    """flat_map: one chunk's part record -> one small index row per good sample (no latents)."""
+    part = json.loads(Path(f"{row['base']}.json").read_text())
+    return [{"split": g["split"], "order": f"{sample_order(g['key'])[0]:016x}", "key": g["key"],
+             "caption": g["caption"], "label": -1 if g["label"] is None else int(g["label"]),
+             "source": row["source"], "chunk": row["chunk"], "row": r, "image_row": g["image_row"],
+             "base": row["base"]} for r, g in enumerate(part["good"])]
+
+
+# The total order of a split's samples: the key hash, then the key, then where the sample was read
+# (duplicate keys keep their source order), so the shards' bytes are one function of the data set.
+SORT_KEYS = ["split", "order", "key", "source", "chunk", "row"]
+
+
+def sorted_entries(chunks: list[dict], batch: int = 4096):
+    """Every good sample's (split, entry) in shard order, streamed from a distributed sort (Ray Data).
+
+    The driver never holds the index of the whole set: Ray Data's sort range-partitions the index rows
+    over the cluster (spilling to disk past the object store) and this iterates it a batch at a time.
+    An entry is (order, key, caption, label, part file base, row, image row)."""
+    import ray
+
+    ds = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 200)))
+    for b in ds.flat_map(index_rows).sort(SORT_KEYS).iter_batches(batch_size=batch, batch_format="pyarrow"):
+        for r in b.to_pylist():
+            yield r["split"], (r["order"], r["key"], r["caption"], None if r["label"] < 0 else r["label"], r["base"],
+                               r["row"], r["image_row"])
 
 
 def read_rows(files: list[str], rows: list[int]) -> np.ndarray:
@@ -229,29 +260,47 @@ def _write_final(folder: str, name: str, entries: list, with_images: bool) -> di
     return {**write_shard(folder, name, lat, ctx, meta, images=imgs, extra={"node": node}), "node": node}
 
 
-def write_final_shards(folder: Path, by_split: dict[str, list], shard_size: int, parallel: int) -> dict:
-    """Stage 3: the shards of each split, in key-hash order; done shards are kept, the rest written by tasks."""
+def write_final_shards(folder: Path, entries, shard_size: int, parallel: int, floor_n: int) -> tuple[dict, list]:
+    """Stage 3: cut the sorted stream of (split, entry) into each split's shards; done shards are kept,
+    the rest written by Ray tasks (at most `parallel` in flight). Returns the shard records by split and
+    the first `floor_n` training entries that kept their image (the noise floor's pool)."""
     import ray
 
     fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
     task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_write_final)
     records: dict[str, list] = {s: [] for s in SPLITS}
-    pending, written = {}, 0
-    for split, entries in by_split.items():
-        for k in range(0, -(-len(entries) // shard_size)):
-            name, part = shard_name(split, k), entries[k * shard_size:(k + 1) * shard_size]
-            done = shard_done(folder, name)
-            if done and done["n"] == len(part):
-                records[split].append({"name": name, "n": done["n"], "sha256": done["sha256"]})
-                continue
-            records[split].append(None)
-            while len(pending) >= parallel:
-                written += _finish(pending, records, fail_after, written)
-            ref = task.remote(str(folder), name, part, split == "heldout")
-            pending[ref] = (split, k)
+    pending, written, floor = {}, 0, []
+
+    def submit(split: str, part: list) -> None:
+        nonlocal written
+        k = len(records[split])
+        name = shard_name(split, k)
+        done = shard_done(folder, name)
+        if done and done["n"] == len(part):
+            records[split].append({"name": name, "n": done["n"], "sha256": done["sha256"]})
+            return
+        records[split].append(None)
+        while len(pending) >= parallel:
+            written += _finish(pending, records, fail_after, written)
+        pending[task.remote(str(folder), name, part, split == "heldout")] = (split, k)
+
+    split_now, part = None, []
+    for split, e in entries:
+        if split != split_now and part:
+            submit(split_now, part)
+            part = []
+        split_now = split
+        part.append(e)
+        if split == "train" and e[6] >= 0 and len(floor) < floor_n:
+            floor.append(e)
+        if len(part) == shard_size:
+            submit(split, part)
+            part = []
+    if part:
+        submit(split_now, part)
     while pending:
         written += _finish(pending, records, fail_after, written)
-    return records
+    return records, floor
 
 
 def _finish(pending: dict, records: dict, fail_after: int, written: int) -> int:
@@ -264,11 +313,6 @@ def _finish(pending: dict, records: dict, fail_after: int, written: int) -> int:
     if fail_after and written + 1 >= fail_after:
         raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: stopping after {written + 1} shards (test hook)")
     return 1
-
-
-def _floor_images(by_split: dict[str, list], n: int) -> np.ndarray:
-    picks = [e for e in by_split["train"] if e[6] >= 0][:n]
-    return read_rows([f"{e[4]}.images.npy" for e in picks], [e[6] for e in picks]) if picks else None
 
 
 def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray, channels: int,
@@ -294,26 +338,27 @@ def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray,
                          f"{d.prepare_gpus_per_actor} GPUs, this machine has {ray.cluster_resources().get('GPU', 0):g}:"
                          f" set data.prepare_gpus_per_actor=0 (CPU) or fewer actors")
     encode_sources(cfg, sources, parts, autoencoder_dir, channels, progress)
-    by_split, bad = _collect(parts, sources)
-    n_good = sum(len(v) for v in by_split.values())
+    chunks, counts, bad = _scan_parts(parts, sources)
+    n_good = sum(counts.values())
     total = n_good + len(bad)
     report = {"sources": len(sources), "samples": total, "good": n_good, "bad": len(bad),
               "bad_fraction": len(bad) / max(1, total), "max_bad_fraction": d.max_bad_fraction,
               "bad_samples": [{"key": k, "problem": p} for k, p in bad]}
     write_json(folder.parent / REPORT, report)
-    if report["bad_fraction"] > d.max_bad_fraction or not by_split["train"]:
+    if report["bad_fraction"] > d.max_bad_fraction or not counts["train"]:
         raise ValueError(f"{len(bad)} of {total} samples of {d.root} are unusable ({report['bad_fraction']:.1%} > "
                          f"data.max_bad_fraction={d.max_bad_fraction}): see {folder.parent / REPORT}")
-    records = write_final_shards(folder, by_split, d.shard_size, max(1, d.prepare_writers))
-    floor = _floor_images(by_split, cfg.eval.num_samples)
-    if floor is not None:
+    records, picks = write_final_shards(folder, sorted_entries(chunks), d.shard_size, max(1, d.prepare_writers),
+                                        cfg.eval.num_samples)
+    if picks:
+        floor = read_rows([f"{e[4]}.images.npy" for e in picks], [e[6] for e in picks])
         write_atomic(folder / FLOOR_FILE, lambda f: np.save(f, floor))
     write_atomic(folder / UNCOND, lambda f: np.save(f, uncond))
     first = next(r for r in records["train"])
     lat = np.load(folder / f"{first['name']}.latents.npy", mmap_mode="r")
     ctx = np.load(folder / f"{first['name']}.context.npy", mmap_mode="r")
     write_index(folder, d.shard_size, lat.shape[1:], ctx.shape[1:], records, len(bad),
-                **({"floor_images": FLOOR_FILE} if floor is not None else {}))
+                **({"floor_images": FLOOR_FILE} if picks else {}))
     if not d.keep_parts:
         shutil.rmtree(parts, ignore_errors=True)
     return report
