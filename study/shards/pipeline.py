@@ -1,13 +1,13 @@
 """`study prepare` for real data: a Ray Data pipeline from source files to fixed-size shards.
 
-    sources -> read chunks (flat_map) -> decode, resize, centre-crop (map, tasks)
+    sources -> read chunks, decode, resize, centre-crop (flat_map: a task per source)
             -> encode latents and captions (map_batches, an actor pool; GPUs from the config)
             -> chunk files under parts/ -> index rows sorted by key hash (Ray Data's distributed sort)
             -> final shards (Ray tasks, spread over nodes)
 
 Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one shard per writer task,
-which reads exactly its rows from the part files (`read_rows`). The driver holds one row per chunk and
-streams the sorted index one shard's entries at a time. The chunks of a source are a function of the
+which reads exactly its rows from the part files (`read_rows`). Above `data.prepare_driver_sort_max`
+samples the driver holds one row per chunk and streams the sorted index one shard's entries at a time. The chunks of a source are a function of the
 source alone and each is encoded in one call, so the bytes do not depend on the number of workers.
 Resume: a source with its done marker is not re-read, a shard with its done record is not rewritten.
 """
@@ -89,6 +89,12 @@ def decode_chunk(row: dict, data_cfg, channels: int) -> dict:
                                      "images": np.stack(images) if images else np.zeros(shape, np.uint8)})}
 
 
+def read_decoded_chunks(row: dict, data_cfg, channels: int):
+    """flat_map: one source -> its chunks, decoded (`read_chunks`, then `decode_chunk` on each)."""
+    for chunk in read_chunks(row, data_cfg):
+        yield decode_chunk(chunk, data_cfg, channels)
+
+
 class EncodeChunks:
     """map_batches actor: encode latents and captions of a chunk (one call each) and write its part files."""
 
@@ -146,9 +152,10 @@ def encode_sources(cfg, sources: list[Source], parts: Path, autoencoder_dir: Pat
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ds = ray.data.from_items([{"source": asdict(s)} for s in todo], override_num_blocks=len(todo))
-    # Reading and decoding are tasks (fused by Ray Data); encoding is the actor pool that holds the models.
-    ds = ds.flat_map(read_chunks, fn_kwargs={"data_cfg": d})
-    ds = ds.map(decode_chunk, fn_kwargs={"data_cfg": d, "channels": channels})
+    # Reading and decoding are one task per source; encoding is the actor pool that holds the models. As a
+    # separate map, decoding was fused into the encoder actors whenever they asked for no GPU (Ray Data fuses
+    # a task map into an actor map with equal resources), so on CPUs it ran serially with encoding.
+    ds = ds.flat_map(read_decoded_chunks, fn_kwargs={"data_cfg": d, "channels": channels})
     ds = ds.map_batches(EncodeChunks, batch_size=1, concurrency=d.prepare_actors,
                         num_gpus=d.prepare_gpus_per_actor,
                         fn_constructor_kwargs={"cfg_dict": to_dict(cfg), "autoencoder_dir": str(autoencoder_dir),
@@ -197,19 +204,31 @@ def index_rows(row: dict) -> list[dict]:
 SORT_KEYS = ["split", "order", "key", "source", "chunk", "row"]
 
 
-def sorted_entries(chunks: list[dict], batch: int = 4096):
-    """Every good sample's (split, entry) in shard order, streamed from a distributed sort (Ray Data).
+def _entry(r: dict) -> tuple:
+    return r["order"], r["key"], r["caption"], None if r["label"] < 0 else r["label"], r["base"], r["row"], r["image_row"]
 
-    The driver never holds the index of the whole set: Ray Data's sort range-partitions the index rows
-    over the cluster (spilling to disk past the object store) and this iterates it a batch at a time.
-    An entry is (order, key, caption, label, part file base, row, image row)."""
+
+def sorted_entries(chunks: list[dict], n_samples: int, driver_max: int, batch: int = 4096):
+    """Every good sample's (split, entry) in shard order; an entry is (order, key, caption, label, part file
+    base, row, image row).
+
+    Up to `driver_max` samples the driver sorts the index itself (about 0.5 KB a sample). Above it the
+    driver never holds the whole index: Ray Data's distributed sort range-partitions the index rows over
+    the cluster (spilling to disk past the object store) and this iterates the result a batch at a time.
+    Both give the same order (SORT_KEYS is a total order); the sort's fixed cost (about 7 s on one
+    machine) is why small sets do not use it."""
+    if n_samples <= driver_max:
+        rows = sorted(((tuple(r[k] for k in SORT_KEYS), r["split"], _entry(r)) for c in chunks for r in index_rows(c)),
+                      key=lambda x: x[0])
+        for _, split, e in rows:
+            yield split, e
+        return
     import ray
 
     ds = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 200)))
     for b in ds.flat_map(index_rows).sort(SORT_KEYS).iter_batches(batch_size=batch, batch_format="pyarrow"):
         for r in b.to_pylist():
-            yield r["split"], (r["order"], r["key"], r["caption"], None if r["label"] < 0 else r["label"], r["base"],
-                               r["row"], r["image_row"])
+            yield r["split"], _entry(r)
 
 
 def read_rows(files: list[str], rows: list[int]) -> np.ndarray:
@@ -348,8 +367,8 @@ def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray,
     if report["bad_fraction"] > d.max_bad_fraction or not counts["train"]:
         raise ValueError(f"{len(bad)} of {total} samples of {d.root} are unusable ({report['bad_fraction']:.1%} > "
                          f"data.max_bad_fraction={d.max_bad_fraction}): see {folder.parent / REPORT}")
-    records, picks = write_final_shards(folder, sorted_entries(chunks), d.shard_size, max(1, d.prepare_writers),
-                                        cfg.eval.num_samples)
+    entries = sorted_entries(chunks, n_good, d.prepare_driver_sort_max)
+    records, picks = write_final_shards(folder, entries, d.shard_size, max(1, d.prepare_writers), cfg.eval.num_samples)
     if picks:
         floor = read_rows([f"{e[4]}.images.npy" for e in picks], [e[6] for e in picks])
         write_atomic(folder / FLOOR_FILE, lambda f: np.save(f, floor))
