@@ -7,6 +7,12 @@ worker counts and latent spaces. Memory must not grow with the set: peak at 100K
 
 Each configuration runs in a fresh subprocess with its own local Ray (workers = encoder actors; Ray
 gets one more CPU for the read-and-decode tasks), so peaks are not carried from one to the next.
+The shard index is sorted by Ray Data (the path of sets above data.prepare_driver_sort_max), so the
+driver's figure is the one that holds at any size. Per process it prints the resident set and the
+private memory (resident minus shared pages); "store" is Ray's object store in /dev/shm. A worker's
+resident set also counts the object-store pages it has mapped: shared, and counted once in "store".
+Rows already in ROOT/results.json are kept (rerun to resume a long matrix; --fresh to remeasure);
+PREPARE_TRACE=FILE writes every process's memory over time (with --one), to find what grows.
 """
 
 from __future__ import annotations
@@ -97,7 +103,10 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
 
     overrides = ["data.name=webdataset", f"data.root={data}", f"data.resolution={px}", "data.eval_fraction=0.01",
                  "data.shard_size=1024", f"data.prepare_actors={workers}", "data.prepare_writers=2",
-                 "eval.feature_extractor=inception", f"eval.inception_path={data}", "eval.num_samples=64"]
+                 "eval.feature_extractor=inception", f"eval.inception_path={data}", "eval.num_samples=64",
+                 # The path of sets past data.prepare_driver_sort_max (1M), whose memory must not grow: the shard
+                 # index sorted by Ray Data, not in the driver. PREPARE_DRIVER_SORT=1 measures the default instead.
+                 f"data.prepare_driver_sort_max={1_000_000 if os.environ.get('PREPARE_DRIVER_SORT') else 0}"]
     ae_dir = Path(out_dir) / "autoencoder"
     if space == "small-vae":
         overrides += ["autoencoder.kind=train"]
