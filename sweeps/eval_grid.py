@@ -71,6 +71,13 @@ def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage, training_has
             for n, g, res in completed_results(cell, storage)]
 
 
+def slice_room(cfg: StudyConfig, have: dict) -> int:
+    """How many FID slices the cluster runs at once: the scarcest resource a slice asks for decides (the
+    GPUs on a GPU cluster, where counting CPUs alone let coordinators of chains that must wait pile up)."""
+    per = [(kind, n) for kind, n in (("CPU", cfg.eval.cpus_per_eval), ("GPU", cfg.eval.gpus_per_eval)) if n > 0]
+    return max(1, min((int(have.get(kind, 0) // n) for kind, n in per), default=int(have.get("CPU", 1))))
+
+
 def fid_slices(cfg: StudyConfig, chain: Chain) -> int:
     """Tasks one evaluation of the chain is split over: eval.fid_slices for text-to-image FID, else 1."""
     return cfg.eval.fid_slices if chain.task == "text2image" else 1
@@ -200,7 +207,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     # A chain split over FID slices is a coordinator (no resources; its slice actors hold them): at most as many
     # in flight as the cluster has room for their slices, so idle coordinators do not pile up.
     have = ray.cluster_resources()
-    room = max(1, int(have.get("CPU", 1) // max(cfg.eval.cpus_per_eval, 1e-9)))
+    room = slice_room(cfg, have)
     slices = max([fid_slices(cfg, c) for c in todo], default=1)
     if slices > 1 and ensure_ray(cfg):  # a local Ray is a fixed machine: slices that never fit would wait forever
         for kind, per in (("CPU", cfg.eval.cpus_per_eval), ("GPU", cfg.eval.gpus_per_eval)):

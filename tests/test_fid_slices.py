@@ -166,3 +166,16 @@ def test_slices_that_cannot_fit_the_local_machine_are_refused_at_once(smoke_prep
                           f"sqlite:///{tmp_path / 'optuna.db'}", progress=False)
     finally:
         ray.shutdown()
+
+
+def test_slice_room_counts_the_scarcest_resource_a_slice_asks_for():
+    from study.config import load_config
+    from sweeps.eval_grid import slice_room
+
+    cpu = load_config("tiny", ["eval.cpus_per_eval=2", "eval.gpus_per_eval=0"])
+    gpu = load_config("tiny", ["eval.cpus_per_eval=2", "eval.gpus_per_eval=1"])
+    cluster = {"CPU": 96.0, "GPU": 8.0}
+    assert slice_room(cpu, cluster) == 48
+    assert slice_room(gpu, cluster) == 8  # 8 GPUs, not 48 slices' worth of CPUs
+    assert slice_room(gpu, {"CPU": 96.0}) == 1  # no GPU yet (autoscaling): one chain may start and wait
+    assert slice_room(load_config("tiny", ["eval.cpus_per_eval=0", "eval.gpus_per_eval=0"]), cluster) == 96
