@@ -2,14 +2,15 @@
 
     sources -> read chunks, decode, resize, centre-crop (flat_map: a task per source)
             -> encode latents and captions (map_batches, an actor pool; GPUs from the config)
-            -> chunk files under parts/ -> index rows sorted by key hash (Ray Data's distributed sort)
+            -> chunk files under parts/ -> index rows sorted by key hash (driver, or Ray Data's sort)
             -> final shards (Ray tasks, spread over nodes)
 
 Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one shard per writer task,
-which reads exactly its rows from the part files (`read_rows`). Above `data.prepare_driver_sort_max`
-samples the driver holds one row per chunk and streams the sorted index one shard's entries at a time. The chunks of a source are a function of the
-source alone and each is encoded in one call, so the bytes do not depend on the number of workers.
-Resume: a source with its done marker is not re-read, a shard with its done record is not rewritten.
+which reads exactly its rows from the part files (`read_rows`). Up to `data.prepare_driver_sort_max`
+samples the driver sorts the index; above, it holds one row per chunk and streams the sorted index one
+shard's entries at a time. The chunks of a source are a function of the source alone and each is
+encoded in one call, so the bytes do not depend on the number of workers. Resume: a source with its
+done marker is not re-read, a shard with its done record is not rewritten.
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ SORT_KEYS = ["split", "order", "key", "source", "chunk", "row"]
 
 
 def _entry(r: dict) -> tuple:
-    return r["order"], r["key"], r["caption"], None if r["label"] < 0 else r["label"], r["base"], r["row"], r["image_row"]
+    label = None if r["label"] < 0 else r["label"]
+    return r["order"], r["key"], r["caption"], label, r["base"], r["row"], r["image_row"]
 
 
 def sorted_entries(chunks: list[dict], n_samples: int, driver_max: int, batch: int = 4096):
