@@ -111,6 +111,9 @@ class DataConfig:
     prepare_actors: int = 1  # encoder actors (each holds the VAE and text encoder; one per GPU on a cluster)
     prepare_gpus_per_actor: float = 0.0  # 1.0 on GPU nodes; 0 encodes on CPU
     prepare_writers: int = 4  # shard-writing tasks in flight (spread over the cluster's nodes)
+    # Decoded chunks per encoder actor that reading may hold ahead of encoding (Ray Data's object-store
+    # budget for prepare); unbounded, reading runs ahead until a share of the whole object store is full.
+    prepare_readahead: int = 8
     # Sets up to this many samples sort their shard index in the driver (about 0.5 KB a sample); larger
     # ones with Ray Data's distributed sort (about 7 s of fixed cost), so the driver's memory stays flat.
     prepare_driver_sort_max: int = 1_000_000

@@ -209,9 +209,15 @@ def test_prepare_writes_ordered_fixed_size_shards(tmp_path, full_run, monkeypatc
     sorts = []
     real_sort = ray.data.Dataset.sort
     monkeypatch.setattr(ray.data.Dataset, "sort", lambda self, *a, **k: sorts.append(a) or real_sort(self, *a, **k))
+    budgets, real_iter = [], ray.data.Dataset.iter_rows
+    monkeypatch.setattr(ray.data.Dataset, "iter_rows", lambda self, *a, **k: budgets.append(
+        self.context.execution_options.resource_limits.object_store_memory) or real_iter(self, *a, **k))
     _run(_cfg(root, "data.prepare_actors=2", "data.prepare_writers=1", "data.prepare_driver_sort_max=0"),
          tmp_path / "b" / "shards")
     assert len(sorts) == 1 and _bytes(folder) == _bytes(tmp_path / "b" / "shards")
+    # Reading may run ahead of encoding by data.prepare_readahead (8) chunks per encoder actor, no more:
+    # 8 x 2 actors x 5 samples x 3 x 8 x 8 bytes.
+    assert budgets == [8 * 2 * 5 * 3 * 8 * 8]
 
 
 def test_killed_prepare_redoes_only_unfinished_shards(tmp_path, full_run, monkeypatch):
