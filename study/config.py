@@ -107,7 +107,10 @@ class DataConfig:
     key_column: str = "key"  # parquet: a unique sample id column; row numbers are used where absent
     shard_size: int = 1024  # samples per prepared shard: 32 MB of 64x64x4 fp16 latents, a few seconds to read
     max_bad_fraction: float = 0.01  # prepare fails above this share of unusable samples (web crawls lose ~1%)
-    prepare_chunk: int = 256  # samples encoded in one call: bounds each worker's memory; fixes the batches
+    prepare_chunk: int = 256  # samples an encoder actor takes at a time (a task of the pipeline)
+    # images (and captions) per VAE / text-encoder forward: bounds the encoder's activations (SD's VAE at
+    # 512 px holds about 0.4 GB per image in fp32); fixed, so the bytes do not depend on the workers
+    prepare_encode_batch: int = 32
     prepare_actors: int = 1  # encoder actors (each holds the VAE and text encoder; one per GPU on a cluster)
     prepare_gpus_per_actor: float = 0.0  # 1.0 on GPU nodes; 0 encodes on CPU
     prepare_writers: int = 4  # shard-writing tasks in flight (spread over the cluster's nodes)

@@ -35,6 +35,8 @@ def _needs_root(what: str) -> Callable:
         check(d.shard_size > 0, "data.shard_size", "a positive number of samples per shard", d.shard_size)
         check(0 <= d.max_bad_fraction < 1, "data.max_bad_fraction", "a fraction in [0, 1)", d.max_bad_fraction)
         check(d.prepare_chunk > 0, "data.prepare_chunk", "a positive number of samples", d.prepare_chunk)
+        check(d.prepare_encode_batch > 0, "data.prepare_encode_batch", "a positive number of samples",
+              d.prepare_encode_batch)
         check(d.prepare_actors > 0, "data.prepare_actors", "a positive number of encoder actors", d.prepare_actors)
         check(d.prepare_gpus_per_actor >= 0, "data.prepare_gpus_per_actor", "GPUs >= 0", d.prepare_gpus_per_actor)
         check(d.prepare_writers > 0, "data.prepare_writers", "a positive number of tasks", d.prepare_writers)

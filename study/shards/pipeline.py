@@ -9,8 +9,9 @@ Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one 
 which reads exactly its rows from the part files (`read_rows`). Up to `data.prepare_driver_sort_max`
 samples the driver sorts the index; above, it holds one row per chunk and streams the sorted index one
 shard's entries at a time. The chunks of a source are a function of the source alone and each is
-encoded in one call, so the bytes do not depend on the number of workers. Resume: a source with its
-done marker is not re-read, a shard with its done record is not rewritten.
+encoded in fixed batches (`data.prepare_encode_batch`), so the bytes do not depend on the number of
+workers. Resume: a source with its done marker is not re-read, a shard with its done record is not
+rewritten.
 """
 
 from __future__ import annotations
@@ -122,9 +123,14 @@ class EncodeChunks:
             good, images = c["good"], c["images"]
             base = self.parts / _safe(c["source"]) / f"{c['chunk']:06d}"
             with torch.no_grad():
-                lat = self.space.to(self.device).encode(torch.from_numpy(images), batch_size=max(1, len(images)))
-                ctx = self.text.encode([g["caption"] for g in good], batch_size=max(1, len(good)))
-            lat, ctx = lat.half().cpu().numpy(), ctx.half().cpu().numpy()
+                # Fixed batches (not the whole chunk in one call): a 256-image chunk of 512 px through SD's VAE
+                # needs about 100 GB of activations; the batches are the same whatever the number of workers.
+                b = self.d.prepare_encode_batch
+                if good:
+                    lat = self.space.to(self.device).encode(torch.from_numpy(images), batch_size=b).half().cpu().numpy()
+                    ctx = self.text.encode([g["caption"] for g in good], batch_size=b).half().cpu().numpy()
+                else:  # every sample of the chunk was bad: nothing to encode, and nothing reads these files
+                    lat = ctx = np.zeros((0,), np.float16)
             keep = [j for j, g in enumerate(good) if keeps_image(g["key"], g["split"], self.d)]
             rows = {j: r for r, j in enumerate(keep)}
             for j, g in enumerate(good):
