@@ -109,7 +109,8 @@ class DataConfig:
     max_bad_fraction: float = 0.01  # prepare fails above this share of unusable samples (web crawls lose ~1%)
     prepare_chunk: int = 256  # samples an encoder actor takes at a time (a task of the pipeline)
     # images (and captions) per VAE / text-encoder forward: bounds the encoder's activations (SD's VAE at
-    # 512 px holds about 0.4 GB per image in fp32); fixed, so the bytes do not depend on the workers
+    # 512 px: roughly 0.4 GB per image in fp32, by a count of its largest layers); fixed, so the bytes do
+    # not depend on the workers
     prepare_encode_batch: int = 32
     prepare_actors: int = 1  # encoder actors (each holds the VAE and text encoder; one per GPU on a cluster)
     prepare_gpus_per_actor: float = 0.0  # 1.0 on GPU nodes; 0 encodes on CPU

@@ -123,8 +123,8 @@ class EncodeChunks:
             good, images = c["good"], c["images"]
             base = self.parts / _safe(c["source"]) / f"{c['chunk']:06d}"
             with torch.no_grad():
-                # Fixed batches (not the whole chunk in one call): a 256-image chunk of 512 px through SD's VAE
-                # needs about 100 GB of activations; the batches are the same whatever the number of workers.
+                # Fixed batches, not the whole chunk in one call: a 256-image chunk of 512 px through SD's VAE
+                # would hold on the order of 100 GB of activations. The batches do not depend on the workers.
                 b = self.d.prepare_encode_batch
                 if good:
                     lat = self.space.to(self.device).encode(torch.from_numpy(images), batch_size=b).half().cpu().numpy()
