@@ -110,7 +110,7 @@ class DataConfig:
     prepare_chunk: int = 256  # samples an encoder actor takes at a time (a task of the pipeline)
     # images (and captions) per VAE / text-encoder forward: bounds the encoder's activations (SD's VAE at
     # 512 px: roughly 0.4 GB per image in fp32, by a count of its largest layers); fixed, so the bytes do
-    # not depend on the workers
+    # not depend on the workers; operational (not in the data's identity), like the device
     prepare_encode_batch: int = 32
     prepare_actors: int = 1  # encoder actors (each holds the VAE and text encoder; one per GPU on a cluster)
     prepare_gpus_per_actor: float = 0.0  # 1.0 on GPU nodes; 0 encodes on CPU

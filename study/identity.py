@@ -19,10 +19,11 @@ STUDY_IDENTITY = ("data", "text_encoder", "autoencoder", "train", "model.ladder"
 # What a trained checkpoint depends on (the sections before evaluation): its results row carries this hash.
 TRAINING_SECTIONS = ("data", "text_encoder", "autoencoder", "model", "train")
 
-# Data settings that change how prepare runs (workers, GPUs, debugging), not what it writes: shards are
-# byte-identical whatever they are, so neither caches nor run folders key on them.
-OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_writers", "prepare_readahead",
-                         "prepare_driver_sort_max", "keep_parts")
+# Data settings that change how prepare runs (workers, GPUs, batches, memory bounds, debugging), not what it
+# computes, so neither caches nor run folders key on them: the shards are the same bytes whatever the workers,
+# writers, read-ahead and sort; the device and the encode batch can move float rounding only.
+OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_writers", "prepare_encode_batch",
+                         "prepare_readahead", "prepare_driver_sort_max", "keep_parts")
 
 # Training settings that change how a run executes but not what it computes: a rerun may change them freely.
 OPERATIONAL_TRAIN_KEYS = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images",

@@ -88,3 +88,15 @@ def test_the_run_folder_is_absolute_so_paths_under_it_survive_a_trial_s_working_
     monkeypatch.chdir(tmp_path)
     out = run_dir(load_config("tiny"))  # runs_dir: runs (relative), as the embedded default
     assert out.is_absolute() and out == tmp_path / "runs" / "tiny"
+
+
+def test_the_shipped_configs_keep_their_training_identity():
+    """A run folder and its checkpoints are keyed on this hash: if a change moves it, every existing study
+    refuses to resume (or retrains). New keys that only change how a stage runs go to the operational lists
+    (study/identity.py); change the pinned values only for a change that does alter what is computed, and
+    say so in the README."""
+    from study.config import load_config, to_dict
+    from study.identity import stable_hash, training_identity
+
+    got = {name: stable_hash(training_identity(to_dict(load_config(name)))) for name in ("tiny", "smoke", "paper")}
+    assert got == {"tiny": "ba7a4cd03251", "smoke": "72e7170cb0ae", "paper": "de54d4cacf63"}
