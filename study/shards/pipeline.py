@@ -180,7 +180,8 @@ def encode_sources(cfg, sources: list[Source], parts: Path, autoencoder_dir: Pat
         if row["last"]:
             n_chunks[src] = int(row["chunk"]) + 1
         if len(got[src]) == n_chunks.get(src, -1):  # every chunk of the source written: never re-read it
-            write_json(parts / f"{_safe(src)}.done.json", {"chunks": n_chunks[src]})
+            write_json(parts / f"{_safe(src)}.done.json", {"chunks": n_chunks.pop(src)})
+            del got[src]  # the driver keeps only the sources in flight
 
 
 def _scan_parts(parts: Path, sources: list[Source]) -> tuple[list[dict], dict[str, int], list]:
