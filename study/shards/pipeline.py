@@ -127,7 +127,7 @@ class EncodeChunks:
                 # would hold on the order of 100 GB of activations. The batches do not depend on the workers.
                 b = self.d.prepare_encode_batch
                 if good:
-                    lat = self.space.to(self.device).encode(torch.from_numpy(images), batch_size=b).half().cpu().numpy()
+                    lat = self.space.encode(torch.from_numpy(images), batch_size=b).half().cpu().numpy()
                     ctx = self.text.encode([g["caption"] for g in good], batch_size=b).half().cpu().numpy()
                 else:  # every sample of the chunk was bad: nothing to encode, and nothing reads these files
                     lat = ctx = np.zeros((0,), np.float16)
