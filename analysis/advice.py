@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.claims import UNRESOLVED
+from analysis.verdicts import UNRESOLVED
 from analysis.planner import plan
 from analysis.predict import JointFit, _default_curve, crossovers_between, fit_joint
 from analysis.table import size_label

@@ -1,5 +1,5 @@
 """The paper's claims about the ladder itself (experiment `base`): training compute, model size,
-sampling cost and samplers. Registered in analysis.claims.CLAIMS, in reading order."""
+sampling cost and samplers. Registered in analysis.verdicts.CLAIMS, in reading order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from analysis.claims import (CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, _diff, _more_data, _sign,
+from analysis.verdicts import (CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, _diff, _more_data, _sign,
                              claim, cost_tradeoff, size_order,
                              tradeoff_by_sampler, tradeoff_verdict)
 from analysis.findings import bracket, num

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.claims import (CONTRADICTED, REPRODUCED, UNRESOLVED, Z, Evidence, _diff, _final, _more_data, _sd,
+from analysis.verdicts import (CONTRADICTED, REPRODUCED, UNRESOLVED, Z, Evidence, _diff, _final, _more_data, _sd,
                              _sign, claim, cost_tradeoff, size_order)
 from analysis.findings import bracket, num
 from analysis.table import size_label

@@ -21,7 +21,7 @@ from analysis.figures import floor_line, new_figure, save, size_colors
 from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import resample_curve
-from analysis.table import CELL, cells, curves, headline, normalize, size_label
+from analysis.table import cells, curves, headline, normalize, size_label
 
 EXPERIMENT = "distillation"
 AXES = {"paper": ("sampling_cost", "sampling cost (normalized cost x steps; the paper's)"),
@@ -30,25 +30,11 @@ TARGET_STEPS = 4  # the paper distils to 4 steps
 PAPER_MATCH_COST = (6.0, 10.0)  # "at a sampling cost of about 8" (Fig. 9: between 7 and 8)
 
 
-def _unet_calls(rows: pd.DataFrame, distilled: bool) -> pd.Series:
-    """The table's unet_calls, or (older tables) the rule: LCM 1 per step, guided base 2 per step."""
-    rule = rows["steps"] * (1 if distilled else np.where(rows["guidance"] > 1.0, 2, 1))
-    if "unet_calls" not in rows:
-        return rule.astype(float)
-    calls = pd.to_numeric(rows["unet_calls"], errors="coerce")
-    return calls.where(calls > 0, rule).astype(float)
-
-
 def _curves(table: pd.DataFrame, experiment: str, n_boot: int, rng) -> tuple[pd.DataFrame, np.ndarray]:
     """The final-budget curve points of one experiment (seed-averaged, best guidance) and their resamples."""
-    rows = normalize(table, f"the results table ({experiment} rows)", experiment)
-    rows = rows.assign(unet_calls=_unet_calls(rows, experiment == EXPERIMENT))
-    cell = cells(rows)
-    # The calls of the cell's chosen (FID-best) guidance: an undistilled cell at guidance 1 costs one call a step.
-    calls = rows.loc[rows.dropna(subset=["fid"]).groupby(CELL)["fid"].idxmin().values, CELL + ["unet_calls"]]
-    cell = headline(cell.merge(calls, on=CELL, how="left"))
-    curve = curves(cell).merge(cell.groupby(["width", "train_images", "curve", "steps"])["unet_calls"].mean()
-                               .reset_index(), on=["width", "train_images", "curve", "steps"])
+    # A cell's UNet calls are those of its chosen guidance: an undistilled cell at guidance 1 costs one a step.
+    cell = headline(cells(normalize(table, f"the results table ({experiment} rows)", experiment)))
+    curve = curves(cell)
     curve["call_cost"] = curve["normalized_cost"] * curve["unet_calls"]
     return curve, resample_curve(curve, cell, n_boot, rng)
 

@@ -23,6 +23,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import has_noise, resample_curve
 from analysis.table import size_label
+from study.results import with_defaults
 
 EXPERIMENT = "dreambooth"
 METRICS = {"subject_fidelity": "subject fidelity (mean cosine to the instances)",
@@ -35,13 +36,9 @@ def best_cells(table: pd.DataFrame) -> pd.DataFrame:
     rows = table[table["experiment"] == EXPERIMENT].copy()
     if rows.empty:
         return rows
-    # The searched objective where the table records it; a table without it (written by other tools) falls back
-    # to the subject fidelity, the objective's main term.
-    score = (pd.to_numeric(rows["objective"], errors="coerce") if "objective" in rows
-             else -pd.to_numeric(rows.get("subject_fidelity", rows["fid"] * -1), errors="coerce"))
-    rows = rows.assign(_score=score.fillna(np.inf))
-    idx = rows.groupby(["width", "seed", "sampler", "steps"])["_score"].idxmin()
-    return rows.loc[idx.values].drop(columns="_score").assign(curve=lambda d: d["sampler"]).reset_index(drop=True)
+    # The row the sweep marked best: the guidance its search found best for the combined objective.
+    rows = with_defaults(rows)
+    return rows[rows["best"]].assign(curve=lambda d: d["sampler"]).reset_index(drop=True)
 
 
 def metric_curve(cells: pd.DataFrame, metric: str, n_boot: int, rng) -> tuple[pd.DataFrame, np.ndarray]:

@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.advice import add_planner_advice
-from analysis.claims import Evidence, check_claims
+from analysis.claims import check_claims
+from analysis.verdicts import Evidence
 from analysis.export import crossover_table, fits_table, write_csv, write_json
 from analysis.findings import frame_of, inference_findings, training_findings
 from analysis.frontier import winner_ranges

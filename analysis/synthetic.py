@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from study.results import mark_best
+
 
 @dataclass(frozen=True)
 class SyntheticSpec:
@@ -103,10 +105,7 @@ def make_results(spec: SyntheticSpec | None = None, seed: int = 0) -> pd.DataFra
                         g_best = best_guidance(spec, i, steps)
                         rows += _cell_rows(spec, rng, i, width, nc, run_seed, d, sampler,
                                            steps, base, g_best)
-    df = pd.DataFrame(rows)
-    cell = ["width", "seed", "train_images", "sampler", "steps", "timestep_spacing"]
-    df["best"] = df.index.isin(df.groupby(cell)["fid"].idxmin().values)
-    return df
+    return mark_best(pd.DataFrame(rows))
 
 
 def _cell_rows(spec: SyntheticSpec, rng: np.random.Generator, i: int, width: int,

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# The table's contract (columns, defaults, the best guidance of a cell, sampling cost): the one module of the
+# core library the analysis reads.
+from study.results import BASE, find_table, with_defaults
+
 REQUIRED = ("width", "params", "normalized_cost", "train_images", "train_flops", "sampler",
             "steps", "guidance", "fid")
 # Metric name -> True when lower is better (FID), False when higher is (alignment score).
 LOWER_IS_BETTER = {"fid": True, "kid": True, "alignment": False}
 METRIC_LABEL = {"fid": "FID", "kid": "KID", "alignment": "alignment score"}
-# Rows of every experiment share the table; tables written before these columns existed hold
-# only the base study (text-to-image training and sampling), so they load with these defaults.
-DEFAULTS = {"experiment": "base", "task": "text2image"}
-BASE = "base"  # the experiment this package's analyses read; others bring their own modules
 NUMERIC = ("width", "params", "normalized_cost", "train_images", "train_flops", "steps",
            "guidance", "fid")
 OPTIONAL_NUMERIC = ("seed", "sampling_cost", "fid_std", "kid", "kid_std", "alignment",
@@ -31,13 +31,8 @@ MAX_BAD_SHARE = 0.2  # above this share of bad rows the table is refused, not pa
 
 
 def results_path(run_dir: str | Path) -> Path:
-    """RUN_DIR/results.parquet, else RUN_DIR/results.csv; ValueError when neither exists."""
-    run = Path(run_dir)
-    for name in ("results.parquet", "results.csv"):
-        if (run / name).is_file():
-            return run / name
-    raise ValueError(f"no results table in {run}: expected results.parquet or results.csv "
-                     "(run the sweep first, or pass the folder that holds it)")
+    """The results table of a run folder (study.results.find_table)."""
+    return find_table(run_dir)
 
 
 def read_table(path: str | Path) -> pd.DataFrame:
@@ -107,12 +102,8 @@ def load_results(run_dir: str | Path, experiment: str | None = BASE) -> pd.DataF
 def normalize(df: pd.DataFrame, source: str = "the results table",
               experiment: str | None = BASE) -> pd.DataFrame:
     """A results frame validated, with defaults for optional columns, cut to `experiment`."""
-    df = df.copy()
     require_columns(df, REQUIRED, source)
-    for col, default in DEFAULTS.items():
-        # astype(object) first: a column empty in every row reads from CSV as float64, which refuses a str fill.
-        df[col] = df[col].astype(object).fillna(default).astype(str) if col in df else default
-    df = validate(df, source)
+    df = validate(with_defaults(df), source)
     if experiment is not None:
         if not (df["experiment"] == experiment).any():
             raise ValueError(f"the results table has no rows of experiment {experiment!r} (it "
@@ -128,8 +119,6 @@ def normalize(df: pd.DataFrame, source: str = "the results table",
         df["timestep_spacing"] = ""
     df["timestep_spacing"] = df["timestep_spacing"].astype(object).fillna("").astype(str)
     df["sampler"] = df["sampler"].astype(str)
-    if "sampling_cost" not in df or df["sampling_cost"].isna().any():
-        df["sampling_cost"] = df["normalized_cost"] * df["steps"]  # paper: cost = nc x steps
     # One spacing per sampler keeps the sampler's name; several become separate curves.
     n_spacing = df.groupby("sampler")["timestep_spacing"].transform("nunique")
     df["curve"] = np.where(n_spacing > 1, df["sampler"] + "/" + df["timestep_spacing"],
@@ -141,18 +130,17 @@ CELL = ["width", "seed", "train_images", "curve", "steps"]
 
 
 def cells(df: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
-    """One row per cell at its FID-best guidance, with `metric` and its noise there.
+    """One row per cell at its best guidance, with `metric` and its noise there.
 
-    Every metric is read at the FID-best guidance (the row the sweep marks `best`): the
-    guidance search optimises FID, and one operating point per cell keeps FID and
-    alignment comparable (maximising alignment alone would always pick the top scale).
+    Every metric is read at the row the sweep marks `best` (study.results.mark_best: the guidance its search
+    found best, by FID unless the experiment searched another objective): one operating point per cell
+    keeps FID and alignment comparable (maximising alignment alone would always pick the top scale).
     """
     if metric not in df or df[metric].isna().all():
         return pd.DataFrame()
-    d = df[df["fid"].notna() & df[metric].notna()]
-    best = d.loc[d.groupby(CELL)["fid"].idxmin().values]
+    best = df[df["best"].astype(bool) & df["fid"].notna() & df[metric].notna()]
     std_col = f"{metric}_std"
-    out = best[CELL + ["params", "normalized_cost", "train_flops", "sampling_cost",
+    out = best[CELL + ["params", "normalized_cost", "train_flops", "sampling_cost", "unet_calls",
                        "guidance"]].copy()
     out["value"] = best[metric].astype(float).values
     out["std"] = best[std_col].astype(float).values if std_col in best else np.nan
@@ -169,7 +157,7 @@ def curves(cell_df: pd.DataFrame) -> pd.DataFrame:
     g = cell_df.groupby(keys)
     out = g.agg(params=("params", "first"), normalized_cost=("normalized_cost", "first"),
                 train_flops=("train_flops", "mean"), sampling_cost=("sampling_cost", "mean"),
-                guidance=("guidance", "mean"), value=("value", "mean"),
+                unet_calls=("unet_calls", "mean"), guidance=("guidance", "mean"), value=("value", "mean"),
                 seed_sd=("value", "std"), n_seeds=("seed", "nunique"),
                 floor=("floor", "mean")).reset_index()
     # Noise of a mean of independent evaluations: sqrt(sum var) / n.

@@ -358,16 +358,6 @@ def from_dict(d: dict) -> StudyConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), d))
 
 
-def config_hash(cfg: StudyConfig, *sections: str) -> str:
-    """A short stable hash of the whole config or of some sections, for cache and result keys."""
-    from study.identity import stable_hash
-
-    d = to_dict(cfg)
-    if sections:
-        d = {s: d[s] for s in sections}
-    return stable_hash(d)
-
-
 def first_difference(old, new, prefix: str = "") -> tuple[str, object, object] | None:
     """The first dotted key (sorted order) where two nested config dicts differ: (key, old, new)."""
     if isinstance(old, dict) and isinstance(new, dict):

@@ -17,7 +17,7 @@ def _held_out_prompts(data_cfg, held_captions: list[str], held_labels) -> tuple[
     import numpy as np
 
     if data_cfg.eval_captions:
-        from study.data import load_coco_captions
+        from study.captions import load_coco_captions
 
         return load_coco_captions(data_cfg.eval_captions, data_cfg.max_eval_prompts, data_cfg.split_seed), None
     texts = list(held_captions[: data_cfg.max_eval_prompts])

@@ -1,7 +1,9 @@
 """One definition of identity: the stable hash of a JSON-able object, and which config keys define a result.
 
 Every cache key, run identity and experiment name in the study is a `stable_hash` of a JSON object, so
-the same object always gives the same key on every machine and Python version.
+the same object always gives the same key on every machine and Python version. What a training run computed
+is `training_identity` (its hash, `training_hash`, is the results rows' `config_hash`, the DONE marker's, and
+the Tune experiment's); what a study folder's results mean is `study_identity` (the rerun check).
 """
 
 from __future__ import annotations
@@ -9,15 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 
-# Settings that define what a run folder's results mean: a rerun that changes one of them would mix
-# incomparable numbers into one table. Widths, seeds, samplers and steps may grow between reruns.
-STUDY_IDENTITY = ("data", "text_encoder", "autoencoder", "train", "model.ladder", "model.prediction_type",
-                  "model.reference_width", "eval.num_samples", "eval.seed", "eval.guidance_min",
-                  "eval.guidance_max", "eval.search", "eval.timestep_spacing", "eval.checkpoint",
-                  "eval.feature_extractor")
-
-# What a trained checkpoint depends on (the sections before evaluation): its results row carries this hash.
-TRAINING_SECTIONS = ("data", "text_encoder", "autoencoder", "model", "train")
+# Evaluation settings that define what a study folder's rows mean (beside what trained its checkpoints): a rerun
+# that changes one of them would mix incomparable numbers into one table. Widths, seeds, samplers and steps may
+# grow between reruns.
+STUDY_EVAL_KEYS = ("num_samples", "seed", "guidance_min", "guidance_max", "search", "timestep_spacing",
+                   "checkpoint", "feature_extractor")
 
 # Data settings that change how prepare runs (workers, GPUs, batches, memory bounds, debugging), not what it
 # computes, so neither caches nor run folders key on them: the shards are the same bytes whatever the workers,
@@ -30,26 +28,23 @@ OPERATIONAL_TRAIN_KEYS = ("use_gpu", "cpus_per_worker", "torch_threads", "log_ev
                           "checkpoint_every_images")
 
 
+def sha256_file(path, chunk: int = 8 << 20) -> str:
+    """Hex SHA-256 of a file, read in blocks (memory does not grow with the file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def stable_hash(obj, n: int = 12) -> str:
     """The first n hex digits of the SHA-256 of obj as canonical JSON (sorted keys; str() for the rest)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-def get_dotted(d: dict, dotted: str):
-    """d["a"]["b"] for "a.b" (the data section without its operational keys)."""
-    for part in dotted.split("."):
-        d = d[part]
-    return data_identity(d) if dotted == "data" else d
-
-
 def data_identity(data: dict) -> dict:
     """The data section less the keys that change how prepare runs, not what it computes."""
     return {k: v for k, v in data.items() if k not in OPERATIONAL_DATA_KEYS}
-
-
-def sections(cfg_dict: dict, names=TRAINING_SECTIONS) -> dict:
-    """The named sections of a resolved config dict."""
-    return {s: cfg_dict[s] for s in names}
 
 
 def training_identity(cfg_dict: dict) -> dict:
@@ -60,4 +55,18 @@ def training_identity(cfg_dict: dict) -> dict:
              "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
     if cfg_dict.get("recipe"):  # a derived run (distillation, fine-tune): its recipe, base checkpoint, options
         ident["recipe"] = cfg_dict["recipe"]
+    return ident
+
+
+def training_hash(cfg_dict: dict) -> str:
+    """The hash of training_identity: the results rows' config_hash, the DONE marker's, the Tune experiment's."""
+    return stable_hash(training_identity(cfg_dict))
+
+
+def study_identity(cfg_dict: dict) -> dict:
+    """What a study folder's results mean: what trained its checkpoints (the base ladder's), the reference size
+    of its cost axis and the evaluation settings its rows were measured with."""
+    ident = training_identity({k: v for k, v in cfg_dict.items() if k != "recipe"})
+    ident["model"]["reference_width"] = cfg_dict["model"]["reference_width"]
+    ident["eval"] = {k: cfg_dict["eval"][k] for k in STUDY_EVAL_KEYS}
     return ident

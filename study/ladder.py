@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from study.results import sampling_cost
+
 
 @dataclass(frozen=True)
 class LadderPreset:
@@ -83,16 +85,6 @@ def _measure(preset: LadderPreset, width: int, geom: Geometry) -> tuple[int, flo
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         unet(x, t, encoder_hidden_states=ctx)
     return params, float(counter.get_total_flops())
-
-
-def sampling_cost(normalized_cost: float, steps: int) -> float:
-    """The paper's sampling cost: normalized cost x sampling steps (arXiv 2404.01367, Sec. 3).
-
-    The paper counts one UNet evaluation per step; with classifier-free guidance the batch doubles, for
-    every size alike, so the ranking of sizes at a cost does not change. The results table records the
-    UNet calls per sample beside it (`unet_calls`), which is the fair axis when distilled (unguided) and
-    guided models are compared."""
-    return float(normalized_cost) * int(steps)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from study.atomic import write_atomic, write_json
 from study.config import ConfigError, StudyConfig, first_difference, to_dict
-from study.identity import STUDY_IDENTITY, get_dotted
+from study.identity import study_identity
 from study.paths import run_dir
 from study.redact import redact
 
@@ -23,13 +23,12 @@ def check_run_folder(cfg: StudyConfig, out: Path | None = None) -> Path:
     now = redact(to_dict(cfg))  # what is written and compared: no credential reaches a file
     if saved.exists():
         old = redact(json.loads(saved.read_text()))  # folders written before redaction too
-        for key in STUDY_IDENTITY:
-            diff = first_difference(get_dotted(old, key), get_dotted(now, key), f"{key}.")
-            if diff:
-                where, was, now_value = diff
-                raise ConfigError(f"{out} holds a study with a different {where} (was {was!r}, now {now_value!r}): "
-                                  f"rerun with --fresh to start over (the old folder is archived), or set name=... "
-                                  f"for a new run")
+        diff = first_difference(study_identity(old), study_identity(now))
+        if diff:
+            where, was, now_value = diff
+            raise ConfigError(f"{out} holds a study with a different {where} (was {was!r}, now {now_value!r}): "
+                              f"rerun with --fresh to start over (the old folder is archived), or set name=... "
+                              f"for a new run")
     out.mkdir(parents=True, exist_ok=True)
     ident = out / "run.json"
     if not ident.exists():  # a fresh folder is a new experiment, even on external Tune storage

@@ -10,6 +10,7 @@ import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
+from study import results
 from study.schedulers import ETA, SAMPLERS, make_sampler, training_scheduler
 
 
@@ -50,8 +51,8 @@ def uses_cfg(unet: torch.nn.Module, guidance: float) -> bool:
 
 
 def unet_calls(unet: torch.nn.Module, steps: int, guidance: float) -> int:
-    """UNet evaluations per sample: 2 per step with classifier-free guidance, 1 otherwise (distilled, guidance 1)."""
-    return int(steps) * (2 if uses_cfg(unet, guidance) else 1)
+    """UNet evaluations per sample of this UNet (study.results.unet_calls' rule)."""
+    return results.unet_calls(steps, guidance, guidance_embedded(unet))
 
 
 def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:

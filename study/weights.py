@@ -4,11 +4,11 @@ written. Core, so that evaluation and sampling need not import the trainer."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from study.errors import UserError
+from study.identity import sha256_file
 
 STATE = "state.json"  # a checkpoint folder holds it only once complete (trainers.checkpoint.publish)
 FILES = "files"  # state.json's record of every other file: {name: {"bytes": n, "sha256": hex}}
@@ -20,15 +20,6 @@ class CorruptCheckpointError(UserError):
 
 class NotACheckpointError(CorruptCheckpointError, FileNotFoundError):
     """The folder holds no complete checkpoint (no state.json)."""
-
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file, read in 8 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def manifest(folder: Path) -> dict:

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from study import __version__
-from study.config import ConfigError, StudyConfig, config_hash, from_dict, to_dict
-from study.identity import TRAINING_SECTIONS
-from study.ladder import sampling_cost
+from study.config import ConfigError, StudyConfig, from_dict, to_dict
+from study.identity import training_hash
 from study.raycluster import ensure_ray
 from sweeps.guidance import Cell, best_guidance, completed_results, open_storage, search_cell
-from sweeps.results import ResultRow, row_dict, upsert_results
+from study.results import ResultRow, row_dict, sampling_cost
+from sweeps.results import upsert_results
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,8 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
 def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage, training_hash: str | None = None) -> list[dict]:
     """The results rows of a chain, rebuilt from its Optuna studies (so a resume never duplicates).
 
-    training_hash: config_hash(cfg, *TRAINING_SECTIONS), when the caller has it (it costs ~0.2 CPU-s)."""
-    training_hash = training_hash or config_hash(cfg, *TRAINING_SECTIONS)
+    training_hash: training_hash(to_dict(cfg)), when the caller has it (it costs ~0.2 CPU-s)."""
+    training_hash = training_hash or training_hash(to_dict(cfg))
     return [_row(cfg, chain, rung, cell, n, g, res, training_hash) for cell in chain.cells()
             for n, g, res in completed_results(cell, storage)]
 
@@ -236,7 +236,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     failed = []
 
     written = [-1]  # rows in the table after the last write
-    training_hash = config_hash(cfg, *TRAINING_SECTIONS)
+    training_hash = training_hash(to_dict(cfg))
     rows_of: dict[int, list[dict]] = {}  # chain index -> its rows when last read
 
     def sync(changed=None) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from study.config import StudyConfig, config_hash, to_dict
-from study.identity import TRAINING_SECTIONS, stable_hash
+from study.config import StudyConfig, to_dict
+from study.identity import stable_hash, training_hash
 from study.runfolder import run_uuid
 from sweeps.train_progress import GridProgress
 
@@ -79,7 +79,7 @@ def experiment_name(cfg: StudyConfig, run_dir: Path, experiment: str = "base", s
     """The Tune experiment of a grid: a new run folder, grid or training config is a new Tune experiment."""
     sizes = sizes or [(w, s) for w in cfg.model.widths for s in cfg.sweep.seeds]
     key = {"run": run_uuid(run_dir), "grid": [sorted({w for w, _ in sizes}), sorted({s for _, s in sizes})],
-           "train": config_hash(cfg, *TRAINING_SECTIONS)}
+           "train": training_hash(to_dict(cfg))}
     if experiment == "base":  # the name base grids had before experiments existed: old run folders resume
         return "train-grid-" + stable_hash(key, 8)
     return f"{experiment}-grid-" + stable_hash({**key, "sizes": sorted(sizes), "job": job}, 8)
@@ -153,7 +153,7 @@ def _fit_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: list[t
         params = {"job": jobs[names[0]]}
     else:
         name = "+".join(names) + "-grid-" + stable_hash(
-            {"run": run_uuid(run_dir), "train": config_hash(cfg, *TRAINING_SECTIONS),
+            {"run": run_uuid(run_dir), "train": training_hash(to_dict(cfg)),
              "parts": {n: {"sizes": sizes[n], "job": jobs[n]} for n in names}}, 8)
         params = {"jobs": jobs}
     # The config travels as a constant, not in the search space: Tune would print it with every trial.

@@ -129,7 +129,7 @@ def test_size_status_of_a_failed_size_lists_its_intact_milestones(two_milestones
 
 
 def test_study_sample_on_a_truncated_checkpoint_is_one_line(two_milestones, tmp_path, monkeypatch, capsys):
-    from study import cli
+    from cli import main as cli
     from study.config import to_dict
     from train_helpers import tiny_config
 

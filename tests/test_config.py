@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from study.config import ConfigError, config_hash, from_dict, load_config, to_dict
+from study.config import ConfigError, from_dict, load_config, to_dict
 
 
 @pytest.mark.parametrize("preset", ["tiny", "smoke", "paper"])
@@ -30,10 +30,21 @@ def test_overrides_apply_with_types():
     assert cfg.train.batch_size == 128 and list(cfg.model.widths) == [8, 16] and cfg.eval.guidance_max == 5.0
 
 
-def test_hash_changes_with_settings():
-    a, b = load_config("tiny"), load_config("tiny", ["train.lr=0.01"])
-    assert config_hash(a, "train") != config_hash(b, "train")
-    assert config_hash(a, "data") == config_hash(b, "data")
+def test_one_identity_for_rows_tune_done_and_rerun_check(tmp_path):
+    """What a run computes changes its identity; how it runs (operational keys) changes none of its uses."""
+    from study.identity import study_identity, training_hash
+    from study.runfolder import check_run_folder
+
+    a = load_config("tiny", [f"runs_dir={tmp_path}"])
+    lr = load_config("tiny", [f"runs_dir={tmp_path}", "train.lr=0.01"])
+    ops = load_config("tiny", [f"runs_dir={tmp_path}", "data.prepare_actors=3", "train.torch_threads=2"])
+    assert training_hash(to_dict(a)) != training_hash(to_dict(lr))
+    assert training_hash(to_dict(a)) == training_hash(to_dict(ops))
+    assert study_identity(to_dict(a)) == study_identity(to_dict(ops))
+    check_run_folder(a)
+    check_run_folder(ops)  # an operational change resumes the folder
+    with pytest.raises(ConfigError, match="train.lr"):
+        check_run_folder(lr)
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -63,7 +74,7 @@ def test_missing_path_fails_before_work(tmp_path):
 
 
 def test_cli_user_error_is_one_line_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "study.cli", "config", "show", "tiny", "train.lr=-1"],
+    proc = subprocess.run([sys.executable, "-m", "cli.main", "config", "show", "tiny", "train.lr=-1"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -75,7 +86,7 @@ def test_cli_user_error_is_one_line_without_traceback():
 def test_cli_config_show_prints_resolved_yaml():
     from typer.testing import CliRunner  # in this process: the entry point's own path is tested above
 
-    from study.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["config", "show", "smoke", "train.batch_size=32"])
     assert res.exit_code == 0, res.output

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from study.config import load_config
-from study.data import DIGIT_NAMES, load_coco_captions, load_splits
+from study.captions import load_coco_captions
+from study.data import DIGIT_NAMES, load_splits
 
 
 def test_digits_split_is_held_out_and_captioned():

@@ -5,7 +5,8 @@ import pytest
 
 from sweeps import experiments as ex
 from sweeps.eval_grid import Chain
-from sweeps.results import COLUMNS, EXTRA, ResultRow, mark_best, read_results, row_dict, upsert_results
+from study.results import COLUMNS, EXTRA, ResultRow, mark_best, row_dict
+from sweeps.results import read_results, upsert_results
 
 
 class _Exp(ex.Experiment):

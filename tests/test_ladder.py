@@ -64,7 +64,7 @@ def test_tiny_ladder_same_shape_and_runs():
 def test_cli_ladder_json():
     from typer.testing import CliRunner
 
-    from study.cli import app
+    from cli.main import app
 
     res = CliRunner().invoke(app, ["ladder", "tiny", "--format", "json"])
     assert res.exit_code == 0, res.output

@@ -100,7 +100,7 @@ def test_prepare_and_evaluate_on_real_data(real_cfg):
 
 def test_a_user_without_inception_can_prepare_and_train_and_evaluation_says_what_to_set(real_cfg, tmp_path,
                                                                                          monkeypatch, capsys):
-    from study import cli
+    from cli import main as cli
     from study.config import from_dict, to_dict
     from study.paths import require_paths
     from study.prepare import prepare

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from study import cli
+from cli import main as cli
 from study.config import ConfigError, load_config, to_dict
 from study.errors import UserError, reading, user_message
 from study.lock import FolderLockedError, folder_lock, holder, lock_path
@@ -257,7 +257,7 @@ def test_the_lock_survives_moving_the_folder_aside(tmp_path):
 # --- paths and pickles -----------------------------------------------------------------------------
 
 def test_fresh_only_moves_a_plain_named_folder(tmp_path):
-    from study.runner import archive
+    from cli.runner import archive
 
     (tmp_path / "runs" / "mine").mkdir(parents=True)
     moved = archive(tmp_path / "runs" / "mine")

@@ -19,7 +19,7 @@ def _study(args, **kw):
     # Not this process's W&B service (WANDB_SERVICE, set by the analysis tests' W&B runs): the study starts its own.
     # (Ray Train's fast-polling settings come from tests/conftest.py's environment.)
     env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, "WANDB_MODE": "offline", "RAY_ADDRESS": ""}
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
 
 
@@ -94,7 +94,7 @@ def smoke_run(tmp_path_factory):
 def test_results_table(smoke_run):
     run_dir, *_ = smoke_run
     from study.config import load_config
-    from sweeps.results import CELL, COLUMNS
+    from study.results import CELL, COLUMNS
 
     cfg = load_config("smoke")
     df = pd.read_parquet(run_dir / "results.parquet")

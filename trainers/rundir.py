@@ -8,7 +8,7 @@ from pathlib import Path
 
 from study.atomic import write_atomic, write_json
 from study.config import ConfigError, first_difference
-from study.identity import stable_hash, training_identity as identity
+from study.identity import training_hash, training_identity as identity
 from study.redact import redact
 from study.weights import STATE
 
@@ -21,11 +21,6 @@ def run_dir_for(run_dir, width: int, seed: int, subdir: str = "train") -> Path:
     """The folder of one (width, seed) training run: RUN_DIR/train/wW-sS for the base ladder,
     RUN_DIR/<experiment>/train/wW-sS for a derived experiment."""
     return Path(run_dir) / subdir / f"w{width}-s{seed}"
-
-
-def identity_hash(cfg_dict: dict) -> str:
-    """The hash a finished run's DONE marker and W&B id carry: what the run computed."""
-    return stable_hash(identity(cfg_dict))
 
 
 def check_config(size_dir: Path, cfg_dict: dict) -> None:
@@ -60,13 +55,13 @@ def done_summary(size_dir: Path, cfg_dict: dict) -> dict | None:
     path = size_dir / "DONE"
     if path.exists():
         done = json.loads(path.read_text())
-        if done.get("config_hash") == identity_hash(cfg_dict):
+        if done.get("config_hash") == training_hash(cfg_dict):
             return done["summary"]
     return None
 
 
 def mark_done(size_dir: Path, cfg_dict: dict, summary: dict) -> None:
-    write_json(size_dir / "DONE", {"config_hash": identity_hash(cfg_dict), "summary": summary})
+    write_json(size_dir / "DONE", {"config_hash": training_hash(cfg_dict), "summary": summary})
 
 
 def load_milestones(size_dir) -> list[dict]:

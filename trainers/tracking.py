@@ -7,9 +7,10 @@ import os
 import re
 from pathlib import Path
 
+from study.identity import training_hash
 from study.redact import redact
 from study.runtime import wandb_mode
-from trainers.rundir import identity_hash, truncate_metrics
+from trainers.rundir import truncate_metrics
 
 
 class Tracker:
@@ -38,7 +39,7 @@ class Tracker:
                 job_type=(cfg_dict.get("recipe") or {}).get("name", "train"),  # base runs: "train", as before
                 name=f"{cfg.name}-{job}w{width}-s{seed}",
                 # The same id on every rerun, so a resumed run continues one W&B run (ids allow [A-Za-z0-9_-]).
-                id=re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.name}"[:40]) + f"-w{width}-s{seed}-{identity_hash(cfg_dict)}",
+                id=re.sub(r"[^A-Za-z0-9_-]", "-", f"{cfg.name}"[:40]) + f"-w{width}-s{seed}-{training_hash(cfg_dict)}",
                 resume="allow",
                 dir=str(size_dir), mode=mode,
                 config={**redact(cfg_dict), "width": width, "seed": seed}, settings=wandb.Settings(console="off"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from study.atomic import write_atomic, write_json
+from study.identity import sha256_file
 
 VERSION = 1
 SPLITS = ("train", "heldout")
@@ -57,15 +58,6 @@ def sample_order(key: str) -> tuple[int, str]:
 def split_of(key: str, eval_fraction: float, seed: int) -> str:
     """"heldout" for a stable-hash fraction `eval_fraction` of the keys, else "train" (no state needed)."""
     return "heldout" if _key_digest(f"{seed}:{key}") / 2.0**64 < eval_fraction else "train"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (memory does not grow with the file)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:

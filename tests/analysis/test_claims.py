@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from analysis.api import summary_lines
-from analysis.claims import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, check_claims
+from analysis.claims import check_claims
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence
 from analysis.claims_base import model_size, sampling_cost, samplers
 from analysis.claims_derived import distill_gain
 from analysis.inference import analyze_metric

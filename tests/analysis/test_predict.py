@@ -112,7 +112,7 @@ def _run_folder(tmp_path):
 def test_cli_predict_on_a_run_folder(tmp_path):
     from typer.testing import CliRunner  # in this process (the CLI's own start-up is tested in test_config)
 
-    from study.cli import app
+    from cli.main import app
 
     run = _run_folder(tmp_path)
     res = CliRunner().invoke(app, ["predict", str(run), "--width", "24", "--bootstrap", "30"])
@@ -131,7 +131,7 @@ def test_cli_plan_for_a_width_outside_the_ladder_preset(tmp_path):
     assert 40 not in LADDERS["tiny"].widths
     from typer.testing import CliRunner
 
-    from study.cli import app
+    from cli.main import app
 
     run = _run_folder(tmp_path)
     res = CliRunner().invoke(app, ["plan", str(run), "--target", "fid:40@4"])
@@ -144,7 +144,7 @@ def test_cli_plan_from_a_derived_experiment_s_rows(tmp_path):
     # a super-resolution claim); an experiment the table lacks is refused by name.
     from typer.testing import CliRunner
 
-    from study.cli import app
+    from cli.main import app
 
     run = _run_folder(tmp_path)
     base = pd.read_csv(run / "results.csv")

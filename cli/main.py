@@ -303,7 +303,7 @@ def run(config: Optional[str] = typer.Argument(None, help="Config (default: conf
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")) -> None:
     """The whole study: prepare, train grid, guidance search, analysis, report. Rerun to resume."""
     from study.config import to_yaml
-    from study.runner import run_study
+    from cli.runner import run_study
 
     cfg = _load(config or "tiny", overrides)
     if dry_run:
