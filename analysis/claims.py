@@ -7,18 +7,30 @@ errors of the evaluation noise (and of the seed spread where several seeds were 
 
 from __future__ import annotations
 
-from analysis import claims_base, claims_derived  # noqa: F401  (their @claim entries register the checkers)
+from analysis.experiments import analyses
 from analysis.verdicts import CLAIMS, Evidence
 
 
-def check_claims(ev: Evidence) -> list[dict]:
-    """Every applicable claim, checked: dicts with key, experiment, title, paper, found, verdict,
-    resolve and anchor."""
+def check_claims(ev: Evidence, experiment: str | None = None) -> list[dict]:
+    """Every applicable claim (of one experiment, if given), checked: dicts with key, experiment, title, paper,
+    found, verdict, resolve and anchor."""
+    analyses()  # every experiment's module: their @claim entries register the checkers
     out = []
     for c in CLAIMS:
+        if experiment is not None and c.experiment != experiment:
+            continue
         res = c.check(ev)
         if res is not None:
             found, verdict, resolve = res
             out.append({"key": c.key, "experiment": c.experiment, "title": c.title, "paper": c.paper,
                         "found": found, "verdict": verdict, "resolve": resolve, "anchor": c.anchor})
     return out
+
+
+def judge_experiment(name: str, table, out, n_boot: int = 200, seed: int = 0) -> tuple[dict, dict[str, dict]]:
+    """One derived experiment analysed on its own and its claims checked: (its analysis, {claim key: claim})."""
+    module = analyses()[name]
+    done = module.analyze(table, out, n_boot, seed)
+    base = table[table["experiment"] == "base"] if "experiment" in table else table.iloc[:0]
+    ev = Evidence(table=table, base=base, analyses={name: done})
+    return done, {c["key"]: c for c in check_claims(ev, experiment=name)}

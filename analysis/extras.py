@@ -1,5 +1,5 @@
-"""Report sections beyond the base analysis: each derived experiment's own analysis (analysis/exp_*.py) and
-the backtest of the joint law (analysis/predict.py) on the run's largest size."""
+"""Report sections beyond the base analysis: each derived experiment's own analysis
+(analysis/experiments/<name>.py) and the backtest of the joint law (analysis/predict.py) on the run's largest size."""
 
 from __future__ import annotations
 
@@ -8,27 +8,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import exp_distillation, exp_dreambooth, exp_superres
+from analysis.experiments import analyses
 from analysis.predict import backtest
 
-# experiment -> its analysis module (one entry per derived experiment)
-EXPERIMENT_ANALYSES = {"distillation": exp_distillation, "superres": exp_superres, "dreambooth": exp_dreambooth}
 
-
-def experiment_sections(table: pd.DataFrame, out: Path, n_boot: int, seed: int) -> list[dict]:
-    """One report section per derived experiment the table holds: its figures, claims and tables."""
-    sections = []
+def experiment_analyses(table: pd.DataFrame, out: Path, n_boot: int, seed: int) -> dict[str, dict]:
+    """Each derived experiment's own analysis (figures, tables) for the experiments the table holds."""
     exp = table["experiment"].astype(str)
-    for name, module in EXPERIMENT_ANALYSES.items():
-        if not (exp == name).any():
-            continue
-        res = module.analyze(table, out, n_boot, seed)
+    return {name: module.analyze(table, out, n_boot, seed) for name, module in analyses().items()
+            if hasattr(module, "analyze") and (exp == name).any()}
+
+
+def experiment_sections(done: dict[str, dict], claims: list[dict]) -> list[dict]:
+    """One report section per derived experiment analysed: its figures, its claims' verdicts and its tables."""
+    sections = []
+    for name, res in done.items():
         captions = res.get("captions", {})
         sections.append({
             "id": f"exp_{name}", "title": res.get("title", name),
             "figures": [{"png": p, "caption": captions.get(k, "")} for k, p in res.get("figures", {}).items()],
-            "lines": [f"{c['claim']} This run: {c['found']} Verdict: {c['verdict']}."
-                      + (f" To resolve: {c['resolve']}" if c.get("resolve") else "") for c in res.get("claims", [])],
+            "lines": [f"{c['paper']} This run: {c['found']} Verdict: {c['verdict']}."
+                      + (f" To resolve: {c['resolve']}" if c.get("resolve") else "")
+                      for c in claims if c["experiment"] == name],
             "details": [{"summary": k.replace("_", " "), "table": t} for k, t in res.get("tables", {}).items()
                         if isinstance(t, pd.DataFrame)]})
     return sections

@@ -14,7 +14,7 @@ from analysis.export import crossover_table, fits_table, write_csv, write_json
 from analysis.findings import frame_of, inference_findings, training_findings
 from analysis.frontier import winner_ranges
 from analysis.inference import FINAL, analyze_metric, optimal_guidance
-from analysis.extras import backtest_section, experiment_sections
+from analysis.extras import backtest_section, experiment_analyses, experiment_sections
 from analysis.page import sections
 from analysis.plot_best import plot_best_size, segment_table
 from analysis.plot_guidance import plot_guidance
@@ -105,8 +105,9 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
 
     found = {m: inference_findings(r) for m, r in results.items()}
     train_text = training_findings(fits)
+    derived = experiment_analyses(table, out, n_boot, seed)  # each derived experiment's figures and tables
     claims = check_claims(Evidence(table=table, base=base, pts=pts, ref=ref, fits=fits,
-                                   results=results, experiments=experiments))
+                                   results=results, experiments=experiments, analyses=derived))
     claims = add_planner_advice(claims, table, str(run_dir), seed)  # what the planner would run next
     numbers = prediction_table(fits)
     bands = segment_table(fid)
@@ -140,7 +141,7 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     page = {"title": f"ldm-scaling: {run.name}", "subtitle": _subtitle(base, claims, fid.noisy),
             "claims": claims, "numbers": numbers,
             "sections": sections(figs, results, found, fits, pts, guidance, bands, experiments, exp_tables, paths)
-            + experiment_sections(table, out, n_boot, seed)
+            + experiment_sections(derived, claims)
             + [s for s in [backtest_section(base, n_boot, seed, out)] if s],
             "about": _about(base, source, ref, fid.noisy, n_boot, method),
             "files": {k: v for k, v in paths.items()}}

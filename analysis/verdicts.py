@@ -3,8 +3,8 @@ verdict (differences with intervals, who wins the cheap end of a pair of curves)
 
 A checker reads the `Evidence` of one analysis (the results table and what the analysis
 computed from it) and returns `(found, verdict, resolve)`, or None when the run does not include
-its experiment. The checkers themselves live in analysis.claims_base and analysis.claims_derived;
-analysis.claims runs them all.
+its experiment. The checkers live with their experiment's analysis (analysis/experiments/<name>.py), one
+function each; analysis.claims runs them all.
 Intervals are 95 %: bootstrap intervals where the analysis has them, otherwise +-1.96 standard
 errors of the evaluation noise (and of the seed spread where several seeds were trained).
 """
@@ -33,11 +33,13 @@ class Evidence:
 
     table: pd.DataFrame  # every row of the results table
     base: pd.DataFrame  # rows of the base experiment (the ladder itself)
-    pts: pd.DataFrame  # FID per (size, training budget) at the reference cell
-    ref: dict  # the reference sampler and steps of the training-compute analysis
-    fits: dict  # analysis.training.fit_training
-    results: dict[str, InferenceResult]  # base experiment, per metric
+    pts: pd.DataFrame = field(default_factory=pd.DataFrame)  # FID per (size, budget) at the reference cell
+    ref: dict = field(default_factory=dict)  # the reference sampler and steps of the training-compute analysis
+    fits: dict = field(default_factory=dict)  # analysis.training.fit_training
+    results: dict[str, InferenceResult] = field(default_factory=dict)  # base experiment, per metric
     experiments: dict[str, dict[str, InferenceResult]] = field(default_factory=dict)
+    # A derived experiment's own analysis (analysis/experiments/<name>.py: analyze()), by experiment name.
+    analyses: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from study import __version__
 from study.config import ConfigError, StudyConfig, from_dict, to_dict
-from study.identity import training_hash
+from study import identity
 from study.raycluster import ensure_ray
 from sweeps.guidance import Cell, best_guidance, completed_results, open_storage, search_cell
 from study.results import ResultRow, row_dict, sampling_cost
@@ -65,8 +65,8 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
 def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage, training_hash: str | None = None) -> list[dict]:
     """The results rows of a chain, rebuilt from its Optuna studies (so a resume never duplicates).
 
-    training_hash: training_hash(to_dict(cfg)), when the caller has it (it costs ~0.2 CPU-s)."""
-    training_hash = training_hash or training_hash(to_dict(cfg))
+    training_hash: identity.training_hash(to_dict(cfg)), when the caller has it (it costs ~0.2 CPU-s)."""
+    training_hash = training_hash or identity.training_hash(to_dict(cfg))
     return [_row(cfg, chain, rung, cell, n, g, res, training_hash) for cell in chain.cells()
             for n, g, res in completed_results(cell, storage)]
 
@@ -236,7 +236,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     failed = []
 
     written = [-1]  # rows in the table after the last write
-    training_hash = training_hash(to_dict(cfg))
+    training_hash = identity.training_hash(to_dict(cfg))
     rows_of: dict[int, list[dict]] = {}  # chain index -> its rows when last read
 
     def sync(changed=None) -> int:

@@ -76,7 +76,7 @@ def with_experiments(seed: int = 1):
     base = make_results(SMALL, seed).assign(experiment="base")
     # A distilled student: the few-step penalty cut to 15 % of DDIM's, so it wins at 4 steps.
     dist = make_results(SyntheticSpec(samplers={"lcm": 0.15}, steps=(1, 2, 4, 8), train_images=final,
-                                      guidances=(1.5, 3.0)), seed + 1).assign(experiment="distillation", unet_calls=1)
+                                      guidances=(1.5, 3.0)), seed + 1).assign(experiment="distillation", unet_calls=lambda d: d["steps"])
     # Super-resolution fine-tunes: no guidance (1.0), the same shape of law.
     sr = make_results(SyntheticSpec(steps=(4, 10, 20, 50, 100), train_images=final, guidances=(1.0,)),
                       seed + 2).assign(experiment="superres")

@@ -9,8 +9,9 @@ import pytest
 from analysis.api import summary_lines
 from analysis.claims import check_claims
 from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence
-from analysis.claims_base import model_size, sampling_cost, samplers
-from analysis.claims_derived import distill_gain
+from analysis.experiments import analyses
+from analysis.experiments.base import model_size, sampling_cost, samplers
+from analysis.experiments.distillation import distill_gain
 from analysis.inference import analyze_metric
 from analysis.plot_best import best_segments
 from analysis.readable import NOT_DETERMINED, prediction_table, undetermined
@@ -29,8 +30,9 @@ def _evidence(tmp_path, spec: SyntheticSpec, drop: tuple[str, ...] = (), extra: 
     table = load_results(tmp_path, experiment=None)
     base = table[table["experiment"] == "base"]
     exps = {e: {"fid": analyze_metric(g, "fid", 40, 0)} for e, g in table.groupby("experiment") if e != "base"}
+    derived = {e: analyses()[e].analyze(table, tmp_path / "out", 40, 0) for e in exps}
     return Evidence(table=table, base=base, pts=pd.DataFrame(), ref={"sampler": "ddim"}, fits={},
-                    results={"fid": analyze_metric(base, "fid", 40, 0)}, experiments=exps)
+                    results={"fid": analyze_metric(base, "fid", 40, 0)}, experiments=exps, analyses=derived)
 
 
 def test_small_models_winning_at_low_cost_is_reproduced(tmp_path):
@@ -66,12 +68,12 @@ def test_a_table_without_noise_says_there_is_no_interval(tmp_path):
 
 def _distilled(factor: float) -> pd.DataFrame:
     spec = SyntheticSpec(samplers={"lcm": factor}, **{**FAST, "steps": (1, 2, 4, 8)})
-    return make_results(spec, seed=4).assign(experiment="distillation", unet_calls=1)
+    return make_results(spec, seed=4).assign(experiment="distillation", unet_calls=lambda d: d["steps"])
 
 
 def test_distillation_gain_reproduced_and_contradicted(tmp_path):
     found, verdict, _ = distill_gain(_evidence(tmp_path, SyntheticSpec(**FAST), extra=_distilled(0.15)))
-    assert verdict == REPRODUCED and found.startswith("FID at 4 steps, undistilled (its best sampler) -> distilled")
+    assert verdict == REPRODUCED and found.startswith("At 4 steps (equal steps: the paper's axis")
     # A student whose few-step penalty is three times the teacher's is worse at 4 steps: contradicted.
     assert distill_gain(_evidence(tmp_path, SyntheticSpec(**FAST), extra=_distilled(3.0)))[1] == CONTRADICTED
 
@@ -89,10 +91,12 @@ def test_every_experiment_has_its_claims(analyzed_experiments):
         assert (run / "analysis" / f"{name}.png").stat().st_size > 10_000
     by_key = {c["key"]: c for c in summary["claims"]}
     assert list(by_key) == ["training_compute", "model_size", "sampling_cost", "samplers", "distill_gain",
-                            "distill_match", "superres_size", "superres_cost", "dreambooth_size"]
+                            "distill_match", "dreambooth_size", "superres_cost", "superres_size", "superres_compute"]
+    # Every size is fine-tuned from its final milestone only: compute and size cannot be told apart.
+    assert by_key.pop("superres_compute")["verdict"] == UNRESOLVED
     assert all(c["verdict"] == REPRODUCED for c in by_key.values())
     assert "steps of the larger" in by_key["superres_cost"]["found"]
-    assert "the largest beats the smallest by 0.0" in by_key["dreambooth_size"]["found"]
+    assert "subject_fidelity largest minus smallest at 25 steps: 0.0" in by_key["dreambooth_size"]["found"]
 
 
 def test_numbers_the_points_do_not_determine_are_not_printed():

@@ -6,7 +6,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.exp_distillation import analyze
+from analysis.claims import judge_experiment
+
+
+def analyze(table, out, n_boot=500, seed=0):
+    res, claims = judge_experiment("distillation", table, out, n_boot, seed)
+    return {**res, "claims": claims}
 
 WIDTHS = {8: (0.5e6, 0.11), 16: (1.7e6, 0.3), 24: (3.7e6, 0.62), 32: (6.3e6, 1.0)}
 BASE_STEPS = (2, 4, 8, 16, 32)
@@ -68,9 +73,9 @@ def test_gain_and_matches(tmp_path, with_calls):
     assert m.loc["calls", "cost"] == pytest.approx(2 * expected)
     assert m.loc["paper", "low"] < expected < m.loc["paper", "high"] and m.loc["paper", "p_reached"] == 1.0
     assert m.loc["paper", "distilled_cost"] == pytest.approx(4.0) and m.loc["calls", "distilled_cost"] == 4.0
-    gain_claim = next(c for c in res["claims"] if "improves" in c["claim"])
+    gain_claim = res["claims"]["distill_gain"]
     assert gain_claim["verdict"] == "reproduced" and "calls" in gain_claim["found"]
-    match_claim = next(c for c in res["claims"] if "about 8" in c["claim"])
+    match_claim = res["claims"]["distill_match"]
     assert match_claim["verdict"] == "contradicted"  # matched, at cost ~1.8 [tight], far below 6..10
     assert len(res["claims"]) == 2
     assert (tmp_path / "distillation_fid_vs_cost.png").is_file() and (tmp_path / "distillation_gain.csv").is_file()
@@ -79,20 +84,20 @@ def test_gain_and_matches(tmp_path, with_calls):
 def test_verdicts_follow_the_intervals(tmp_path):
     # Distillation hurts the smallest size at 4 steps: contradicted.
     worse = table(distilled_fid_at_4=lambda w: 30.0 if w == 8 else 2.5)
-    claim = next(c for c in analyze(worse, tmp_path, n_boot=100)["claims"] if "improves" in c["claim"])
+    claim = analyze(worse, tmp_path, n_boot=100)["claims"]["distill_gain"]
     assert claim["verdict"] == "contradicted"
     # A distilled FID so good that no undistilled size reaches it: the match is never found.
     res = analyze(table(distilled_fid_at_4=lambda w: 1.0), tmp_path, n_boot=100)
     m = res["tables"]["matches"]
     assert np.isinf(m["cost"]).all() and (m["p_reached"] == 0).all()
-    match_claim = next(c for c in res["claims"] if "about 8" in c["claim"])
+    match_claim = res["claims"]["distill_match"]
     assert match_claim["verdict"] == "contradicted" and "never" in match_claim["found"]
     # A target the 1.7M model reaches at paper cost 8 (26.7 steps, between its evaluated 16 and 32): reproduced.
     target = 2 + 20 / (0.3 ** 0.3 * (8 / 0.3))
     res = analyze(table(distilled_fid_at_4=lambda w: target if w == 32 else 2.5), tmp_path, n_boot=100)
     m = res["tables"]["matches"].query("distilled_width == 32 and undistilled_width == 16 and axis == 'paper'")
     assert 7 < float(m["cost"].iloc[0]) < 9
-    assert next(c for c in res["claims"] if "about 8" in c["claim"])["verdict"] == "reproduced"
+    assert res["claims"]["distill_match"]["verdict"] == "reproduced"
 
 
 def test_no_distillation_rows_is_one_clear_error(tmp_path):

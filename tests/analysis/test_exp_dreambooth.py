@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 from matplotlib.image import imsave
 
-from analysis.exp_dreambooth import analyze, best_cells
+from analysis.claims import judge_experiment
+from analysis.experiments.dreambooth import best_cells
+
+
+def analyze(table, out, n_boot=500, seed=0):
+    res, claims = judge_experiment("dreambooth", table, out, n_boot, seed)
+    return {**res, "claims": claims}
 
 SIZES = {8: 0.5e6, 16: 1.7e6, 32: 6.3e6}
 COST = {8: 0.11, 16: 0.3, 32: 1.0}
@@ -43,7 +49,7 @@ def test_best_cells_take_the_searched_guidance(tmp_path):
 @pytest.mark.parametrize("slope, verdict", [(0.05, "reproduced"), (-0.05, "contradicted"), (0.0, "not resolved")])
 def test_size_claim_figures_and_tables(tmp_path, slope, verdict):
     res = analyze(_table(tmp_path, slope), tmp_path / "out", n_boot=200, seed=0)
-    assert res["claims"][0]["verdict"].startswith(verdict), res["claims"][0]
+    assert res["claims"]["dreambooth_size"]["verdict"].startswith(verdict), res["claims"]["dreambooth_size"]
     assert set(res["figures"]) == {"fidelity_vs_size", "fidelity_vs_cost", "language_drift", "grids"}
     for path in res["figures"].values():
         assert path.endswith(".png") and (tmp_path / "out" / path.split("/")[-1]).is_file()
@@ -61,4 +67,4 @@ def test_size_claim_figures_and_tables(tmp_path, slope, verdict):
 def test_no_dreambooth_rows_gives_an_empty_section(tmp_path):
     table = _table(tmp_path, 0.05).assign(experiment="base")
     res = analyze(table, tmp_path / "out")
-    assert res["claims"] == [] and res["figures"] == {}
+    assert res["claims"] == {} and res["figures"] == {}

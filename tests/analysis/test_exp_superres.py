@@ -4,7 +4,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from analysis.exp_superres import analyze
+from analysis.claims import judge_experiment
+
+
+def analyze(table, out, n_boot, seed):
+    res, claims = judge_experiment("superres", table, out, n_boot, seed)
+    return {**res, "claims": claims}
 
 SIZES = {8: (0.5e6, 0.5), 32: (6.3e6, 1.0)}  # width -> (params, normalized cost): costs overlap on [2, 8]
 
@@ -43,7 +48,7 @@ def test_a_crossover_is_found_with_its_interval_and_the_claim_reproduced(tmp_pat
     row = cross[cross["sampler"] == "ddim"].iloc[0]
     assert row["low"] <= row["crossover_cost"] <= row["high"]
     assert 2 < row["crossover_cost"] < 4  # 5 + 4/c (s = 2c) meets 2 + 12/c at c = 8/3
-    claim = res["claims"][0]
+    claim = res["claims"]["superres_cost"]
     assert claim["verdict"] == "reproduced", claim
     assert {"superres_fid_vs_cost", "superres_lpips_vs_cost", "superres_vs_training_compute",
             "superres_grid"} <= set(res["figures"])
@@ -56,11 +61,11 @@ def test_a_crossover_is_found_with_its_interval_and_the_claim_reproduced(tmp_pat
 def test_the_larger_model_winning_everywhere_contradicts_the_crossover_claim(tmp_path):
     fid = lambda w, s: (9 + 8 / s) if w == 8 else (2 + 4 / s)  # noqa: E731
     res = analyze(_table(tmp_path, fid), tmp_path / "out", n_boot=200, seed=0)
-    assert res["claims"][0]["verdict"] == "contradicted"
-    assert res["claims"][1]["verdict"] == "reproduced"  # FID improves with size, beyond the noise
+    assert res["claims"]["superres_cost"]["verdict"] == "contradicted"
+    assert res["claims"]["superres_size"]["verdict"] == "reproduced"  # FID improves with size, beyond the noise
 
 
 def test_noise_larger_than_the_gaps_leaves_the_claims_unresolved(tmp_path):
     fid = lambda w, s: 5.0 + 0.01 * (w == 8)  # noqa: E731
     res = analyze(_table(tmp_path, fid, std=2.0), tmp_path / "out", n_boot=200, seed=0)
-    assert res["claims"][1]["verdict"] == "not resolved at this scale"
+    assert res["claims"]["superres_size"]["verdict"] == "not resolved at this scale"

@@ -22,6 +22,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import resample_curve
 from analysis.table import cells, curves, headline, normalize, size_label
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, claim
 
 EXPERIMENT = "distillation"
 AXES = {"paper": ("sampling_cost", "sampling cost (normalized cost x steps; the paper's)"),
@@ -148,57 +149,66 @@ def _grids(table: pd.DataFrame) -> dict[str, str]:
     return found
 
 
-def _claims(gain: pd.DataFrame, matches: pd.DataFrame, base: pd.DataFrame) -> list[dict]:
-    claims = []
-    if not gain.empty:
-        parts = [f"{size_label(r.params)} {num(r.undistilled_fid)} ({r.undistilled_sampler}, "
-                 f"{int(r.undistilled_unet_calls)} calls) -> {num(r.distilled_fid)} ({int(r.distilled_unet_calls)} "
-                 f"calls): gain {num(r.gain)} {bracket(r.low, r.high)}" for r in gain.itertuples()]
-        verdict = ("reproduced" if (gain["low"] > 0).all() else "contradicted" if (gain["high"] < 0).any()
-                   else "not resolved at this scale")
-        claims.append({
-            "claim": "Distillation to 4 steps improves every size's FID at 4 steps (paper Fig. 9).",
-            "found": f"At {int(gain['steps'].iloc[0])} steps (equal steps: the paper's axis; the undistilled "
-                     "model spends 2 UNet calls a guided step): " + "; ".join(parts),
-            "verdict": verdict,
-            "resolve": "" if verdict != "not resolved at this scale" else
-            "more evaluation samples (eval.num_samples) or seeds, so the gains' intervals exclude zero"})
-    widths = sorted(base["width"].unique())
-    if not matches.empty and len(widths) > 1:
-        # The paper's pair: its second-smallest size undistilled (83M) against its reference size distilled
-        # (866M, normalized cost 1). Here: the same ranks of this ladder.
-        small, big = widths[1], int(matches["distilled_width"].max())
-        m = matches[(matches["distilled_width"] == big) & (matches["undistilled_width"] == small)]
-        paper, calls = m[m["axis"] == "paper"].iloc[0], m[m["axis"] == "calls"].iloc[0]
-        lo_p, hi_p = PAPER_MATCH_COST
+def _analysis(ev: Evidence) -> dict | None:
+    return ev.analyses.get(EXPERIMENT)
 
-        def say(r, axis):
-            if r.p_reached < 0.05:
-                return f"never within the evaluated costs ({axis} axis)"
-            tail = "" if r.p_reached >= 0.95 else f", reached in only {r.p_reached:.0%} of resamples"
-            return f"cost {num(r.cost)} {bracket(r.low, r.high)} ({axis} axis{tail})"
 
-        found = (f"The undistilled {size_label(paper.undistilled_params)} model (the paper's 83M rank) matches the "
-                 f"{paper.steps}-step FID {num(paper.distilled_fid)} of the distilled "
-                 f"{size_label(paper.distilled_params)} (the paper's 866M rank; its own cost {num(paper.distilled_cost)}"
-                 f" paper / {num(calls.distilled_cost)} calls) at {say(paper, 'paper')}; {say(calls, 'calls')}.")
-        if paper.p_reached < 0.05:
-            verdict = "contradicted"
-        elif paper.p_reached >= 0.95 and math.isfinite(paper.low):
-            verdict = "reproduced" if paper.low <= hi_p and paper.high >= lo_p else "contradicted"
-        else:
-            verdict = "not resolved at this scale"
-        claims.append({
-            "claim": "At a sampling cost of about 8 (paper axis), the undistilled 83M model matches the distilled "
-                     "866M model at 4 steps (paper Fig. 9).",
-            "found": found, "verdict": verdict,
-            "resolve": "" if verdict != "not resolved at this scale" else
-            "evaluate the undistilled sizes at more step counts around the match, or more samples per FID"})
-    return claims
+@claim("distill_gain", EXPERIMENT, "Distillation at 4 steps",
+       "Distilling to 4 steps improves the FID of every size at 4 steps (Fig. 9).", "distillation")
+def distill_gain(ev: Evidence):
+    """Reproduced when every size's distilled FID beats its undistilled FID at the same steps beyond noise."""
+    a = _analysis(ev)
+    gain = a["tables"]["gain"] if a else pd.DataFrame()
+    if gain.empty:
+        return None
+    parts = [f"{size_label(r.params)} {num(r.undistilled_fid)} ({r.undistilled_sampler}, "
+             f"{int(r.undistilled_unet_calls)} calls) -> {num(r.distilled_fid)} ({int(r.distilled_unet_calls)} "
+             f"calls): gain {num(r.gain)} {bracket(r.low, r.high)}" for r in gain.itertuples()]
+    found = (f"At {int(gain['steps'].iloc[0])} steps (equal steps: the paper's axis; the undistilled model spends "
+             "2 UNet calls a guided step): " + "; ".join(parts))
+    if (gain["low"] > 0).all():
+        return found, REPRODUCED, ""
+    if (gain["high"] < 0).any():
+        return found, CONTRADICTED, ""
+    return found, UNRESOLVED, "more evaluation samples (eval.num_samples) or seeds, so the gains' intervals exclude zero"
+
+
+@claim("distill_match", EXPERIMENT, "Undistilled small vs distilled large",
+       "At a sampling cost of about 8, the undistilled 83M model matches the distilled 866M model at 4 steps "
+       "(Fig. 9; cost counts a guided step as one step).", "distillation")
+def distill_match(ev: Evidence):
+    """The paper's pair (its second-smallest size undistilled against its reference size distilled; here the
+    same ranks of this ladder): reproduced when the match falls inside the paper's cost window."""
+    a = _analysis(ev)
+    matches = a["tables"]["matches"] if a else pd.DataFrame()
+    widths = a["base_widths"] if a else []
+    if matches.empty or len(widths) < 2:
+        return None
+    small, big = widths[1], int(matches["distilled_width"].max())
+    m = matches[(matches["distilled_width"] == big) & (matches["undistilled_width"] == small)]
+    paper, calls = m[m["axis"] == "paper"].iloc[0], m[m["axis"] == "calls"].iloc[0]
+    lo_p, hi_p = PAPER_MATCH_COST
+
+    def say(r, axis):
+        if r.p_reached < 0.05:
+            return f"never within the evaluated costs ({axis} axis)"
+        tail = "" if r.p_reached >= 0.95 else f", reached in only {r.p_reached:.0%} of resamples"
+        return f"cost {num(r.cost)} {bracket(r.low, r.high)} ({axis} axis{tail})"
+
+    found = (f"The undistilled {size_label(paper.undistilled_params)} model (the paper's 83M rank) matches the "
+             f"{paper.steps}-step FID {num(paper.distilled_fid)} of the distilled "
+             f"{size_label(paper.distilled_params)} (the paper's 866M rank; its own cost {num(paper.distilled_cost)}"
+             f" paper / {num(calls.distilled_cost)} calls) at {say(paper, 'paper')}; {say(calls, 'calls')}.")
+    if paper.p_reached < 0.05:
+        return found, CONTRADICTED, ""
+    if paper.p_reached >= 0.95 and math.isfinite(paper.low):
+        return found, (REPRODUCED if paper.low <= hi_p and paper.high >= lo_p else CONTRADICTED), ""
+    return found, UNRESOLVED, "evaluate the undistilled sizes at more step counts around the match, or more samples per FID"
 
 
 def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) -> dict:
-    """Figures, tables and claim verdicts of the distillation experiment (see the module docstring)."""
+    """Figures and tables of the distillation experiment (see the module docstring); its claims are checked by
+    distill_gain and distill_match."""
     out = Path(out)
     rng = np.random.default_rng(seed)
     base, b_boot = _curves(table, "base", n_boot, rng)
@@ -219,4 +229,4 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
                               "student (LCM), same prompts, noise, guidance and step count.")
     return {"title": "Distillation: distilled vs undistilled at equal sampling cost", "figures": figures,
             "captions": captions, "tables": {"matches": matches, "gain": gain},
-            "claims": _claims(gain, matches, base)}
+            "base_widths": sorted(int(w) for w in base["width"].unique())}

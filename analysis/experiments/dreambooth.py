@@ -23,6 +23,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import has_noise, resample_curve
 from analysis.table import size_label
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, claim
 from study.results import with_defaults
 
 EXPERIMENT = "dreambooth"
@@ -177,13 +178,12 @@ def _fig_grids(cells: pd.DataFrame, out: Path) -> str | None:
     return save(fig, out, "dreambooth_grids")["png"]
 
 
-def _size_claim(sizes: pd.DataFrame, n_boot: int, cells: pd.DataFrame, rng) -> dict:
-    """The paper's claim (shown in pictures only): bigger pretrained models give better DreamBooth results."""
-    claim = "Larger pretrained models give better DreamBooth (personalised) images (shown only as pictures)"
+def size_gaps(cells: pd.DataFrame, n_boot: int, rng) -> pd.DataFrame:
+    """Per metric: the largest size's best value minus the smallest's at the most steps, with a bootstrap
+    interval (one row per metric; empty with fewer than two sizes)."""
+    rows = []
     if cells["width"].nunique() < 2:
-        return {"claim": claim, "found": "one size only", "verdict": "not resolved at this scale",
-                "resolve": "fine-tune at least two sizes"}
-    found, better, worse = [], 0, 0
+        return pd.DataFrame(rows)
     small, large = cells["width"].min(), cells["width"].max()
     for metric in METRICS:
         curve, boots = metric_curve(cells, metric, n_boot, rng)
@@ -191,28 +191,46 @@ def _size_claim(sizes: pd.DataFrame, n_boot: int, cells: pd.DataFrame, rng) -> d
         best = {w: top[top["width"] == w]["value"].idxmax() for w in (small, large) if (top["width"] == w).any()}
         if len(best) < 2:
             continue
-        diff = boots[:, best[large]] - boots[:, best[small]]
-        point = float(curve.loc[best[large], "value"] - curve.loc[best[small], "value"])
-        lo, hi = _interval(diff)
-        better += bool(lo > 0)
-        worse += bool(hi < 0)
-        found.append(f"{metric} largest minus smallest at {int(top['steps'].max())} steps: {num(point)} "
-                     f"{bracket(lo, hi)}")
-    verdict = ("reproduced" if better and not worse else "contradicted" if worse and not better
-               else "not resolved at this scale")
-    return {"claim": claim, "found": "; ".join(found), "verdict": verdict,
-            "resolve": "more samples per prompt and several seeds per size narrow the intervals; a real subject "
-                       "(Google's DreamBooth set) with DINO/CLIP at the paper's sizes tests it where it was made"}
+        lo, hi = _interval(boots[:, best[large]] - boots[:, best[small]])
+        rows.append({"metric": metric, "steps": int(top["steps"].max()), "smaller_width": int(small),
+                     "larger_width": int(large),
+                     "gap": float(curve.loc[best[large], "value"] - curve.loc[best[small], "value"]),
+                     "low": lo, "high": hi})
+    return pd.DataFrame(rows)
+
+
+@claim("dreambooth_size", EXPERIMENT, "DreamBooth: size",
+       "Larger pretrained models give better personalised images (Fig. 11; pictures only, no number).",
+       "dreambooth")
+def dreambooth_size(ev: Evidence):
+    """Reproduced when the largest size beats the smallest beyond noise on a fidelity and loses on none."""
+    a = ev.analyses.get(EXPERIMENT)
+    if not a or "size_gaps" not in a["tables"]:
+        return None
+    gaps = a["tables"]["size_gaps"]
+    if gaps.empty:
+        return "one size only", UNRESOLVED, "fine-tune at least two sizes"
+    found = "; ".join(f"{r.metric} largest minus smallest at {r.steps} steps: {num(r.gap)} {bracket(r.low, r.high)}"
+                      for r in gaps.itertuples())
+    better, worse = (gaps["low"] > 0).any(), (gaps["high"] < 0).any()
+    if better and not worse:
+        return found, REPRODUCED, ""
+    if worse and not better:
+        return found, CONTRADICTED, ""
+    return found, UNRESOLVED, ("more samples per prompt and several seeds per size narrow the intervals; a real "
+                               "subject (Google's DreamBooth set) with DINO/CLIP at the paper's sizes tests it where "
+                               "it was made")
 
 
 def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) -> dict:
-    """Figures (PNG), CSVs, tables and the claim of the DreamBooth rows of a results table."""
+    """Figures (PNG), CSVs and tables of the DreamBooth rows of a results table; dreambooth_size checks the
+    paper's claim."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     title = "DreamBooth: subject and prompt fidelity of every fine-tuned size"
     cells = best_cells(table) if "experiment" in table else pd.DataFrame()
     if cells.empty:
-        return {"title": title, "figures": {}, "captions": {}, "tables": {}, "claims": []}
+        return {"title": title, "figures": {}, "captions": {}, "tables": {}}
     rng = np.random.default_rng(seed)
     sizes = size_table(cells, n_boot, rng)
     drift = drift_table(cells)
@@ -232,5 +250,5 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
     }
     figures = {k: v for k, v in figures.items() if v}
     return {"title": title, "figures": figures, "captions": {k: captions[k] for k in figures},
-            "tables": {"sizes": sizes, "drift": drift, "crossovers": cross},
-            "claims": [_size_claim(sizes, n_boot, cells, rng)]}
+            "tables": {"sizes": sizes, "drift": drift, "crossovers": cross,
+                       "size_gaps": size_gaps(cells, n_boot, rng)}}

@@ -1,5 +1,5 @@
-"""The paper's claims about the ladder itself (experiment `base`): training compute, model size,
-sampling cost and samplers. Registered in analysis.verdicts.CLAIMS, in reading order."""
+"""The base experiment's claims (the ladder itself): training compute, model size, sampling cost and samplers.
+Its figures and tables are the analysis package's own (analysis.pipeline)."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import resample_curve
 from analysis.table import cells, curves, headline, normalize, size_label
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, claim
 
 EXPERIMENT = "superres"
 METRICS = {"fid": "FID", "lpips": "LPIPS"}
@@ -130,13 +131,22 @@ def _grid(rows: pd.DataFrame, cell: tuple[str, int], out: Path) -> str | None:
     return save(fig, out, "superres_grid")["png"]
 
 
-def _claim(cross: pd.DataFrame) -> dict:
-    claim = ("Under a fixed sampling budget, smaller super-resolution models win below about 20 steps and "
-             "larger ones above (Fig. 10).")
+def _analysis(ev: Evidence) -> dict | None:
+    return ev.analyses.get(EXPERIMENT)
+
+
+@claim("superres_cost", EXPERIMENT, "Super-resolution: sampling cost",
+       "Under a fixed sampling budget, smaller super-resolution models win below about 20 steps and larger ones "
+       "above (Fig. 10).", "superres")
+def superres_cost(ev: Evidence):
+    """Reproduced when every pair of sizes crosses with the smaller winning the cheap end (p >= 0.9)."""
+    a = _analysis(ev)
+    if a is None or "superres_fid_crossovers" not in a["tables"]:
+        return None
+    cross = a["tables"]["superres_fid_crossovers"]
     resolve = "more fine-tuning images per size (the outputs must beat bicubic first), several seeds, more steps"
     if cross.empty:
-        return {"claim": claim, "found": "no two sizes' curves overlap in sampling cost", "verdict":
-                "not resolved at this scale", "resolve": resolve}
+        return "no two sizes' curves overlap in sampling cost", UNRESOLVED, resolve
     parts, verdicts = [], []
     for _, r in cross.iterrows():
         pair = f"{size_label(r['smaller'])} vs {size_label(r['larger'])} ({r['sampler']})"
@@ -144,24 +154,54 @@ def _claim(cross: pd.DataFrame) -> dict:
             parts.append(f"{pair}: the smaller wins below cost {num(r['crossover_cost'])} "
                          f"{bracket(r['low'], r['high'])} (~{num(r['crossover_steps_larger'])} steps of the larger)")
             sure = np.isfinite(r["low"]) and r["p_cross"] >= 0.9
-            verdicts.append("reproduced" if sure else "unresolved")
+            verdicts.append(REPRODUCED if sure else UNRESOLVED)
         else:
             lo, hi = r["gap_high_cost_lo"], r["gap_high_cost_hi"]
             who = "the larger" if r["gap_high_cost"] < 0 else "the smaller"
             parts.append(f"{pair}: no crossing; {who} is better across the overlap (gap at the top cost "
                          f"{num(r['gap_high_cost'])} {bracket(lo, hi)})")
-            verdicts.append("contradicted" if np.isfinite(hi) and (hi < 0 or lo > 0) else "unresolved")
-    if verdicts and all(v == "reproduced" for v in verdicts):
-        verdict = "reproduced"
-    elif verdicts and all(v == "contradicted" for v in verdicts):
-        verdict = "contradicted"
-    else:
-        verdict = "not resolved at this scale"
-    return {"claim": claim, "found": "; ".join(parts), "verdict": verdict, "resolve": resolve}
+            verdicts.append(CONTRADICTED if np.isfinite(hi) and (hi < 0 or lo > 0) else UNRESOLVED)
+    verdict = (REPRODUCED if all(v == REPRODUCED for v in verdicts)
+               else CONTRADICTED if all(v == CONTRADICTED for v in verdicts) else UNRESOLVED)
+    return "; ".join(parts), verdict, resolve if verdict == UNRESOLVED else ""
+
+
+@claim("superres_size", EXPERIMENT, "Super-resolution: size",
+       "In 4x super-resolution fine-tuned from each size, FID improves with model size (Fig. 10).", "superres")
+def superres_size(ev: Evidence):
+    """The largest size's FID minus the smallest's at the reference cell, with +-1.96 of their noise."""
+    a = _analysis(ev)
+    per = a["tables"].get("superres_vs_training_compute") if a else None
+    if per is None or "fid" not in per or len(per) < 2:
+        return None
+    per = per.sort_values("params")
+    s, b = per.iloc[0], per.iloc[-1]
+    d = b["fid"] - s["fid"]
+    sd = float(np.hypot(s["fid_std"], b["fid_std"]))
+    lo, hi = d - 1.96 * sd, d + 1.96 * sd
+    bicubic = a["baselines"].get("fid", np.nan)
+    beats = "" if not np.isfinite(bicubic) else f"; bicubic FID {num(bicubic)}, best size {num(per['fid'].min())}"
+    found = f"FID ({per['cell'].iloc[0]}) largest minus smallest {num(d)} {bracket(lo, hi)}{beats}"
+    if hi < 0:
+        return found, REPRODUCED, ""
+    if lo > 0:
+        return found, CONTRADICTED, ""
+    return found, UNRESOLVED, "more fine-tuning images per size and several seeds"
+
+
+@claim("superres_compute", EXPERIMENT, "Super-resolution: training compute",
+       "LPIPS tracks the base model's training compute more than its size (Fig. 10).", "superres")
+def superres_compute(ev: Evidence):
+    """Not testable while every size is fine-tuned from its final milestone only."""
+    if _analysis(ev) is None:
+        return None
+    return ("every size is fine-tuned from its final milestone only, so compute and size move together", UNRESOLVED,
+            "fine-tune from several base budgets per size (milestones) and compare at equal compute")
 
 
 def analyze(table: pd.DataFrame, out: Path, n_boot: int, seed: int) -> dict:
-    """FID/LPIPS against sampling cost and training compute, crossovers, the paper's claim, the image grid."""
+    """FID/LPIPS against sampling cost and training compute, crossovers and the image grid; the paper's claims
+    are checked by superres_cost, superres_size and superres_compute."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = normalize(table, "the results table (superres rows)", EXPERIMENT)
@@ -207,25 +247,5 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int, seed: int) -> dict:
         figures["superres_grid"] = grid
         captions["superres_grid"] = f"LR input, bicubic, each size's output ({sampler}, {steps} steps), HR"
 
-    claims = []
-    if "fid" in curves_by:
-        claims.append(_claim(tables["superres_fid_crossovers"]))
-    if "fid" in per and len(per) >= 2:
-        per = per.sort_values("params")
-        s, b = per.iloc[0], per.iloc[-1]
-        d = b["fid"] - s["fid"]
-        sd = float(np.hypot(s["fid_std"], b["fid_std"]))
-        lo, hi = d - 1.96 * sd, d + 1.96 * sd
-        verdict = ("reproduced" if hi < 0 else "contradicted" if lo > 0 else "not resolved at this scale")
-        beats = "" if not np.isfinite(baselines["fid"]) else (
-            f"; bicubic FID {num(baselines['fid'])}, best size {num(per['fid'].min())}")
-        claims.append({"claim": "In 4x super-resolution fine-tuned from each size, FID improves with model size.",
-                       "found": f"FID ({sampler}, {steps} steps) largest minus smallest {num(d)} "
-                                f"{bracket(lo, hi)}{beats}", "verdict": verdict,
-                       "resolve": "more fine-tuning images per size and several seeds"})
-    claims.append({"claim": "LPIPS tracks the base model's training compute more than its size.",
-                   "found": "every size is fine-tuned from its final milestone only, so compute and size move together",
-                   "verdict": "not resolved at this scale",
-                   "resolve": "fine-tune from several base budgets per size (milestones) and compare at equal compute"})
     return {"title": "4x super-resolution", "figures": figures, "captions": captions, "tables": tables,
-            "claims": claims}
+            "baselines": baselines}
