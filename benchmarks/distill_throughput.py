@@ -5,7 +5,7 @@
 
 Both loops do one optimizer step per batch with the same model size, batch, AdamW, clipping and the
 trainer's EMA; the base step is the study's diffusion loss (one UNet forward + backward), the LCD step is
-trainers/lcd.py's loss (student forward + backward, a guided teacher step = one forward at twice the batch,
+study/experiments/distillation/lcd.py's loss (student forward + backward, a guided teacher step = one forward at twice the batch,
 one target forward) plus the target network's EMA update. The two loops alternate in blocks, so a burst of
 other work on a shared machine hits both; the rate is taken at the median step time. The trainer's own
 machinery (Ray, DeepSpeed) costs both the same and is measured by benchmarks/train_throughput.py.
@@ -22,9 +22,9 @@ import torch
 
 
 def _setup(ladder: str, width: int, channels: int, size: int, tokens: int, dim: int, device, batch: int):
-    from study.distill import student_from_teacher
+    from study.experiments.distillation.student import student_from_teacher
     from study.ladder import LADDERS, Geometry, build_unet
-    from trainers.lcd import LCD
+    from study.experiments.distillation.lcd import LCD
 
     torch.manual_seed(0)
     geom = Geometry(in_channels=channels, sample_size=size, context_dim=dim, tokens=tokens)

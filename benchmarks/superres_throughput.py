@@ -45,7 +45,7 @@ def main() -> None:
     from study.config import load_config
     from study.ladder import LADDERS, build_unet, geometry
     from study.schedulers import training_scheduler
-    from study.superres import widen_for_superres
+    from study.experiments.superres.model import widen_for_superres
     from trainers.diffusion import diffusion_loss
     from trainers.recipes import RecipeContext
     from trainers.recipes.superres import SuperResRecipe

@@ -185,19 +185,6 @@ def fit(csv: Path = typer.Argument(..., help="Any CSV with the needed columns.")
     _echo_json(fit_csv(csv, law, xs, y, bootstrap=bootstrap, seed=seed, out=str(out) if out else None))
 
 
-def _rung(run_dir: Path, width: int) -> dict:
-    """Params and normalized cost of a width under a run folder's recorded config (counted on the model)."""
-    from study.config import from_dict
-    from study.ladder import geometry, ladder
-
-    saved = run_dir / "config.json"
-    if not saved.is_file():
-        raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
-    cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
-    r = ladder(cfg.model.ladder, [width], geometry(cfg), cfg.model.reference_width)[0]
-    return {"params": r.params, "normalized_cost": r.normalized_cost}
-
-
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
             width: int = typer.Option(..., "--width", help="The base width c to predict (trained or not)."),
@@ -206,10 +193,11 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder with results 
     """Predict a width's FID-vs-sampling-cost curve and its crossovers from the joint law, before training it."""
     from analysis.predict import predict_run
     from analysis.table import size_label
+    from study.runfolder import run_sizes
 
     if width <= 0:
         raise UserError(f"--width {width}: expected a positive base width")
-    rung = _rung(run_dir, width)
+    rung = run_sizes(run_dir, [width])[1].set_index("width").loc[width]
     summary = predict_run(run_dir, rung["params"], rung["normalized_cost"], f"w{width}-{size_label(rung['params'])}",
                           sampler, bootstrap, seed)
     def num(x) -> str:  # missing values arrive as None (JSON has no NaN)
@@ -229,20 +217,11 @@ def recommend(run_dir: Path = typer.Argument(..., help="A run folder with result
               sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),
               bootstrap: int = typer.Option(100, "--bootstrap"), seed: int = typer.Option(0, "--seed")) -> None:
     """The size, training budget and steps that reach --fid at the least training + inference compute."""
-    import pandas as pd
-
     from analysis.recommend import recommend_run
     from analysis.table import load_results, size_label
-    from study.config import from_dict
-    from study.ladder import LADDERS, geometry, ladder
+    from study.runfolder import run_sizes
 
-    saved = run_dir / "config.json"
-    if not saved.is_file():
-        raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
-    cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
-    widths = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths))
-    sizes = pd.DataFrame([{"width": r.width, "params": r.params, "gflops": r.gflops}
-                          for r in ladder(cfg.model.ladder, widths, geometry(cfg), cfg.model.reference_width)])
+    sizes = run_sizes(run_dir)[1][["width", "params", "gflops"]]
     res = recommend_run(load_results(run_dir), sizes, fid, images, sampler, bootstrap, seed)
     if res["choice"] is None:
         raise UserError(res["message"])
@@ -267,23 +246,13 @@ def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and
          top: int = typer.Option(8, "--top", help="How many candidates to print.")) -> None:
     """Rank the next runs (a new width, another seed, the next budget, more samples) by how much each shrinks
     the target's interval per FLOP."""
-    import pandas as pd
-
     from analysis.planner import plan_run
     from analysis.table import load_results
-    from study.config import from_dict
-    from study.ladder import LADDERS, geometry, ladder
+    from study.runfolder import run_sizes
 
-    saved = run_dir / "config.json"
-    if not saved.is_file():
-        raise UserError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
-    cfg = from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
     # The widths a target names (fid:40@4, crossover:24-40) count as the ladder too, as `study predict --width`.
     named = {int(w) for w in re.findall(r"(?<=[:-])(\d+)(?=[@-]|$)", target)}
-    widths = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths) | named)
-    sizes = pd.DataFrame([{"width": r.width, "params": r.params, "normalized_cost": r.normalized_cost,
-                           "gflops": r.gflops}
-                          for r in ladder(cfg.model.ladder, widths, geometry(cfg), cfg.model.reference_width)])
+    cfg, sizes = run_sizes(run_dir, named)
     table = load_results(run_dir, experiment=experiment)  # names the experiments it holds when it lacks this one
     # A derived experiment evaluates its own sample count (superres.num_eval, ...): weigh its cells by it.
     samples = cfg.eval.num_samples if experiment == "base" else int(table["num_samples"].min())

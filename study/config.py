@@ -16,8 +16,10 @@ from typing import List, Optional
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from study.config_experiments import (DistillConfig, DreamBoothConfig, SuperResConfig, _validate_distill,
-                                      _validate_dreambooth, _validate_superres)
+from study.experiments import SPECS
+from study.experiments.distillation.config import DistillConfig
+from study.experiments.dreambooth.config import DreamBoothConfig
+from study.experiments.superres.config import SuperResConfig
 from study.errors import ConfigError, check as _check
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -438,6 +440,13 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.num_workers > 0, "train.num_workers", "a positive integer", t.num_workers)
     _check(t.batch_size % (t.grad_accum * t.num_workers) == 0, "train.batch_size",
            f"a multiple of grad_accum x num_workers ({t.grad_accum * t.num_workers})", t.batch_size)
+    for exp in SPECS.values():  # each derived experiment's runs split their own batch over their workers
+        if exp.train is not None and exp.enabled(cfg):
+            o = {**{"grad_accum": t.grad_accum, "num_workers": t.num_workers}, **exp.train(cfg)}
+            parts = o["grad_accum"] * o["num_workers"]
+            _check(o["batch_size"] % parts == 0, f"{exp.section}.batch_size",
+                   f"a multiple of grad_accum x the workers of its runs ({parts}: a smaller batch leaves a worker "
+                   f"nothing to train on; lower its workers or raise the batch)", o["batch_size"])
     _check(t.lr > 0, "train.lr", "a positive learning rate", t.lr)
     _check(ae.lr > 0, "autoencoder.lr", "a positive learning rate", ae.lr)
     _check(t.shuffle_window_images > 0, "train.shuffle_window_images", "a positive number of images",
@@ -475,6 +484,6 @@ def validate(cfg: StudyConfig) -> None:
            f"'inception' for data.name={d.name} (the domain classifier exists for digits only)",
            e.feature_extractor)
     _check(len(s.seeds) > 0, "sweep.seeds", "a non-empty list of seeds", list(s.seeds))
-    _validate_dreambooth(cfg.dreambooth)
-    _validate_superres(cfg.superres)
-    _validate_distill(cfg.distill)
+    for exp in SPECS.values():  # each experiment checks its own section
+        if exp.validate is not None:
+            exp.validate(cfg)

@@ -16,22 +16,28 @@ def run_dir(cfg: StudyConfig) -> Path:
 
 
 def require_paths(cfg: StudyConfig, evaluation: bool = True) -> None:
-    """Fail at once, naming the key, if a configured local path does not exist.
+    """Fail at once, one line per missing path and naming its key, if a configured local path does not exist:
+    the base study's and every enabled experiment's (study.experiments: ExperimentSpec.inputs).
 
     evaluation=False (training, sampling) leaves out the evaluation models, which those stages never load.
     """
+    from study.experiments import SPECS
+
     d, e = cfg.data, cfg.eval
     paths = [("data.root", d.root), ("data.eval_captions", d.eval_captions),
              ("text_encoder.path", cfg.text_encoder.path), ("autoencoder.path", cfg.autoencoder.path)]
     if evaluation:
         require_evaluator(cfg)
         paths += [("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)]
-    for key, p in paths:
-        if p is not None and "://" in str(p):
-            continue  # a URL (s3://...): study.shards.readers.check_exists checks it before prepare reads
-        if p is not None and not Path(p).expanduser().exists():
-            raise ConfigError(f"config key {key!r} = {p!r}: the path does not exist; point it at the local "
-                              f"copy (nothing is downloaded) or override it on the command line ({key}=...)")
+    for exp in SPECS.values():
+        if exp.inputs is not None and exp.enabled(cfg):
+            paths += exp.inputs(cfg)
+    missing = [f"config key {key!r} = {p!r}: the path does not exist" for key, p in paths
+               if p is not None and "://" not in str(p)  # a URL (s3://...): checked before prepare reads it
+               and not Path(p).expanduser().exists()]
+    if missing:
+        raise ConfigError("\n".join(missing) + "\npoint each at its local copy (nothing is downloaded) or override "
+                          "it on the command line (KEY=...)")
 
 
 def require_evaluator(cfg: StudyConfig) -> None:

@@ -42,3 +42,28 @@ def run_uuid(out: Path) -> str:
     """The random id of a run folder (empty before check_run_folder made it)."""
     ident = Path(out) / "run.json"
     return json.loads(ident.read_text())["run_uuid"] if ident.exists() else ""
+
+
+def recorded_config(out: Path) -> StudyConfig:
+    """The config a run folder was made with (its config.json); ConfigError naming the file when absent."""
+    from study.config import from_dict
+
+    saved = Path(out) / "config.json"
+    if not saved.is_file():
+        raise ConfigError(f"{saved} not found: pass a run folder written by `study run` or `study sweep`")
+    # A training run's own config.json carries its recipe beside the study's sections.
+    return from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
+
+
+def run_sizes(out: Path, widths=()) -> tuple[StudyConfig, "pd.DataFrame"]:
+    """A run folder's config and its sizes: the ladder preset's widths, the config's and `widths`, each with
+    params, forward GFLOPs and normalized cost counted on the model (study.ladder)."""
+    import pandas as pd
+
+    from study.ladder import LADDERS, geometry, ladder
+
+    cfg = recorded_config(out)
+    every = sorted(set(LADDERS[cfg.model.ladder].widths) | set(cfg.model.widths) | set(widths))
+    rows = ladder(cfg.model.ladder, every, geometry(cfg), cfg.model.reference_width)
+    return cfg, pd.DataFrame([{"width": r.width, "params": r.params, "normalized_cost": r.normalized_cost,
+                               "gflops": r.gflops} for r in rows])

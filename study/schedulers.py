@@ -41,7 +41,7 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
     "dpmsolver++": SamplerSpec(DPMSolverMultistepScheduler,
                                {"algorithm_type": "dpmsolver++", "solver_order": 2, "steps_offset": 1}),
     # Consistency sampling of a distilled (guidance-embedded) UNet: one call per step, fresh seeded noise between
-    # steps. Its schedules are subsets of the 50-step DDIM skip grid the student is distilled on (trainers/lcd.py
+    # steps. Its schedules are subsets of the 50-step DDIM skip grid the student is distilled on (study/experiments/distillation/lcd.py
     # reads original_inference_steps from here, so sampler and distillation share one grid).
     "lcm": SamplerSpec(LCMScheduler, {"original_inference_steps": 50, "steps_offset": 1, "clip_sample": False}),
 }

@@ -73,6 +73,32 @@ def test_missing_path_fails_before_work(tmp_path):
         require_paths(cfg)
 
 
+def test_every_missing_input_of_every_enabled_experiment_is_named_before_work(tmp_path, monkeypatch):
+    from study.paths import require_paths
+
+    for var in ("LDM_SHARED", "LDM_DATA", "LDM_SD15", "LDM_COCO_CAPTIONS", "LDM_INCEPTION", "LDM_CLIP"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))  # nothing staged there
+    cfg = load_config("paper", ["distill.enabled=true", "superres.enabled=true", "superres.data=div2k",
+                                f"superres.root={tmp_path / 'div2k'}", f"superres.lpips_backbone={tmp_path / 'a.pth'}",
+                                "dreambooth.enabled=true", "dreambooth.data=google",
+                                f"dreambooth.root={tmp_path / 'db'}", f"dreambooth.dino_path={tmp_path / 'dino'}"])
+    with pytest.raises(ConfigError) as err:
+        require_paths(cfg)
+    lines = str(err.value).splitlines()
+    named = [line.split("'")[1] for line in lines[:-1]]
+    assert named == ["data.root", "data.eval_captions", "text_encoder.path", "autoencoder.path", "eval.inception_path",
+                     "eval.clip_path", "dreambooth.root", "dreambooth.dino_path", "superres.root",
+                     "superres.lpips_backbone"]
+    assert lines[-1].startswith("point each at its local copy")
+
+
+def test_a_derived_experiment_whose_batch_leaves_a_worker_empty_is_refused_at_load():
+    # DreamBooth's batch of 1 over the base's 8 workers would be a micro-batch of 0, found only after the base grid.
+    with pytest.raises(ConfigError, match="dreambooth.batch_size.*the workers of its runs \\(8"):
+        load_config("paper", ["dreambooth.enabled=true", "dreambooth.num_workers=8"])
+    assert load_config("paper", ["dreambooth.enabled=true"]).dreambooth.num_workers == 1
+
+
 def test_cli_user_error_is_one_line_without_traceback():
     proc = subprocess.run([sys.executable, "-m", "cli.main", "config", "show", "tiny", "train.lr=-1"],
                           capture_output=True, text=True)

@@ -9,10 +9,10 @@ import torch
 from diffusers import (AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, StableDiffusionPipeline,
                        UNet2DConditionModel)
 
-from study.distill import student_from_teacher
+from study.experiments.distillation.student import student_from_teacher
 from study.sampling import guidance_embedding, sample, unet_calls
 from study.schedulers import make_sampler, training_scheduler
-from trainers.lcd import LCD
+from study.experiments.distillation.lcd import LCD
 
 BATCH, TOKENS, DIM, EMBED = 2, 5, 16, 32
 

@@ -22,7 +22,7 @@ def test_plan(tmp_path):
     names = [e.name for e in enabled_experiments(cfg)]
     assert names.index("base") < names.index("distillation")
     exp = exps["distillation"]
-    assert (exp.task, exp.recipe, exp.subdir) == ("text2image", "distill", "distillation/train")
+    assert (exp.task, exp.recipe, exp.subdir) == ("text2image", "distillation", "distillation/train")
     ctx = _ctx(cfg, tmp_path)
     # The teacher of each (size, seed) is its base run's final milestone.
     assert exp.sources(ctx) == {(8, 0): str(tmp_path / "train/w8-s0/checkpoints/milestone-256")}

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import trainers
 from study.ladder import LADDERS, Geometry, build_unet
 from trainers import checkpoint as ckpt
-from trainers.recipes.distill import lcd_options
+from trainers.recipes.distillation import lcd_options
 from trainers.run import TEST_HOOKS_ENV
 
 from train_helpers import fake_prepared, tiny_config
@@ -54,7 +54,7 @@ def _distil(run_dir, prep, teacher, *overrides, hooks=None, inline=False):
     if hooks:
         os.environ[TEST_HOOKS_ENV] = json.dumps(hooks)
     try:
-        return trainers.train_size(cfg, 8, 0, run_dir, prep, progress=False, recipe="distill", init_from=teacher,
+        return trainers.train_size(cfg, 8, 0, run_dir, prep, progress=False, recipe="distillation", init_from=teacher,
                                    train=train, subdir=SUBDIR, options=lcd_options(cfg), inline=inline)
     finally:
         os.environ.pop(TEST_HOOKS_ENV, None)
@@ -116,11 +116,11 @@ def test_killed_distillation_resumes_to_the_same_checkpoints(clean, prep, teache
 def test_a_distilled_run_needs_its_teacher(ray_local, prep, tmp_path):
     cfg = _cfg()
     with pytest.raises(Exception, match="teacher"):
-        trainers.train_size(cfg, 8, 0, tmp_path, prep, progress=False, recipe="distill", init_from=None,
+        trainers.train_size(cfg, 8, 0, tmp_path, prep, progress=False, recipe="distillation", init_from=None,
                             train={"total_images": 64, "batch_size": 32}, subdir=SUBDIR, options=lcd_options(cfg))
 
 
-@pytest.mark.parametrize("name", ["distill", "superres", "dreambooth"])
+@pytest.mark.parametrize("name", ["distillation", "superres", "dreambooth"])
 def test_a_derived_recipe_without_its_base_fails_in_the_driver_naming_init_from(name, prep):
     from trainers.recipes import RecipeContext, get_recipe
 

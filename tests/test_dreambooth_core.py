@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from study.config import ConfigError, load_config
-from study.dreambooth import prior
-from study.dreambooth.subject import (SYMMETRIC_DIGITS, digits_subject, folder_subject, google_subject, mirror,
+from study.experiments.dreambooth import prior
+from study.experiments.dreambooth.subject import (SYMMETRIC_DIGITS, digits_subject, folder_subject, google_subject, mirror,
                                       read_prompts_and_classes)
 from study.metrics.subject import DinoEmbedder, clip_image_embeds, leave_one_out_fidelity, mean_cosine
 

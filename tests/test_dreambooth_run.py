@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from study.config import load_config
-from study.dreambooth.evaluator import BASE_KEY, objective_value
-from study.dreambooth.prepare import CACHE, prepared_geometry
+from study.experiments.dreambooth.evaluator import BASE_KEY, objective_value
+from study.experiments.dreambooth.prepare import CACHE, prepared_geometry
 
 from dreambooth_helpers import make_base
 

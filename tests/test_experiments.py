@@ -11,14 +11,18 @@ from sweeps.results import read_results, upsert_results
 
 class _Exp(ex.Experiment):
     def __init__(self, name, after=(), on=True):
-        self.name, self.after, self.on = name, after, on
+        self.name, self._after, self.on = name, after, on
+
+    @property
+    def after(self):
+        return self._after
 
     def enabled(self, cfg):
         return self.on
 
 
 def _registry(monkeypatch, *exps):
-    monkeypatch.setattr(ex, "EXPERIMENTS", {e.name: (lambda e=e: e) for e in exps})
+    monkeypatch.setattr(ex, "experiments", lambda: list(exps))
 
 
 def test_experiments_run_after_what_they_derive_from(monkeypatch):

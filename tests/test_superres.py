@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from study.ladder import LADDERS, Geometry, build_unet
-from study.superres import augment, lr_condition, superres_loss, upscale, widen_for_superres
-from study.superres_data import SCALE, downsample, load_pair_source, upsample
+from study.experiments.superres.model import augment, lr_condition, superres_loss, upscale, widen_for_superres
+from study.experiments.superres.data import SCALE, downsample, load_pair_source, upsample
 
 
 def _base(width=8, channels=1, seed=0):

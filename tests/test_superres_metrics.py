@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from study.metrics.superres import LocalLpips, feature_distance, psnr, ssim, train_patch_network
-from study.superres_data import load_pair_source
+from study.experiments.superres.data import load_pair_source
 
 
 def test_psnr_of_a_known_mse():

@@ -54,8 +54,8 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
                options: dict | None = None, inline: bool = False, report=None) -> dict:
     """Train one ladder width to its final milestone (resuming what a previous call left); return the summary.
 
-    recipe: what is optimised (trainers.recipes.RECIPES); init_from: the base milestone a derived run starts
-    from; train: TrainConfig overrides of the experiment; subdir: its folder under the run folder;
+    recipe: the experiment whose recipe (trainers/recipes/<name>.py) is optimised; init_from: the base
+    milestone a derived run starts from; train: TrainConfig overrides of the experiment; subdir: its folder under the run folder;
     options: the experiment's config section, given to the recipe and part of the run's identity;
     inline: train in this process (one worker only; a Tune trial that holds the worker's resources) instead
     of a Ray Train job; report: called inline with each milestone's metrics (a Tune trial's tune.report)."""

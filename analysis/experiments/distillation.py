@@ -182,9 +182,11 @@ def distill_match(ev: Evidence):
     a = _analysis(ev)
     matches = a["tables"]["matches"] if a else pd.DataFrame()
     widths = a["base_widths"] if a else []
-    if matches.empty or len(widths) < 2:
+    big = int(matches["distilled_width"].max()) if not matches.empty else None
+    smaller = [w for w in widths if big is not None and w < big]
+    if not smaller:
         return None
-    small, big = widths[1], int(matches["distilled_width"].max())
+    small = smaller[min(1, len(smaller) - 1)]  # the paper's second-smallest rank, where the ladder has one
     m = matches[(matches["distilled_width"] == big) & (matches["undistilled_width"] == small)]
     paper, calls = m[m["axis"] == "paper"].iloc[0], m[m["axis"] == "calls"].iloc[0]
     lo_p, hi_p = PAPER_MATCH_COST

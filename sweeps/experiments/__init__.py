@@ -1,14 +1,14 @@
 """The experiments of a study (docs/experiments.md): each says what it trains or derives, which cells it
 evaluates and with which metrics; the stage runner runs the enabled ones in dependency order.
 
-A new experiment is one module in this package and one entry in EXPERIMENTS.
+Each experiment of study.experiments.SPECS has its module here, named as the experiment and exporting its class
+as EXPERIMENT; its name, task, dependencies and recipe come from its spec.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass
@@ -28,12 +28,30 @@ class StageContext:
 class Experiment:
     """The base of every experiment; the defaults are the base experiment's."""
 
-    name = "base"  # the results table's `experiment`
-    task = "text2image"  # the results table's `task` (study.tasks.EVALUATORS)
-    after: tuple[str, ...] = ()  # experiments whose checkpoints this one derives from
-    recipe = "base"  # the trainer recipe of its runs (trainers.recipes.RECIPES)
+    name = "base"  # its study.experiments.SPECS entry: the results table's `experiment`
     objective = "fid"  # the evaluator's key the guidance search minimises
     search = True  # False: one evaluation per cell at guidance 1 (tasks without guidance)
+
+    @property
+    def spec(self):
+        from study.experiments import spec
+
+        return spec(self.name)
+
+    @property
+    def task(self) -> str:
+        """The results table's `task`: which evaluator scores its checkpoints (study.tasks)."""
+        return self.spec.task
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        """The experiments whose checkpoints this one derives from."""
+        return self.spec.after
+
+    @property
+    def recipe(self) -> str:
+        """The trainer recipe of its runs: trainers/recipes/<name>.py."""
+        return self.name
 
     @property
     def subdir(self) -> str:
@@ -41,15 +59,16 @@ class Experiment:
         return "train" if self.name == "base" else f"{self.name}/train"
 
     def enabled(self, cfg) -> bool:
-        return True
+        """Run when its config section says enabled (an experiment without a section always runs)."""
+        return self.spec.enabled(cfg)
 
     def options(self, cfg) -> dict | None:
         """Its config section as a dict (given to its recipe; part of its runs' identity)."""
         return None
 
     def train_overrides(self, cfg) -> dict | None:
-        """TrainConfig overrides for its runs (budget, lr, batch...); None: the base train section."""
-        return None
+        """TrainConfig overrides for its runs (budget, lr, batch...): its spec's; None: the base train section."""
+        return self.spec.train(cfg) if self.spec.train else None
 
     def prepared(self, ctx: StageContext) -> Path:
         """The prepared folder its runs train on and its evaluator reads (default: the base data's)."""
@@ -89,43 +108,17 @@ def final_milestones(ctx: StageContext, experiment: str = "base") -> dict[tuple[
             if rows and not rows[-1].get("partial")}  # a run that stopped early is no teacher
 
 
-def _base() -> Experiment:
-    from sweeps.experiments.base import BaseExperiment
+def experiments() -> list[Experiment]:
+    """One fresh Experiment per entry of study.experiments.SPECS (sweeps/experiments/<name>.py: EXPERIMENT)."""
+    from study.experiments import SPECS
+    from study.experiments.spec import layer_module
 
-    return BaseExperiment()
-
-
-def _distillation() -> Experiment:
-    from sweeps.experiments.distillation import DistillationExperiment
-
-    return DistillationExperiment()
-
-
-def _dreambooth() -> Experiment:
-    from sweeps.experiments.dreambooth import DreamBoothExperiment
-
-    return DreamBoothExperiment()
-
-
-def _superres() -> Experiment:
-    from sweeps.experiments.superres import SuperResExperiment
-
-    return SuperResExperiment()
-
-
-# The registry: name -> factory, in the order the stage runner considers them (dependencies first).
-EXPERIMENTS: dict[str, Callable[[], Experiment]] = {
-    "base": _base,
-    "distillation": _distillation,
-    "superres": _superres,
-    "dreambooth": _dreambooth,
-}
+    return [layer_module(__name__, name, "stage (what it trains and evaluates)").EXPERIMENT() for name in SPECS]
 
 
 def enabled_experiments(cfg) -> list[Experiment]:
     """The experiments a config enables, each after the ones it derives from."""
-    todo = [f() for f in EXPERIMENTS.values()]
-    todo = [e for e in todo if e.enabled(cfg)]
+    todo = [e for e in experiments() if e.enabled(cfg)]
     names = {e.name for e in todo}
     for e in todo:
         missing = [a for a in e.after if a not in names]

@@ -10,7 +10,7 @@ from sweeps.experiments import Experiment, StageContext
 
 
 class BaseExperiment(Experiment):
-    name, task, recipe = "base", "text2image", "base"
+    name = "base"
 
     def chains(self, ctx: StageContext, sizes: dict) -> list:
         """The full (sampler x steps) grid where eval.grid_budgets says, the quality-vs-compute cell
@@ -33,3 +33,6 @@ class BaseExperiment(Experiment):
                     chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler,
                                         tuple(steps), spacing, milestone=m))
         return chains
+
+
+EXPERIMENT = BaseExperiment

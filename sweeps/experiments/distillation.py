@@ -15,22 +15,13 @@ GRID_DIR = "distillation"  # RUN_DIR/distillation/grid-w{W}-s{S}.png: undistille
 
 
 class DistillationExperiment(Experiment):
-    name, task, recipe, after = "distillation", "text2image", "distill", ("base",)
-
-    def enabled(self, cfg) -> bool:
-        return bool(cfg.distill.enabled)
+    name = "distillation"
 
     def options(self, cfg) -> dict:
-        from trainers.recipes.distill import lcd_options
+        from trainers.recipes.distillation import lcd_options
 
         return lcd_options(cfg)
 
-    def train_overrides(self, cfg) -> dict:
-        ds = cfg.distill
-        # The trainer's own EMA (what evaluation reads) gets the target network's decay; no warm-up of a model
-        # that starts trained.
-        return {"total_images": ds.total_images, "milestones": list(ds.milestones), "batch_size": ds.batch_size,
-                "lr": ds.lr, "ema_decay": ds.ema_decay, "warmup_images": 0}
 
     def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
         """The teachers: each base (size, seed)'s final milestone."""
@@ -56,7 +47,7 @@ class DistillationExperiment(Experiment):
 def write_grids(ctx: StageContext, sizes: dict) -> list[Path]:
     """Per (size, seed): the teacher (DDIM) and its student (LCM) at distill.grid_steps on the same prompts,
     noise and guidance (eval.default_guidance), into RUN_DIR/distillation/; existing grids are kept."""
-    from study.distill import comparison_grid
+    from study.experiments.distillation.student import comparison_grid
     from study.tasks import make_evaluator
     from study.weights import load_unet
 
@@ -79,3 +70,6 @@ def write_grids(ctx: StageContext, sizes: dict) -> list[Path]:
 
 def _grid_path(run_dir: Path, width: int, seed: int) -> Path:
     return Path(run_dir) / GRID_DIR / f"grid-w{width}-s{seed}.png"
+
+
+EXPERIMENT = DistillationExperiment

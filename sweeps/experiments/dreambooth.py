@@ -9,22 +9,14 @@ from sweeps.experiments import Experiment, StageContext, final_milestones
 
 
 class DreamBoothExperiment(Experiment):
-    name, task, recipe, after = "dreambooth", "dreambooth", "dreambooth", ("base",)
-    objective = "objective"  # study.dreambooth.evaluator.objective_value
-
-    def enabled(self, cfg) -> bool:
-        return bool(cfg.dreambooth.enabled)
+    name = "dreambooth"
+    objective = "objective"  # study.experiments.dreambooth.evaluator.objective_value
 
     def options(self, cfg) -> dict:
         from trainers.recipes.dreambooth import dreambooth_options
 
         return dreambooth_options(cfg)
 
-    def train_overrides(self, cfg) -> dict:
-        db = cfg.dreambooth
-        # One milestone (the fine-tune's end), no warm-up of a trained model, no caption dropout (the script's).
-        return {"total_images": db.train_images, "milestones": [1.0], "batch_size": db.batch_size, "lr": db.lr,
-                "ema_decay": db.ema_decay, "warmup_images": 0, "cond_drop_prob": 0.0}
 
     def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
         """Each base (size, seed)'s final milestone (EMA weights, dreambooth.base_weights)."""
@@ -34,3 +26,6 @@ class DreamBoothExperiment(Experiment):
         """(sampler, steps) cells of dreambooth.samplers x dreambooth.steps on each fine-tune."""
         db = ctx.cfg.dreambooth
         return self.final_chains(ctx, sizes, db.samplers, {s: db.steps for s in db.samplers})
+
+
+EXPERIMENT = DreamBoothExperiment

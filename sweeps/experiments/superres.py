@@ -14,21 +14,12 @@ TRAINING_KEYS = ("data", "root", "hr_size", "photo_shrink", "base_weights", "tra
 
 
 class SuperResExperiment(Experiment):
-    name, task, recipe, after = "superres", "superres4x", "superres", ("base",)
+    name = "superres"
     objective = "fid"
     search = False
 
-    def enabled(self, cfg) -> bool:
-        return bool(cfg.superres.enabled)
-
     def options(self, cfg) -> dict:
         return {k: getattr(cfg.superres, k) for k in TRAINING_KEYS}
-
-    def train_overrides(self, cfg) -> dict:
-        o = cfg.superres
-        # One milestone (the fine-tune's end); no caption dropout: the caption is always the empty prompt.
-        return {"total_images": o.train_images, "milestones": [1.0], "batch_size": o.batch_size, "lr": o.lr,
-                "ema_decay": o.ema_decay, "warmup_images": o.warmup_images, "cond_drop_prob": 0.0}
 
     def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
         """Each base (size, seed)'s final milestone (superres.base_weights)."""
@@ -39,3 +30,6 @@ class SuperResExperiment(Experiment):
         o = ctx.cfg.superres
         steps = {s: [x for x in o.steps if x <= o.max_steps.get(s, max(o.steps))] for s in o.samplers}
         return self.final_chains(ctx, sizes, o.samplers, steps, fixed_guidance=(1.0,))
+
+
+EXPERIMENT = SuperResExperiment

@@ -115,3 +115,11 @@ def test_grids_are_found_from_the_checkpoints(tmp_path):
     res = analyze(t, tmp_path / "out", n_boot=10)
     assert res["figures"]["grid_w8-s0"] == str(run / "distillation" / "grid-w8-s0.png")
     assert "grid_w8-s0" in res["captions"]
+
+
+def test_two_sizes_match_the_smaller_undistilled_against_the_larger_distilled(tmp_path):
+    # With two sizes the paper's ranks collapse: the match is the small undistilled model against the large
+    # distilled one, never a size against itself.
+    two = table().query("width in (8, 32)")
+    found = analyze(two, tmp_path, n_boot=100)["claims"]["distill_match"]["found"]
+    assert found.startswith("The undistilled 0.5M model") and "of the distilled 6.3M" in found

@@ -2,14 +2,15 @@
 DeepSpeed under Ray Train, budgets in images, milestones, resume, NaN handling, W&B. A recipe says only
 which module is trained (built fresh or derived from a base checkpoint), which batches it sees and its loss.
 
-A new recipe is one module in this package and one entry in RECIPES.
+Each experiment's recipe is the module of its name here (study.experiments.spec), exporting its class as RECIPE;
+it is imported only when a run uses it, so a worker loads only the recipe it runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -65,41 +66,11 @@ class Recipe:
         """Restore what extra_state saved."""
 
 
-def _base() -> Recipe:
-    from trainers.recipes.base import BaseRecipe
-
-    return BaseRecipe()
-
-
-def _distill() -> Recipe:
-    from trainers.recipes.distill import DistillRecipe
-
-    return DistillRecipe()
-
-
-def _dreambooth() -> Recipe:
-    from trainers.recipes.dreambooth import DreamBoothRecipe
-
-    return DreamBoothRecipe()
-
-
-def _superres() -> Recipe:
-    from trainers.recipes.superres import SuperResRecipe
-
-    return SuperResRecipe()
-
-
-# The registry: name -> factory (imported lazily, so a worker loads only the recipe it runs).
-RECIPES: dict[str, Callable[[], Recipe]] = {
-    "base": _base,
-    "distill": _distill,
-    "superres": _superres,
-    "dreambooth": _dreambooth,
-}
-
-
 def get_recipe(name: str) -> Recipe:
-    """A fresh recipe object by name; ValueError naming the known ones otherwise."""
-    if name not in RECIPES:
-        raise ValueError(f"unknown training recipe {name!r}: expected one of {sorted(RECIPES)}")
-    return RECIPES[name]()
+    """A fresh recipe object of an experiment (trainers/recipes/<name>.py: RECIPE); ValueError naming the known
+    experiments otherwise."""
+    from study.experiments import spec
+    from study.experiments.spec import layer_module
+
+    spec(name)  # ValueError naming the known experiments
+    return layer_module(__name__, name, "training recipe").RECIPE()

@@ -39,3 +39,6 @@ class BaseRecipe(Recipe):
     def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         return diffusion_loss(model, self.scheduler, batch["latents"], batch["context"], self.uncond,
                               self.cond_drop_prob, gen, dtype)
+
+
+RECIPE = BaseRecipe

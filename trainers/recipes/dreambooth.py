@@ -22,12 +22,12 @@ def dreambooth_options(cfg) -> dict:
 
 
 class DreamBoothRecipe(Recipe):
-    """The script's objective: instance MSE + prior_loss_weight x class MSE (study.dreambooth.prior)."""
+    """The script's objective: instance MSE + prior_loss_weight x class MSE (study.experiments.dreambooth.prior)."""
 
     name = "dreambooth"
 
     def data(self, ctx: RecipeContext):
-        from study.dreambooth.prepare import prepared_geometry
+        from study.experiments.dreambooth.prepare import prepared_geometry
         from study.schedulers import training_scheduler
 
         ctx.require_base("dreambooth", "the model it fine-tunes")
@@ -42,13 +42,13 @@ class DreamBoothRecipe(Recipe):
         if self._batches is None:
             # Built in the worker on its first batch: the class images are sampled on the worker's device
             # (once per base checkpoint; a rerun or another rank reads the cache).
-            from study.dreambooth.prepare import training_batches
+            from study.experiments.dreambooth.prepare import training_batches
 
             self._batches = training_batches(self.ctx.cfg, self.ctx.prepared_dir, self.ctx.init_from, self.ctx.device)
         return self._batches.batch(start, count, device)
 
     def model(self, ctx: RecipeContext) -> torch.nn.Module:
-        from study.dreambooth.evaluator import BASE_KEY
+        from study.experiments.dreambooth.evaluator import BASE_KEY
         from study.weights import load_unet
 
         unet = load_unet(ctx.init_from, weights=ctx.cfg.dreambooth.base_weights)
@@ -57,9 +57,12 @@ class DreamBoothRecipe(Recipe):
         return unet.train()
 
     def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        from study.dreambooth.prior import prior_preservation_loss
+        from study.experiments.dreambooth.prior import prior_preservation_loss
 
         ctx = batch["context"]
         # No caption dropout (the script has none): cond_drop_prob 0, so the unconditional embedding is unused.
         per = diffusion_loss(model, self.scheduler, batch["latents"], ctx, ctx[:1], 0.0, gen, dtype, per_sample=True)
         return prior_preservation_loss(per, batch["n_instance"], self.prior_loss_weight)
+
+
+RECIPE = DreamBoothRecipe

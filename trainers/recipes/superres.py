@@ -14,7 +14,7 @@ class SuperResRecipe(Recipe):
 
     def data(self, ctx: RecipeContext) -> SuperResRecipe:
         from study.schedulers import training_scheduler
-        from study.superres_setup import superres_setup
+        from study.experiments.superres.setup import superres_setup
 
         ctx.require_base("superres", "the model it widens")
         self.setup = superres_setup(ctx.cfg, ctx.prepared_dir)
@@ -36,7 +36,7 @@ class SuperResRecipe(Recipe):
                 "context": self.uncond.expand(count, -1, -1)}  # no text: the empty prompt, as the paper
 
     def model(self, ctx: RecipeContext) -> torch.nn.Module:
-        from study.superres import widen_for_superres
+        from study.experiments.superres.model import widen_for_superres
         from study.weights import load_unet
 
         base = load_unet(ctx.require_base("superres", "the model it widens"), weights=ctx.cfg.superres.base_weights)
@@ -46,8 +46,10 @@ class SuperResRecipe(Recipe):
         return widen_for_superres(base, self.setup.channels_lr)
 
     def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
-        from study.superres import superres_loss
+        from study.experiments.superres.model import superres_loss
 
         return superres_loss(model, self.scheduler, batch["latents"], batch["lr"], batch["context"],
                              self.max_noise_level, gen, dtype)
 
+
+RECIPE = SuperResRecipe

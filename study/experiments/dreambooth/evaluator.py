@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from study.config import StudyConfig
-from study.dreambooth.subject import Subject, load_subject, mirror
+from study.experiments.dreambooth.subject import Subject, load_subject, mirror
 from study.prepare import Prepared
 
 BASE_KEY = "_dreambooth_base"  # (hidden: diffusers keeps "_" keys silently) the recipe records the base checkpoint in the fine-tuned UNet's config
@@ -48,7 +48,7 @@ class DreamBoothEvaluator:
     def __init__(self, cfg: StudyConfig, prep: Prepared, device: torch.device | None = None,
                  subject: Subject | None = None):
         from study.autoencoder import load_latent_space
-        from study.dreambooth.prepare import subject_embeddings
+        from study.experiments.dreambooth.prepare import subject_embeddings
 
         self.cfg, self.prep, self.db = cfg, prep, cfg.dreambooth
         self.device = device or torch.device("cpu")

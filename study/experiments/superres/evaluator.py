@@ -47,8 +47,8 @@ class SuperResEvaluator:
 
     def __init__(self, cfg, prepared_dir, device: torch.device | None = None, progress: bool = False):
         from study.metrics import ClassifierExtractor, InceptionExtractor, feature_stats
-        from study.superres_data import upsample
-        from study.superres_setup import superres_setup
+        from study.experiments.superres.data import upsample
+        from study.experiments.superres.setup import superres_setup
 
         self.cfg, self.o = cfg, cfg.superres
         self.device = device or torch.device("cpu")
@@ -105,7 +105,7 @@ class SuperResEvaluator:
     @torch.no_grad()
     def generate(self, unet, sampler: str, steps: int, n: int | None = None) -> torch.Tensor:
         """SR outputs in [0, 255] of the first n held-out patches, from fixed noise (the same for every model)."""
-        from study.superres import upscale
+        from study.experiments.superres.model import upscale
 
         n = len(self.cond) if n is None else n
         seed, bs = self.cfg.eval.seed, self.cfg.eval.batch_size
@@ -161,6 +161,6 @@ def _save_strip(images: torch.Tensor, path: Path) -> str:
 
 
 def load_superres_evaluator(cfg, prepared_dir, device=None) -> SuperResEvaluator:
-    """The evaluator of the superres4x task (study.tasks.EVALUATORS)."""
+    """The evaluator of the superres4x task (study.tasks.evaluators)."""
     gpu = cfg.eval.gpus_per_eval > 0 and torch.cuda.is_available()
     return SuperResEvaluator(cfg, prepared_dir, device or torch.device("cuda" if gpu else "cpu"))

@@ -23,7 +23,7 @@ class SuperResSetup:
 
     def source(self, seed: int | None = None):
         """The (HR, LR) pair source; `seed` keys the training crops (the held-out set depends on the split seed)."""
-        from study.superres_data import load_pair_source
+        from study.experiments.superres.data import load_pair_source
 
         o = self.cfg.superres
         pairs = load_pair_source(o.data, o.root, o.hr_size, self.channels_lr, self.cfg.data.split_seed,
@@ -34,7 +34,7 @@ class SuperResSetup:
 
     def condition(self, lr: torch.Tensor) -> torch.Tensor:
         """LR images in [0, 255] -> the concatenated condition on the latent grid, in [-1, 1]."""
-        from study.superres import lr_condition
+        from study.experiments.superres.model import lr_condition
 
         return lr_condition(lr, self.grid)
 

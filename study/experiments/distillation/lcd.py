@@ -1,6 +1,6 @@
 """Latent consistency distillation (LCD; Luo et al. 2023, Algorithm 1) as diffusers' example computes it.
 
-The student (a guidance-embedded copy of the teacher, study.distill) learns to map a noisy latent at t_{n+k}
+The student (a guidance-embedded copy of the teacher, study.experiments.distillation.student) learns to map a noisy latent at t_{n+k}
 straight to the end of the teacher's guided probability-flow ODE: its boundary-conditioned output at t_{n+k}
 is pulled towards the target network's output at t_n, where x_{t_n} is one guided DDIM step of the frozen
 teacher from x_{t_{n+k}}. The target network is an EMA of the student (diffusers' EMAModel). Every random

@@ -1,5 +1,5 @@
 """What a DreamBooth run and its evaluation read, cached in the prepared folder and keyed by what they depend
-on: the subject's prompt embeddings, and each base checkpoint's class images (study.dreambooth.prior)."""
+on: the subject's prompt embeddings, and each base checkpoint's class images (study.experiments.dreambooth.prior)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from study.atomic import write_atomic
-from study.dreambooth.prior import ClassImageSettings, DreamBoothBatches, ensure_class_images
-from study.dreambooth.subject import Subject, load_subject
+from study.experiments.dreambooth.prior import ClassImageSettings, DreamBoothBatches, ensure_class_images
+from study.experiments.dreambooth.subject import Subject, load_subject
 from study.identity import stable_hash
 
 CACHE = "dreambooth"  # under the prepared folder

@@ -1,7 +1,7 @@
 """Latent consistency distillation of a base checkpoint: the distillation experiment's recipe.
 
 The data is the base's (prepared latents and captions, the same position-keyed order); the module trained is
-the guidance-embedded student (study.distill), the frozen teacher is the base milestone's EMA weights, and the
+the guidance-embedded student (study.experiments.distillation.student), the frozen teacher is the base milestone's EMA weights, and the
 target network (an EMA of the student) is saved with every checkpoint so a resumed run continues exactly.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from trainers.lcd import LCD
+from study.experiments.distillation.lcd import LCD
 from trainers.recipes import RecipeContext
 from trainers.recipes.base import BaseRecipe
 
@@ -25,16 +25,16 @@ def lcd_options(cfg) -> dict:
 
 
 class DistillRecipe(BaseRecipe):
-    """LCD (trainers/lcd.py) from ctx.init_from, with ctx.options (lcd_options of the config)."""
+    """LCD (study/experiments/distillation/lcd.py) from ctx.init_from, with ctx.options (lcd_options of the config)."""
 
-    name = "distill"
+    name = "distillation"
 
     def data(self, ctx: RecipeContext):
-        ctx.require_base("distill", "the teacher")
+        ctx.require_base("distillation", "the teacher")
         return super().data(ctx)
 
     def model(self, ctx: RecipeContext) -> torch.nn.Module:
-        from study.distill import student_from_teacher
+        from study.experiments.distillation.student import student_from_teacher
         from study.weights import load_unet
 
         o = ctx.options or lcd_options(ctx.cfg)
@@ -61,3 +61,6 @@ class DistillRecipe(BaseRecipe):
 
     def load_extra_state(self, tensors: dict[str, torch.Tensor]) -> None:
         self.lcd.load_state(tensors)
+
+
+RECIPE = DistillRecipe
