@@ -51,13 +51,15 @@ def sd_folder(root: Path, latent_down: int = 2) -> Path:
 
 
 class _InceptionLayers(nn.Module):
-    """Plays the role of clean-fid's Inception `layers`: 2048 features from the image."""
+    """Plays the role of clean-fid's Inception `layers`: 2048 features, and remembers the input shape."""
 
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(3 * 4 * 4, 2048)
+        self.register_buffer("last_shape", torch.zeros(4, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last_shape.copy_(torch.tensor(x.shape))
         return self.proj(F.adaptive_avg_pool2d(x, 4).flatten(1))
 
 
@@ -97,11 +99,11 @@ def clip_folder(root: Path) -> Path:
 
 
 def dino_folder(root: Path) -> Path:
-    """A random ViT (DINO's architecture, shrunk: 32x32 images, patch 8, hidden 32) with its image processor."""
+    """A random ViT (DINO's ViT-S/16 shrunk: 32x32 images, patch 16, hidden 32) with its image processor."""
     from transformers import ViTConfig, ViTImageProcessor, ViTModel
 
     torch.manual_seed(0)
-    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+    ViTModel(ViTConfig(image_size=32, patch_size=16, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                        num_attention_heads=2), add_pooling_layer=False).save_pretrained(root)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(root)
     return root

@@ -17,6 +17,7 @@ from study.experiments.dreambooth.subject import (SYMMETRIC_DIGITS, digits_subje
 from study.metrics.subject import DinoEmbedder, clip_image_embeds, leave_one_out_fidelity, mean_cosine
 
 from dreambooth_helpers import make_base
+from standins import dino_folder
 from test_metrics_models import tiny_clip_dir  # noqa: F401 (a fixture)
 
 # A shortened copy of Google's dataset/prompts_and_classes.txt, in its exact format.
@@ -183,15 +184,7 @@ def test_mean_cosine_and_leave_one_out():
 @pytest.fixture(scope="module")
 def tiny_dino_dir(tmp_path_factory):
     """A random ViT-S/16-shaped stand-in a few kB big (transformers ViTModel + image processor), saved offline."""
-    from transformers import ViTConfig, ViTImageProcessor, ViTModel
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_dino")
-    config = ViTConfig(image_size=32, patch_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                       intermediate_size=37)
-    ViTModel(config, add_pooling_layer=False).save_pretrained(path)
-    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
-    return path
+    return dino_folder(tmp_path_factory.mktemp("tiny_dino"))
 
 
 def test_dino_and_clip_embeddings_from_local_folders(tiny_dino_dir, tiny_clip_dir):  # noqa: F811

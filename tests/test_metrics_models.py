@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from cleanfid.resize import build_resizer
+from standins import clip_folder, inception_file
 
 from study.metrics import (
     INCEPTION_FILE,
@@ -22,36 +22,9 @@ from study.metrics import (
 
 # --- Inception ---------------------------------------------------------------------------------------
 
-class _StandInLayers(nn.Module):
-    """Plays the role of the real file's `layers`: 2048 features, and remembers the input shape."""
-
-    def __init__(self):
-        super().__init__()
-        self.proj = nn.Linear(3 * 4 * 4, 2048)
-        self.register_buffer("last_shape", torch.zeros(4, dtype=torch.long))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.last_shape.copy_(torch.tensor(x.shape))
-        return self.proj(F.adaptive_avg_pool2d(x, 4).flatten(1))
-
-
-class _InceptionStandIn(nn.Module):
-    """Same call interface as clean-fid's inception-2015-12-05.pt (base(x, return_features) and .layers)."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = _StandInLayers()
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return self.layers(x)
-
-
 @pytest.fixture(scope="module")
 def standin_file(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("inception") / INCEPTION_FILE
-    torch.jit.script(_InceptionStandIn()).save(str(path))
-    return path
+    return inception_file(tmp_path_factory.mktemp("inception") / INCEPTION_FILE)
 
 
 def test_inception_from_local_file_resizes_like_clean_fid(standin_file):
@@ -94,27 +67,7 @@ def test_missing_inception_file_is_a_clear_error(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A random CLIP a few kB big, with a byte-level vocabulary and no merges: built and saved offline."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-            vocab[ch + suffix] = len(vocab)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    layers = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1, **layers),
-        vision_config=dict(image_size=32, patch_size=8, **layers),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(config).save_pretrained(path)
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(path)
-    return path
+    return clip_folder(tmp_path_factory.mktemp("tiny_clip"))
 
 
 def test_clip_score_range_determinism_and_definition(tiny_clip_dir):

@@ -8,30 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from test_metrics_models import _InceptionStandIn
+from standins import inception_file, sd_folder as sd_folder_standin
 
 
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     """A tiny SD-style folder: tokenizer/, text_encoder/ (CLIP, hidden 32) and vae/ (AutoencoderKL, /2)."""
-    from diffusers import AutoencoderKL
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    root = tmp_path_factory.mktemp("sd")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
-            vocab[ch + suffix] = len(vocab)
-    CLIPTokenizer(vocab=vocab, merges=[]).save_pretrained(root / "tokenizer")
-    torch.manual_seed(0)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                 num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), layers_per_block=1,
-                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                  norm_num_groups=4, sample_size=16, scaling_factor=0.18215).save_pretrained(root / "vae")
-    return root
+    return sd_folder_standin(tmp_path_factory.mktemp("sd"))
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +34,16 @@ def real_cfg(sd_folder, tmp_path_factory):
     coco.write_text(json.dumps({"images": [{"id": k} for k in range(6)],
                                 "annotations": [{"id": k, "image_id": k, "caption": f"a red square {k}"}
                                                 for k in range(6)]}))
-    inception = root / "inception-2015-12-05.pt"
-    torch.manual_seed(0)
-    torch.jit.script(_InceptionStandIn()).save(str(inception))
+    inception = inception_file(root / "inception-2015-12-05.pt")
     return load_config("paper", [
         f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}", "data.name=imagefolder", f"data.root={images}",
         "data.resolution=16", "data.max_bad_fraction=0.1", "data.prepare_actors=1", "data.prepare_gpus_per_actor=0",
         "data.eval_fraction=0.25", f"data.eval_captions={coco}", f"text_encoder.path={sd_folder}",
         "text_encoder.max_length=8", f"autoencoder.path={sd_folder}", f"eval.inception_path={inception}",
         "eval.clip_path=null", "eval.num_samples=6", "eval.batch_size=6", "model.widths=[8]", "model.ladder=tiny",
-        "model.reference_width=8", "eval.gpus_per_eval=0"])
+        "model.reference_width=8", "eval.gpus_per_eval=0",
+        # The base study's real-data path; the derived experiments' inputs are the paper rehearsal's.
+        "distill.enabled=false", "superres.enabled=false", "dreambooth.enabled=false"])
 
 
 def test_geometry_is_read_from_the_local_models(real_cfg):
