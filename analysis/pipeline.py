@@ -22,9 +22,9 @@ from analysis.plot_inference import plot_cost, plot_overlay, plot_samplers, plot
 from analysis.plot_training import plot_training
 from analysis.readable import flag_fits, prediction_table
 from analysis.report import write_markdown, write_report
-from analysis.table import BASE, load_results, results_path, size_label
+from analysis.table import BASE, load_results, read_table, results_path, size_label
 from analysis.training import fit_training, training_points
-from analysis.wandb_log import log_analysis
+from analysis.wandb_log import StudyLog, log_analysis
 
 
 def _about(table: pd.DataFrame, source: Path, ref: dict, noisy: bool, n_boot: int,
@@ -161,13 +161,44 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
         tables={"claims": pd.DataFrame(claims), "numbers": numbers, "crossovers": pairs,
                 "best_size": bands, "frontier": pd.read_csv(paths["frontier"]), "fits": fits_table(fits),
                 "training_points": pts, "findings": frame_of({"training": train_text, **{
-                    f"{m}/{k}": v for m, f in found.items() for k, v in f.items()}})},
+                    f"{m}/{k}": v for m, f in found.items() for k, v in f.items()}}),
+                **{f"{name}/{k}": t for name, res in derived.items() for k, t in res.get("tables", {}).items()
+                   if isinstance(t, pd.DataFrame)}},
         curves=_wandb_curves(results, experiments, pts),
         training=pts.assign(size=pts["params"].map(size_label)),
         figures={k: v["png"] for k, v in figs.items()},
         summary=_wandb_summary(flagged, crossovers, claims),
-        config={"run_dir": str(run), "bootstrap": n_boot, "seed": seed, **ref})
+        config={"run_dir": str(run), "bootstrap": n_boot, "seed": seed, **ref},
+        study=StudyLog(results=read_table(source), keys_file=str(out / "wandb_keys.json"),
+                       artifact=_artifact_files(source, paths),
+                       grids=_grids(run, derived), best_size=fid.best_size[fid.best_size["budget"] == FINAL]))
     return summary
+
+
+def _artifact_files(source: Path, paths: dict) -> dict[str, str]:
+    """The study-results artifact: the table and what the analysis derived from it."""
+    keys = ("fits_json", "fits_csv", "curves_csv", "crossovers", "claims", "findings_md", "report")
+    return {source.name: str(source), **{Path(paths[k]).name: str(paths[k]) for k in keys if k in paths}}
+
+
+def _grids(run: Path, derived: dict[str, dict]) -> list[dict]:
+    """Every sample grid the study wrote: each size's (RUN_DIR/grids/base, with what it shows beside it) and
+    the derived experiments' (their analyses' grid figures, with their captions)."""
+    import json
+
+    out = []
+    for meta_file in sorted((run / "grids" / "base").glob("w*-s*.json")):
+        m = json.loads(meta_file.read_text())
+        out.append({"key": f"grids/base/w{m['width']}-s{m['seed']}", "png": str(meta_file.with_suffix(".png")),
+                    "caption": f"{size_label(m['params'])} (width {m['width']}, seed {m['seed']}) after "
+                               f"{m['train_images']} images: {m['sampler']}, {m['steps']} steps, guidance "
+                               f"{m['guidance']:g}; the same prompts and noise for every size"})
+    for name, res in derived.items():
+        captions = res.get("captions", {})
+        for key, png in res.get("figures", {}).items():
+            if "grid" in key:
+                out.append({"key": f"grids/{name}/{key}", "png": png, "caption": captions.get(key, key)})
+    return out
 
 
 def _wandb_curves(results: dict, experiments: dict, pts: pd.DataFrame) -> pd.DataFrame:

@@ -186,6 +186,26 @@ def fit(csv: Path = typer.Argument(..., help="Any CSV with the needed columns.")
 
 
 @app.command()
+def dashboard(run_dir: Path = typer.Argument(..., help="A run folder analysed with W&B on."),
+              push: bool = typer.Option(False, "--push", help="Save it to W&B (needs WANDB_API_KEY and network)."),
+              entity: Optional[str] = typer.Option(None, "--entity", help="W&B entity (default: the key's).")) -> None:
+    """The W&B workspace of a study's analysis: its spec in RUN_DIR/analysis/, or saved to W&B with --push."""
+    from analysis.dashboard import push as push_workspace, write_spec
+
+    try:
+        if push:
+            if not os.environ.get("WANDB_API_KEY"):
+                raise UserError("--push needs WANDB_API_KEY in the environment (and the network); without them "
+                                "`study dashboard RUN_DIR` writes the workspace spec to push later")
+            typer.echo(f"workspace: {push_workspace(run_dir, entity)}")
+            return
+        spec = write_spec(run_dir, entity)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    typer.echo(f"workspace spec: {spec}\npush it to W&B (key and network needed): study dashboard {run_dir} --push")
+
+
+@app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
             width: int = typer.Option(..., "--width", help="The base width c to predict (trained or not)."),
             sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),

@@ -207,6 +207,9 @@ class EvalConfig:
     search: Search = Search.optuna  # optuna | grid (the paper's fixed grid, for comparison)
     # the paper's grid (search=grid)
     grid: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    # Samples in each size's image grid at its final budget (the same prompts and noise for every size, at
+    # default_guidance with curve_sampler and curve_steps): RUN_DIR/grids/base/, logged to W&B. 0: none.
+    sample_grid: int = 8
     n_trials: int = 5  # Optuna trials per cell
     optuna_sampler: OptunaSampler = OptunaSampler.gp  # gp (Gaussian process: few evaluations in 1-D) | tpe
     # Where the full (sampler x steps) grid runs: every training budget ("all", as the paper) or the
@@ -250,6 +253,9 @@ class TrackingConfig:
     wandb_mode: WandbMode = WandbMode.offline  # offline | online | disabled; online needs WANDB_API_KEY in the env
     project: str = "ldm-scaling"  # W&B project
     entity: Optional[str] = None  # W&B entity (team); None: the key's default
+    # Milestone checkpoints go to W&B as reference artifacts (path, sha256, images, FLOPs: no bytes); true
+    # uploads their weights too (GBs per milestone at the paper's sizes).
+    upload_checkpoints: bool = False
 
 
 @dataclass
@@ -470,6 +476,7 @@ def validate(cfg: StudyConfig) -> None:
     _check(0 < e.guidance_min <= e.guidance_max, "eval.guidance_min",
            f"0 < guidance_min <= guidance_max ({e.guidance_max})", e.guidance_min)
     _check(len(e.grid) > 0, "eval.grid", "a non-empty list of guidance scales", list(e.grid))
+    _check(e.sample_grid >= 0, "eval.sample_grid", "a number of samples >= 0", e.sample_grid)
     _check(e.curve_sampler in e.samplers, "eval.curve_sampler", f"one of eval.samplers {list(e.samplers)}",
            e.curve_sampler)
     _check(e.curve_steps == 0 or e.curve_steps in e.steps, "eval.curve_steps",

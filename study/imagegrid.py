@@ -1,4 +1,5 @@
-"""`study sample`: an image grid from a checkpoint, one row per prompt."""
+"""Image grids: `study sample` (a checkpoint, one row per prompt) and the study's grids of the same prompts and
+noise through several models (comparison_grid)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,17 @@ def sample_grid(checkpoint, prompts: list[str], out, sampler: str = "ddim", step
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(make_grid(imgs, nrow=per_prompt, padding=0), out)  # one row per prompt
     return out
+
+
+def comparison_grid(evaluator, rows: list[tuple[torch.nn.Module, str, int]], guidance: float, n: int, out) -> None:
+    """One PNG: a row of n samples per (unet, sampler, steps), all from the evaluator's same prompts and noise."""
+    from torchvision.utils import make_grid, save_image
+
+    from study.atomic import write_atomic
+
+    images = [evaluator.generate(unet, sampler, steps, guidance, n=n)[0] for unet, sampler, steps in rows]
+    imgs = torch.cat(images).round().clamp(0, 255) / 255.0  # [rows x n, C, H, W]
+    scale = max(1, 64 // max(imgs.shape[-2:]))  # 8x8 digits are unreadable at native size
+    imgs = torch.nn.functional.interpolate(imgs, scale_factor=scale, mode="nearest")
+    grid = make_grid(imgs, nrow=n, padding=2, pad_value=1.0)
+    write_atomic(out, lambda f: save_image(grid, f, format="png"))

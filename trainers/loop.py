@@ -191,7 +191,10 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
                     ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)
                 ckpt.write_latest_from(root, folder, rank, world)
                 if rank == 0:
-                    add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
+                    row = _milestone_row(budget, images, folder, width, seed, config["rung"])
+                    add_milestone(size_dir, row)
+                    if tracker is not None:
+                        tracker.milestone(row, folder)
                 report({**budget.point(images), "loss": loss_value, "milestone": folder.name})
             else:
                 ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)

@@ -22,6 +22,7 @@ class Tracker:
         truncate_metrics(self.path, resumed_images)
         self.file = open(self.path, "a")
         self.run = None
+        self.upload = bool(getattr(cfg.tracking, "upload_checkpoints", False))
         mode = wandb_mode(cfg.tracking.wandb_mode)
         if mode is not None:
             import wandb
@@ -51,6 +52,27 @@ class Tracker:
 
             self.bar = tqdm(desc=self.name, total=total_images, unit="img")
             self.bar.update(resumed_images)
+
+    def milestone(self, row: dict, folder: Path) -> None:
+        """A milestone checkpoint as a W&B artifact of this run: a reference to its folder with each file's
+        sha256, images seen and FLOPs (tracking.upload_checkpoints: the weights themselves)."""
+        if self.run is None:
+            return
+        import wandb
+
+        from study.weights import FILES, STATE
+
+        state = json.loads((folder / STATE).read_text())
+        files = state.get(FILES, {})
+        meta = {"path": str(folder), "sha256": {k: v["sha256"] for k, v in files.items()},
+                "train_images": row["train_images"], "train_flops": row.get("train_flops"),
+                "width": row["width"], "seed": row["seed"], "params": row.get("params")}
+        art = wandb.Artifact(f"checkpoint-{self.run.id}", type="checkpoint", metadata=meta)
+        if self.upload:
+            art.add_dir(str(folder))
+        else:  # a reference stores the URI and a checksum, never the bytes
+            art.add_reference(f"file://{folder.resolve()}", checksum=False)
+        self.run.log_artifact(art, aliases=[f"images-{row['train_images']}", "latest"])
 
     def log(self, row: dict) -> None:
         self.file.write(json.dumps(row) + "\n")

@@ -6,7 +6,11 @@ training budget), quality against sampling cost at the best guidance, and the sa
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sweeps.experiments import Experiment, StageContext
+
+GRID_DIR = "grids/base"  # RUN_DIR/grids/base/w{W}-s{S}.png and .json: each size's samples, same prompts and noise
 
 
 class BaseExperiment(Experiment):
@@ -20,6 +24,8 @@ class BaseExperiment(Experiment):
 
         e = ctx.cfg.eval
         curve_steps = e.curve_steps or max(e.steps)
+        if e.sample_grid > 0:
+            write_grids(ctx, sizes, curve_steps)
         chains = []
         for (width, seed), milestones in sorted(sizes.items()):
             for i, m in enumerate(milestones):
@@ -33,6 +39,34 @@ class BaseExperiment(Experiment):
                     chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler,
                                         tuple(steps), spacing, milestone=m))
         return chains
+
+
+def write_grids(ctx: StageContext, sizes: dict, steps: int) -> list[Path]:
+    """Per (size, seed): eval.sample_grid samples of its final milestone from the evaluator's fixed prompts and
+    noise (the same for every size), at eval.default_guidance with curve_sampler and `steps`; a JSON beside each
+    PNG says what it shows. Existing grids are kept (rerun to resume)."""
+    from study.atomic import write_json
+    from study.imagegrid import comparison_grid
+    from study.tasks import make_evaluator
+    from study.weights import load_unet
+
+    cfg, e = ctx.cfg, ctx.cfg.eval
+    todo = {k: rows[-1] for k, rows in sizes.items() if rows and not rows[-1].get("partial")
+            and not (Path(ctx.run_dir) / GRID_DIR / f"w{k[0]}-s{k[1]}.png").exists()}
+    if not todo:
+        return []
+    evaluator = make_evaluator("text2image", cfg, ctx.prepared_dir)
+    written = []
+    for (width, seed), m in sorted(todo.items()):
+        out = Path(ctx.run_dir) / GRID_DIR / f"w{width}-s{seed}.png"
+        comparison_grid(evaluator, [(load_unet(m["path"], e.checkpoint), e.curve_sampler, steps)],
+                        e.default_guidance, e.sample_grid, out)
+        write_json(out.with_suffix(".json"), {
+            "experiment": "base", "width": width, "seed": seed, "params": ctx.rungs[width]["params"],
+            "train_images": int(m["train_images"]), "sampler": e.curve_sampler, "steps": steps,
+            "guidance": e.default_guidance, "samples": e.sample_grid})
+        written.append(out)
+    return written
 
 
 EXPERIMENT = BaseExperiment

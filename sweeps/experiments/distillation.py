@@ -47,7 +47,7 @@ class DistillationExperiment(Experiment):
 def write_grids(ctx: StageContext, sizes: dict) -> list[Path]:
     """Per (size, seed): the teacher (DDIM) and its student (LCM) at distill.grid_steps on the same prompts,
     noise and guidance (eval.default_guidance), into RUN_DIR/distillation/; existing grids are kept."""
-    from study.experiments.distillation.student import comparison_grid
+    from study.imagegrid import comparison_grid
     from study.tasks import make_evaluator
     from study.weights import load_unet
 

@@ -39,17 +39,3 @@ def student_from_teacher(teacher: torch.nn.Module, embed_dim: int = GUIDANCE_EMB
         student.register_to_config(prediction_type=config["prediction_type"])
     student.to(teacher.device)
     return student if teacher.dtype == student.dtype else student.to(dtype=teacher.dtype)
-
-
-def comparison_grid(evaluator, rows: list[tuple[torch.nn.Module, str, int]], guidance: float, n: int, out) -> None:
-    """One PNG: a row of n samples per (unet, sampler, steps), all from the evaluator's same prompts and noise."""
-    from torchvision.utils import make_grid, save_image
-
-    from study.atomic import write_atomic
-
-    images = [evaluator.generate(unet, sampler, steps, guidance, n=n)[0] for unet, sampler, steps in rows]
-    imgs = torch.cat(images).round().clamp(0, 255) / 255.0  # [rows x n, C, H, W]
-    scale = max(1, 64 // max(imgs.shape[-2:]))  # 8x8 digits are unreadable at native size
-    imgs = torch.nn.functional.interpolate(imgs, scale_factor=scale, mode="nearest")
-    grid = make_grid(imgs, nrow=n, padding=2, pad_value=1.0)
-    write_atomic(out, lambda f: save_image(grid, f, format="png"))
