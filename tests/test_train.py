@@ -237,6 +237,17 @@ def test_two_workers_zero1_worker_killed_and_restarted_by_ray(ray_local, prep, t
     clean2 = _train(tmp_path / "clean", prep, *base, "tracking.wandb_mode=offline")
     assert [r["train_images"] for r in clean2["milestones"]] == MILESTONES and clean2["num_workers"] == 2
     assert len(list((trainers.run_dir_for(tmp_path / "clean", 8, 0) / "wandb").glob("offline-run-*"))) == 1
+    # Every milestone is a reference artifact of the run: its folder, each file's sha256, images and FLOPs.
+    from wandb_records import records
+
+    (wandb_file,) = (trainers.run_dir_for(tmp_path / "clean", 8, 0) / "wandb").glob("offline-run-*/*.wandb")
+    arts = [r.artifact for r in records(wandb_file) if r.WhichOneof("record_type") == "artifact"
+            and r.artifact.type == "checkpoint"]
+    metas = [json.loads(a.metadata) for a in arts]
+    assert [m["train_images"] for m in metas] == MILESTONES and all(m["train_flops"] > 0 for m in metas)
+    final = trainers.run_dir_for(tmp_path / "clean", 8, 0) / "checkpoints" / ckpt.milestone_name(MILESTONES[-1])
+    assert metas[-1]["path"] == str(final) and set(metas[-1]["sha256"]) >= {"ema.safetensors"}
+    assert all(e.ref.startswith("file://") for a in arts for e in a.manifest.contents)  # no bytes uploaded
     # Rank 0 dies after 160 images; Ray restarts the worker group, which resumes from `latest`.
     hooks = {"kill_after_images": 160, "kill_marker": str(tmp_path / "killed")}
     killed = _train(tmp_path / "killed_run", prep, *base, "train.checkpoint_every_images=32",
