@@ -1,0 +1,105 @@
+"""Post-hoc EMA (Karras et al. 2024, "Analyzing and Improving the Training Dynamics of Diffusion Models", Sec. 3):
+track two power-function EMA profiles during training, store their snapshots, and after training reconstruct the
+weights of any EMA length by least squares over the snapshots.
+
+A power-function EMA with exponent g averages the weights seen up to time t with the density
+p_t(s) = (g + 1) s^g / t^(g + 1) on [0, t]: its width relative to t is sigma_rel = sqrt((g + 1) / ((g + 2)^2 (g + 3)))
+(the paper's Eq. 123), and tracking it online is theta_ema <- beta theta_ema + (1 - beta) theta with
+beta = (1 - dt / t)^(g + 1) (Eq. 127). A snapshot is the tracked average at a time t_i; any profile (t, sigma_rel)
+is approximated by the combination of snapshots whose densities best match its own in L2, which needs only the
+inner products of two such densities (closed form below).
+
+Time is counted in images seen (study convention: budgets in images), so beta depends on the batch only through
+dt, and snapshots of runs with different batches are combined alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def exponent(sigma_rel: float) -> float:
+    """The power-function exponent g of a relative width sigma_rel: the largest real root of
+    g^3 + 7 g^2 + (16 - sigma_rel^-2) g + (12 - sigma_rel^-2) = 0 (Eq. 123 solved for g)."""
+    if not 0 < sigma_rel < 0.28:  # g = 0 (a plain running mean) has sigma_rel = 0.2887: the widest profile
+        raise ValueError(f"sigma_rel={sigma_rel}: expected a relative EMA width in (0, 0.28) (EDM2 uses 0.05-0.10)")
+    k = sigma_rel ** -2
+    roots = np.roots([1.0, 7.0, 16.0 - k, 12.0 - k])
+    return float(roots[np.abs(roots.imag) < 1e-9].real.max())
+
+
+def sigma_rel_of(g: float) -> float:
+    """The relative width of a power-function EMA with exponent g (Eq. 123)."""
+    return float(np.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3))))
+
+
+def beta(sigma_rel: float, images: int, batch: int) -> float:
+    """The EMA decay of the step that ends at `images` images seen, `batch` images after the previous one."""
+    return (1.0 - batch / images) ** (exponent(sigma_rel) + 1.0)
+
+
+def overlap(t_a, g_a, t_b, g_b):
+    """Inner product of two power-function densities p_{t_a, g_a} and p_{t_b, g_b} on [0, inf): with m the
+    shorter of the two spans, (g_a + 1)(g_b + 1) m^(g_a + g_b + 1) / ((g_a + g_b + 1) t_a^(g_a + 1) t_b^(g_b + 1)).
+    Arrays broadcast."""
+    t_a, g_a, t_b, g_b = (np.asarray(x, dtype=np.float64) for x in (t_a, g_a, t_b, g_b))
+    c = (g_a + 1) * (g_b + 1) / (g_a + g_b + 1)
+    # Written as ratios so that large t (1e9 images) and large g (~70 for sigma_rel 0.05) stay finite.
+    a_first = t_a <= t_b
+    return np.where(a_first, c * (t_a / t_b) ** g_b / t_b, c * (t_b / t_a) ** g_a / t_a)
+
+
+def coefficients(snap_images, snap_sigma, target_images: float, target_sigma: float) -> np.ndarray:
+    """Weights of the snapshots (taken at snap_images with widths snap_sigma) whose combination best matches the
+    target profile in L2, normalised to sum to one (a mean of weight vectors)."""
+    t = np.asarray(snap_images, dtype=np.float64)
+    g = np.array([exponent(s) for s in np.broadcast_to(snap_sigma, t.shape)])
+    if not (t > 0).all() or len(set(zip(t.tolist(), g.tolist()))) < len(t):
+        raise ValueError("snapshots must be taken at positive image counts, each (images, sigma_rel) once")
+    gram = overlap(t[:, None], g[:, None], t[None, :], g[None, :])
+    rhs = overlap(t, g, float(target_images), exponent(target_sigma))
+    x = np.linalg.lstsq(gram, rhs, rcond=None)[0]
+    return x / x.sum()
+
+
+class PowerEMA:
+    """Power-function EMAs of a set of parameters, one per sigma_rel, updated after every optimizer step."""
+
+    def __init__(self, params, sigma_rels=(0.05, 0.10)):
+        self.params = list(params)
+        self.sigma_rels = tuple(float(s) for s in sigma_rels)
+        self.averages = [[p.detach().clone().float() for p in self.params] for _ in self.sigma_rels]
+        for s in self.sigma_rels:
+            exponent(s)  # ValueError for a width no power function has
+
+    @torch.no_grad()
+    def update(self, images: int, batch: int) -> None:
+        """Fold in the current parameters after the step that reached `images` images."""
+        for s, avg in zip(self.sigma_rels, self.averages):
+            b = beta(s, images, batch)
+            for a, p in zip(avg, self.params):
+                a.lerp_(p.detach().float(), 1.0 - b)
+
+    def state(self, names: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+        """{f"{sigma_rel:.3f}": {name: tensor}}: what a snapshot stores (and a checkpoint, to resume)."""
+        return {f"{s:.3f}": {n: a.clone() for n, a in zip(names, avg)} for s, avg in zip(self.sigma_rels, self.averages)}
+
+    def load(self, state: dict[str, dict[str, torch.Tensor]], names: list[str]) -> None:
+        for s, avg in zip(self.sigma_rels, self.averages):
+            for a, n in zip(avg, names):
+                a.copy_(state[f"{s:.3f}"][n])
+
+
+def reconstruct(snapshots: list[tuple[int, float, dict[str, torch.Tensor]]], target_images: int,
+                target_sigma: float) -> dict[str, torch.Tensor]:
+    """The weights of a power-function EMA of width target_sigma at target_images, from snapshots
+    (images, sigma_rel, state dict) taken at or before target_images."""
+    used = [s for s in snapshots if s[0] <= target_images]
+    if not used:
+        raise ValueError(f"no snapshot at or before {target_images} images: reconstruct at a later budget")
+    x = coefficients([s[0] for s in used], [s[1] for s in used], target_images, target_sigma)
+    out = {}
+    for name in used[0][2]:
+        out[name] = sum(float(w) * s[2][name].double() for w, s in zip(x, used)).float()
+    return out
