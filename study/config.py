@@ -207,6 +207,10 @@ class EvalConfig:
     search: Search = Search.optuna  # optuna | grid (the paper's fixed grid, for comparison)
     # the paper's grid (search=grid)
     grid: List[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    # The held-out denoising loss of every base checkpoint (study.heldout): this many held-out samples, each at
+    # one fixed timestep in each of heldout_buckets bands of [0, T), with fixed noise. 0: not computed.
+    heldout_samples: int = 256
+    heldout_buckets: int = 8
     # Samples in each size's image grid at its final budget (the same prompts and noise for every size, at
     # default_guidance with curve_sampler and curve_steps): RUN_DIR/grids/base/, logged to W&B. 0: none.
     sample_grid: int = 8
@@ -477,6 +481,9 @@ def validate(cfg: StudyConfig) -> None:
            f"0 < guidance_min <= guidance_max ({e.guidance_max})", e.guidance_min)
     _check(len(e.grid) > 0, "eval.grid", "a non-empty list of guidance scales", list(e.grid))
     _check(e.sample_grid >= 0, "eval.sample_grid", "a number of samples >= 0", e.sample_grid)
+    _check(e.heldout_samples == 0 or e.heldout_samples >= 2, "eval.heldout_samples",
+           "0 (off) or at least 2 held-out samples (the loss's standard error needs 2)", e.heldout_samples)
+    _check(e.heldout_buckets > 0, "eval.heldout_buckets", "a positive number of timestep bands", e.heldout_buckets)
     _check(e.curve_sampler in e.samplers, "eval.curve_sampler", f"one of eval.samplers {list(e.samplers)}",
            e.curve_sampler)
     _check(e.curve_steps == 0 or e.curve_steps in e.steps, "eval.curve_steps",

@@ -96,12 +96,18 @@ class _Loaded:
         torch.set_num_threads(max(1, int(cfg.eval.cpus_per_eval)))
         self.evaluator = make_evaluator(task, cfg, prepared_dir)
         self.unet = load_unet(checkpoint, weights=cfg.eval.checkpoint)
+        self.heldout = None  # the checkpoint's held-out loss, computed with its first evaluation
 
     def _calls(self, res: dict, steps: int, g: float) -> dict:
-        from study.sampling import unet_calls
+        from study.sampling import guidance_embedded, unet_calls
 
         res.setdefault("unet_calls", unet_calls(self.unet, steps, g))
-        return res
+        # The checkpoint's held-out denoising loss, once per chain, on every row of it: the cheap signal beside
+        # FID. A text-to-image base UNet only (a distilled student does not minimise that loss).
+        if self.heldout is None:
+            scorer = getattr(self.evaluator, "heldout_loss", None)
+            self.heldout = scorer(self.unet) if scorer and not guidance_embedded(self.unet) else {}
+        return {**self.heldout, **res}
 
     def evaluate(self, sampler: str, steps: int, g: float) -> dict:
         return self._calls(self.evaluator.evaluate(self.unet, sampler, steps, g), steps, g)

@@ -122,7 +122,14 @@ def test_results_table(smoke_run):
     assert df["num_samples"].eq(cfg.eval.num_samples).all()
     # A guided step is two UNet calls, an unguided one one.
     assert (df["unet_calls"] == df["steps"] * (1 + (df["guidance"] > 1))).all()
+    # Every base checkpoint carries its held-out loss (the same on each of its rows), with its standard error.
+    per_ckpt = df.groupby("checkpoint")[["heldout_loss", "heldout_loss_se"]].nunique()
+    assert (per_ckpt == 1).all().all() and df["heldout_loss"].gt(0).all() and df["heldout_loss_se"].gt(0).all()
+    assert {f"heldout_loss_t{k}" for k in range(cfg.eval.heldout_buckets)} <= set(df.columns)
+    # The base grids: each size at its final budget from the same prompts and noise, with what they show.
+    assert all((run_dir / "grids" / "base" / f"w{w}-s0.json").is_file() for w in cfg.model.widths)
     dist = all_df[all_df["experiment"] == "distillation"]
+    assert dist["heldout_loss"].isna().all()  # a distilled student does not minimise the denoising loss
     assert dist.groupby(CELL).ngroups == len(cfg.model.widths) * len(cfg.distill.steps)
     assert (dist["sampler"] == "lcm").all() and (dist["unet_calls"] == dist["steps"]).all()
     assert all((run_dir / "distillation" / f"grid-w{w}-s0.png").is_file() for w in cfg.model.widths)
