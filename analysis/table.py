@@ -148,6 +148,9 @@ def cells(df: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
                     if "fid_floor" in best and metric == "fid" else np.nan)
     if "num_samples" in best:  # the planner weighs a cell by the samples behind it
         out["num_samples"] = pd.to_numeric(best["num_samples"], errors="coerce").values
+    for col in ("heldout_loss", "heldout_loss_se"):  # the checkpoint's held-out loss (analysis.loss)
+        if col in best:
+            out[col] = pd.to_numeric(best[col], errors="coerce").values
     return out.reset_index(drop=True)
 
 

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from omegaconf import OmegaConf
 
@@ -14,6 +15,9 @@ from study.config import ConfigError, StudyConfig, first_difference, to_dict
 from study.identity import study_identity
 from study.paths import run_dir
 from study.redact import redact
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def check_run_folder(cfg: StudyConfig, out: Path | None = None) -> Path:
@@ -55,7 +59,7 @@ def recorded_config(out: Path) -> StudyConfig:
     return from_dict({k: v for k, v in json.loads(saved.read_text()).items() if k != "recipe"})
 
 
-def run_sizes(out: Path, widths=()) -> tuple[StudyConfig, "pd.DataFrame"]:
+def run_sizes(out: Path, widths=()) -> tuple[StudyConfig, pd.DataFrame]:
     """A run folder's config and its sizes: the ladder preset's widths, the config's and `widths`, each with
     params, forward GFLOPs and normalized cost counted on the model (study.ladder)."""
     import pandas as pd
