@@ -168,7 +168,7 @@ def test_analysis_outputs(smoke_run):
     assert {"train", "evaluate", "analyze", "total"} <= set(stages)
     # The derived experiments ran as one wave (one training grid, one evaluation grid), each one's share kept.
     derived = {"distillation", "superres", "dreambooth"}
-    assert {"distillation+superres+dreambooth_train", "distillation+superres+dreambooth_evaluate"} <= set(stages)
+    assert {"distillation+dreambooth+superres_train", "distillation+dreambooth+superres_evaluate"} <= set(stages)
     assert set(stages["trial_s"]) == set(stages["eval_s"]) == derived
     assert all(v > 0 for v in [*stages["trial_s"].values(), *stages["eval_s"].values()])
     assert "report:" in out and "wall time:" in out
