@@ -49,7 +49,7 @@ def run_wave(wave: list, ctx, timings: dict) -> dict:
     waves) in one training grid, then evaluate all their cells in one evaluation grid; returns what went wrong.
 
     Stage timings are keyed by the wave's experiments ("train" and "evaluate" for the base; e.g.
-    "distillation+superres+dreambooth_train"); with several experiments, each one's own seconds are kept under
+    "distillation+dreambooth+superres_train"); with several experiments, each one's own seconds are kept under
     "trial_s" (its training trials) and "eval_s" (its evaluations): its share of the shared stages."""
     from sweeps.eval_grid import run_eval_grid
     from sweeps.train_grid import run_train_wave
