@@ -94,6 +94,7 @@ class _Loaded:
 
         cfg = from_dict(cfg_dict)
         torch.set_num_threads(max(1, int(cfg.eval.cpus_per_eval)))
+        self.cfg, self.checkpoint = cfg, checkpoint
         self.evaluator = make_evaluator(task, cfg, prepared_dir)
         self.unet = load_unet(checkpoint, weights=cfg.eval.checkpoint)
         self.heldout = None  # the checkpoint's held-out loss, computed with its first evaluation
@@ -106,8 +107,27 @@ class _Loaded:
         # FID. A text-to-image base UNet only (a distilled student does not minimise that loss).
         if self.heldout is None:
             scorer = getattr(self.evaluator, "heldout_loss", None)
-            self.heldout = scorer(self.unet) if scorer and not guidance_embedded(self.unet) else {}
+            self.heldout = self._cached(scorer) if scorer and not guidance_embedded(self.unet) else {}
         return {**self.heldout, **res}
+
+    def _cached(self, scorer) -> dict:
+        """The held-out loss of this checkpoint, computed once for all its chains (samplers) and reruns: kept
+        beside its run's checkpoints, keyed by the settings that decide it."""
+        import json
+
+        from study.atomic import write_json
+        from study.identity import stable_hash
+
+        e = self.cfg.eval
+        key = stable_hash({"n": e.heldout_samples, "buckets": e.heldout_buckets, "seed": e.seed,
+                           "weights": e.checkpoint, "prediction": self.cfg.model.prediction_type})
+        path = Path(self.checkpoint).parent.parent / "heldout" / f"{Path(self.checkpoint).name}-{key}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        res = scorer(self.unet)
+        if res:
+            write_json(path, res)
+        return res
 
     def evaluate(self, sampler: str, steps: int, g: float) -> dict:
         return self._calls(self.evaluator.evaluate(self.unet, sampler, steps, g), steps, g)
