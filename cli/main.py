@@ -206,6 +206,25 @@ def dashboard(run_dir: Path = typer.Argument(..., help="A run folder analysed wi
 
 
 @app.command()
+def ema(run_dir: Path = typer.Argument(..., help="A run folder (study run / study train)."),
+        width: int = typer.Option(..., "--width", help="The trained width."),
+        sigma_rel: float = typer.Option(..., "--sigma-rel", help="EMA length relative to training (EDM2: 0.05-0.15)."),
+        seed: int = typer.Option(0, "--seed"),
+        images: Optional[int] = typer.Option(None, "--images", help="The milestone (default: the last)."),
+        experiment: str = typer.Option("base", "--experiment", help="Whose training run: base, superres, ...")) -> None:
+    """Reconstruct a run's weights under any EMA length after training (post-hoc EMA, EDM2) as a checkpoint folder
+    that `study sample` and the evaluation read."""
+    from study.phema import reconstruct_checkpoint
+
+    size_dir = run_dir / ("train" if experiment == "base" else f"{experiment}/train") / f"w{width}-s{seed}"
+    try:
+        out = reconstruct_checkpoint(size_dir, sigma_rel, images)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    typer.echo(f"checkpoint (EMA sigma_rel {sigma_rel}): {out}")
+
+
+@app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
             width: int = typer.Option(..., "--width", help="The base width c to predict (trained or not)."),
             sampler: Optional[str] = typer.Option(None, "--sampler", help="Default: DDIM, else the first."),

@@ -183,6 +183,10 @@ class TrainConfig:
     precision: Precision = Precision.auto  # auto: bf16 on GPU, fp32 on CPU
     checkpoint_every_images: int = 0  # "latest" checkpoint cadence for resuming; 0 = every milestone only
     log_every_images: int = 0  # 0: about 50 log lines per run
+    # Post-hoc EMA (EDM2, study.phema): two power-function EMA profiles of the weights, snapshotted this many
+    # times over the run (RUN_DIR/train/wW-sS/phema/); `study ema` reconstructs any EMA length from them. 0: off.
+    phema_snapshots: int = 16
+    phema_sigma_rels: List[float] = field(default_factory=lambda: [0.05, 0.10])  # EDM2's two stored profiles
     num_workers: int = 1  # data-parallel workers per run: 1 trains inside the Tune trial, more are a Ray Train job
     use_gpu: str = "auto"  # auto | true | false
     cpus_per_worker: float = 1.0  # CPUs Ray reserves for each Train worker
@@ -463,6 +467,9 @@ def validate(cfg: StudyConfig) -> None:
            t.shuffle_window_images)
     _check(0 <= t.cond_drop_prob < 1, "train.cond_drop_prob", "a probability in [0, 1)", t.cond_drop_prob)
     _check(0 <= t.ema_decay < 1, "train.ema_decay", "a decay in [0, 1)", t.ema_decay)
+    _check(t.phema_snapshots >= 0, "train.phema_snapshots", "a number of snapshots >= 0", t.phema_snapshots)
+    _check(len(t.phema_sigma_rels) >= 1 and all(0 < x < 0.28 for x in t.phema_sigma_rels), "train.phema_sigma_rels",
+           "relative EMA widths in (0, 0.28) (EDM2: [0.05, 0.10])", list(t.phema_sigma_rels))
     _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3", t.zero_stage)
     _check(str(t.use_gpu).lower() in ("auto", "true", "false"), "train.use_gpu", "auto, true or false",
            t.use_gpu)

@@ -24,8 +24,9 @@ OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_wr
                          "prepare_readahead", "prepare_driver_sort_max", "keep_parts")
 
 # Training settings that change how a run executes but not what it computes: a rerun may change them freely.
+# The post-hoc EMA profiles are tracked beside training and never feed back into it.
 OPERATIONAL_TRAIN_KEYS = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images",
-                          "checkpoint_every_images")
+                          "checkpoint_every_images", "phema_snapshots", "phema_sigma_rels")
 
 
 def sha256_file(path, chunk: int = 8 << 20) -> str:

@@ -103,3 +103,80 @@ def reconstruct(snapshots: list[tuple[int, float, dict[str, torch.Tensor]]], tar
     for name in used[0][2]:
         out[name] = sum(float(w) * s[2][name].double() for w, s in zip(x, used)).float()
     return out
+
+
+SNAPSHOTS = "phema"  # a training run's snapshot folder (RUN_DIR/train/wW-sS/phema/)
+STATE_FILE = "phema.safetensors"  # the profiles' current state inside each checkpoint (to resume)
+
+
+def pack(ema: PowerEMA, names: list[str]) -> dict[str, torch.Tensor]:
+    """One flat dict for safetensors: f"{sigma_rel:.3f}/{name}" -> tensor."""
+    return {f"{s}/{n}": t.contiguous() for s, d in ema.state(names).items() for n, t in d.items()}
+
+
+def unpack(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in flat.items():
+        s, name = key.split("/", 1)
+        out.setdefault(s, {})[name] = t
+    return out
+
+
+def snapshot_path(size_dir, images: int):
+    from pathlib import Path
+
+    return Path(size_dir) / SNAPSHOTS / f"{int(images):012d}.safetensors"
+
+
+def load_snapshots(size_dir) -> list[tuple[int, float, dict[str, torch.Tensor]]]:
+    """Every snapshot of a training run: (images, sigma_rel, state dict), in order."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out = []
+    for path in sorted((Path(size_dir) / SNAPSHOTS).glob("*.safetensors")):
+        for s, d in sorted(unpack(load_file(path)).items()):
+            out.append((int(path.stem), float(s), d))
+    return out
+
+
+def reconstruct_checkpoint(size_dir, sigma_rel: float, images: int | None = None):
+    """An evaluable checkpoint folder of a training run's weights under a post-hoc EMA of width sigma_rel at a
+    milestone (default: the last): SIZE_DIR/phema/sigma-S/milestone-N/, its ema.safetensors the reconstruction
+    (buffers from the milestone), loadable by study.weights.load_unet. Rerunning returns the existing folder."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from study.atomic import write_json
+    from study.weights import FILES, STATE, manifest, verify
+
+    size_dir = Path(size_dir)
+    index = size_dir / "milestones.json"
+    milestones = json.loads(index.read_text()) if index.is_file() else []
+    if not milestones:
+        raise ValueError(f"{size_dir}: no milestones.json: pass a training run folder (RUN_DIR/train/wW-sS)")
+    row = milestones[-1] if images is None else next((m for m in milestones if m["train_images"] == images), None)
+    if row is None:
+        raise ValueError(f"{size_dir} has no milestone at {images} images: one of "
+                         f"{[m['train_images'] for m in milestones]}")
+    source = size_dir / row["path"]
+    out = size_dir / SNAPSHOTS / f"sigma-{sigma_rel:.3f}" / source.name
+    if (out / STATE).is_file():
+        return out
+    snaps = load_snapshots(size_dir)
+    if not snaps:
+        raise ValueError(f"{size_dir}: no post-hoc EMA snapshots (train.phema_snapshots was 0 when it trained)")
+    state = verify(source, ["unet.json", "ema.safetensors"])
+    weights = load_file(source / "ema.safetensors")
+    weights.update(reconstruct(snaps, int(row["train_images"]), sigma_rel))
+    tmp = out.with_name(f".tmp-{out.name}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "ema.safetensors")
+    (tmp / "unet.json").write_text((source / "unet.json").read_text())
+    write_json(tmp / STATE, {"train_images": state["train_images"], "phema_sigma_rel": sigma_rel,
+                             "source": str(source), FILES: manifest(tmp)})
+    tmp.replace(out)
+    return out

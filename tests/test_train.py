@@ -57,7 +57,7 @@ def _assert_same_weights(run_a, run_b):
     # data order, noise, optimizer and EMA state. (Across ZeRO stages only up to float noise, which Adam
     # amplifies where gradients are near its eps, so stages are not compared with each other.)
     for images in MILESTONES:
-        for which in ("raw", "ema"):
+        for which in ("raw", "ema", "phema"):  # phema: the post-hoc EMA profiles continue exactly too
             a, b = _weights(run_a, images, which), _weights(run_b, images, which)
             assert a.keys() == b.keys()
             for k in a:
@@ -275,3 +275,29 @@ def test_gpu_bf16_worker_killed_and_restarted(ray_local, prep, tmp_path):
     assert {v.dtype for v in _weights(tmp_path, 256, "raw").values()} == {torch.bfloat16}
     assert {v.dtype for v in _weights(tmp_path, 256, "ema").values()} == {torch.float32}
     assert torch.isfinite(torch.cat([v.flatten() for v in _weights(tmp_path, 256, "ema").values()])).all()
+
+
+def test_post_hoc_ema_of_a_training_run(ray_local, prep, tmp_path):
+    """A stored profile reconstructs to itself; an intermediate width, from the two EDM2 profiles alone,
+    matches the same run's directly tracked EMA of that width; `study ema` writes an evaluable checkpoint."""
+    from study.phema import load_snapshots, reconstruct, reconstruct_checkpoint
+    from study.weights import load_unet
+
+    _train(tmp_path, prep, "train.total_images=2048", "train.batch_size=8", "train.milestones=[0.5,1.0]",
+           "train.phema_snapshots=32", "train.phema_sigma_rels=[0.05,0.07,0.10]", inline=True)
+    size_dir = trainers.run_dir_for(tmp_path, 8, 0)
+    snaps = load_snapshots(size_dir)
+    assert sorted({s for _, s, _ in snaps}) == [0.05, 0.07, 0.1] and len({i for i, _, _ in snaps}) == 32
+    end = max(i for i, _, _ in snaps)
+    stored = {s: d for i, s, d in snaps if i == end}
+    pair = [x for x in snaps if x[1] != 0.07]
+    same = reconstruct(pair, end, 0.05)
+    assert all(torch.equal(same[k], stored[0.05][k]) for k in same)
+    mid = reconstruct(pair, end, 0.07)
+    # Within 10 % of how far the stored 0.05 profile is from the directly tracked 0.07 one, for the weights as
+    # a whole (tiny runs of 256 steps: the snapshots are few).
+    err = sum((mid[k] - stored[0.07][k]).norm() ** 2 for k in mid) ** 0.5
+    gap = sum((stored[0.05][k] - stored[0.07][k]).norm() ** 2 for k in mid) ** 0.5
+    assert err < 0.1 * gap, (float(err), float(gap))
+    out = reconstruct_checkpoint(size_dir, 0.08)
+    assert out.parent.name == "sigma-0.080" and load_unet(out) is not None

@@ -191,7 +191,7 @@ EXTRA = "extra.safetensors"  # a recipe's own state (e.g. distillation's target 
 
 
 def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size: int, partitioned: bool,
-          recipe=None) -> Path:
+          recipe=None, phema=None) -> Path:
     """Write checkpoint `name` atomically: each rank adds its own files to a temp folder, rank 0 publishes."""
     final, tmp = root / name, root / f".tmp-{name}-{state['train_images']:010d}"
     if rank == 0:
@@ -207,6 +207,8 @@ def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size
         extra = recipe.extra_state() if recipe is not None else {}
         if extra:
             save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / EXTRA)
+        if phema is not None:  # rank 0's post-hoc EMA profiles (trainers.phema_track)
+            phema.save(tmp)
         # Sizes and sums of every rank's files, recorded before the folder becomes visible (resume verifies).
         (tmp / STATE).write_text(json.dumps({**state, FILES: manifest(tmp)}, indent=1))
         publish(tmp, final)
@@ -231,7 +233,8 @@ def write_latest_from(root: Path, src: Path, rank: int, world_size: int) -> None
     _barrier(world_size)
 
 
-def resume(root: Path, engine, ema, rank: int, world_size: int, partitioned: bool, recipe=None) -> dict | None:
+def resume(root: Path, engine, ema, rank: int, world_size: int, partitioned: bool, recipe=None,
+           phema=None) -> dict | None:
     """Load the newest complete checkpoint into the engine (and rank 0's EMA); None when there is none."""
     if rank == 0:
         recover(root)
@@ -250,6 +253,8 @@ def resume(root: Path, engine, ema, rank: int, world_size: int, partitioned: boo
     load_rng(folder, rank)
     if ema is not None:
         load_ema(ema, engine.module, folder, state["ema_step"])
+    if phema is not None:
+        phema.load(folder)  # a checkpoint from before post-hoc EMA: the profiles start from these weights
     if recipe is not None and (folder / EXTRA).is_file():  # every rank: the recipe's state is the same everywhere
         recipe.load_extra_state(load_file(folder / EXTRA))
     return state

@@ -20,6 +20,7 @@ from trainers.data import micro_batch_start
 from trainers.diffusion import step_generator
 from trainers.engine import initialize, micro_batch, module_dtype, optimizer_step, set_lr
 from trainers.rundir import add_milestone, load_milestones, mark_nonfinite
+from trainers.phema_track import PostHocEMA
 from trainers.tracking import Tracker
 
 
@@ -122,7 +123,9 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
     params = list(engine.module.parameters())
     # The EMA lives on rank 0 only (it writes checkpoints), in fp32 whatever the training precision.
     ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True) if rank == 0 else None
-    state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0, recipe=recipe) or {}
+    phema = (PostHocEMA(engine.module, tc.phema_sigma_rels, budget.total_images, tc.phema_snapshots, size_dir)
+             if rank == 0 and tc.phema_snapshots > 0 else None)
+    state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0, recipe=recipe, phema=phema) or {}
     step = state.get("train_steps", 0)
     if rank == 0:  # a kill between publishing a milestone and indexing it leaves it unindexed
         indexed = {r["train_images"] for r in load_milestones(size_dir)}
@@ -170,6 +173,8 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
         recipe.after_step(engine.module)
         if ema is not None:
             ema.step(params)
+        if phema is not None:
+            phema.step(images, B)
         loss_sum, n_loss = loss_sum + loss_value, n_loss + 1
 
         if step % log_steps == 0 or step == budget.total_steps:
@@ -188,7 +193,7 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
             if is_milestone:
                 folder = root / ckpt.milestone_name(images)
                 if not (folder / ckpt.STATE).exists():  # never rewrite a milestone
-                    ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)
+                    ckpt.write(root, folder.name, engine, ema, state, rank, world, tc.zero_stage > 0, recipe, phema)
                 ckpt.write_latest_from(root, folder, rank, world)
                 if rank == 0:
                     row = _milestone_row(budget, images, folder, width, seed, config["rung"])
@@ -197,7 +202,7 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
                         tracker.milestone(row, folder)
                 report({**budget.point(images), "loss": loss_value, "milestone": folder.name})
             else:
-                ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0, recipe)
+                ckpt.write(root, ckpt.LATEST, engine, ema, state, rank, world, tc.zero_stage > 0, recipe, phema)
             saved_images = images
         _test_hooks(hooks, rank, images)
 
