@@ -8,15 +8,18 @@ errors of the evaluation noise (and of the seed spread where several seeds were 
 from __future__ import annotations
 
 from analysis.experiments import analyses
-from analysis.verdicts import CLAIMS, Evidence
+from analysis import verdicts
+from analysis.verdicts import Evidence
 
 
 def check_claims(ev: Evidence, experiment: str | None = None) -> list[dict]:
     """Every applicable claim (of one experiment, if given), checked: dicts with key, experiment, title, paper,
     found, verdict, resolve and anchor."""
-    analyses()  # every experiment's module: their @claim entries register the checkers
+    # Every experiment's module registers its checkers on import; read them base first, then by experiment name,
+    # each experiment's in the order its module declares them (whatever order the modules were imported in).
+    order = sorted(analyses(), key=lambda name: (name != "base", name))
     out = []
-    for c in CLAIMS:
+    for c in sorted(verdicts.CLAIMS, key=lambda c: order.index(c.experiment) if c.experiment in order else len(order)):
         if experiment is not None and c.experiment != experiment:
             continue
         res = c.check(ev)

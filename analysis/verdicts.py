@@ -24,6 +24,9 @@ from analysis.inference import FINAL, InferenceResult
 from analysis.table import size_label
 
 REPRODUCED, CONTRADICTED, UNRESOLVED = "reproduced", "contradicted", "not resolved at this scale"
+# The models a claim compares are below their own trivial baseline (a distilled student worse than its teacher at
+# equal UNet calls, super-resolution worse than bicubic, DreamBooth at the plain-class end): no verdict rests on them.
+UNDERTRAINED = "not resolved: under-trained"
 Z = 1.96  # two-sided 95 % normal quantile
 
 

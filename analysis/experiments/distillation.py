@@ -22,7 +22,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import resample_curve
 from analysis.table import cells, curves, headline, normalize, size_label
-from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, claim
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNDERTRAINED, UNRESOLVED, Evidence, claim
 
 EXPERIMENT = "distillation"
 AXES = {"paper": ("sampling_cost", "sampling cost (normalized cost x steps; the paper's)"),
@@ -153,6 +153,44 @@ def _analysis(ev: Evidence) -> dict | None:
     return ev.analyses.get(EXPERIMENT)
 
 
+def baseline_table(base, b_boot, dist, d_boot, steps: int) -> pd.DataFrame:
+    """Per size: the distilled FID at `steps` against its teacher's at the same UNet calls per sample (its best
+    sampler among the evaluated points with exactly that many calls), the difference's interval, and whether the
+    student is worse beyond noise (`below`: distillation has not yet paid for itself at this budget)."""
+    rows = []
+    for _, d in dist[dist["steps"] == steps].iterrows():
+        same = base[(base["width"] == d["width"]) & (base["unet_calls"] == d["unet_calls"])]
+        if same.empty:
+            rows.append({"width": int(d["width"]), "params": float(d["params"]), "calls": float(d["unet_calls"]),
+                         "distilled_fid": float(d["value"]), "teacher_fid": np.nan, "low": np.nan, "high": np.nan,
+                         "below": False, "measured": False})
+            continue
+        b = same.sort_values("value").iloc[0]
+        lo, hi = interval(d_boot[:, d.name] - b_boot[:, b.name])
+        rows.append({"width": int(d["width"]), "params": float(d["params"]), "calls": float(d["unet_calls"]),
+                     "distilled_fid": float(d["value"]), "teacher_fid": float(b["value"]),
+                     "teacher_steps": int(b["steps"]), "low": lo, "high": hi, "below": bool(lo > 0),
+                     "measured": True})
+    return pd.DataFrame(rows)
+
+
+def _undertrained(a: dict, widths) -> str | None:
+    """The evidence that the distilled models compared are worse than their teachers at equal UNet calls, or None."""
+    base = a["tables"].get("baseline", pd.DataFrame())
+    hit = base[base["width"].isin(list(widths)) & base["below"]] if len(base) else base
+    if hit.empty:
+        return None
+    return "; ".join(f"distilled {size_label(r.params)} FID {num(r.distilled_fid)} at {int(r.calls)} UNet calls, its "
+                     f"teacher {num(r.teacher_fid)} at the same calls (difference {bracket(r.low, r.high)})"
+                     for r in hit.itertuples())
+
+
+def _refuse(found: str, evidence: str):
+    return (f"{found} Below the baseline: {evidence}", UNDERTRAINED,
+            "distil longer (distill.total_images) or from longer-trained bases: a verdict needs students at least "
+            "as good as their teachers at equal UNet calls")
+
+
 @claim("distill_gain", EXPERIMENT, "Distillation at 4 steps",
        "Distilling to 4 steps improves the FID of every size at 4 steps (Fig. 9).", "distillation")
 def distill_gain(ev: Evidence):
@@ -166,6 +204,8 @@ def distill_gain(ev: Evidence):
              f"calls): gain {num(r.gain)} {bracket(r.low, r.high)}" for r in gain.itertuples()]
     found = (f"At {int(gain['steps'].iloc[0])} steps (equal steps: the paper's axis; the undistilled model spends "
              "2 UNet calls a guided step): " + "; ".join(parts))
+    if (evidence := _undertrained(a, gain["width"])) is not None:
+        return _refuse(found, evidence)
     if (gain["low"] > 0).all():
         return found, REPRODUCED, ""
     if (gain["high"] < 0).any():
@@ -201,6 +241,8 @@ def distill_match(ev: Evidence):
              f"{paper.steps}-step FID {num(paper.distilled_fid)} of the distilled "
              f"{size_label(paper.distilled_params)} (the paper's 866M rank; its own cost {num(paper.distilled_cost)}"
              f" paper / {num(calls.distilled_cost)} calls) at {say(paper, 'paper')}; {say(calls, 'calls')}.")
+    if (evidence := _undertrained(a, [big])) is not None:
+        return _refuse(found, evidence)
     if paper.p_reached < 0.05:
         return found, CONTRADICTED, ""
     if paper.p_reached >= 0.95 and math.isfinite(paper.low):
@@ -218,6 +260,7 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
     steps = TARGET_STEPS if (dist["steps"] == TARGET_STEPS).any() else int(dist["steps"].max())
     matches = match_table(base, b_boot, dist, d_boot, steps)
     gain = gain_table(base, b_boot, dist, d_boot, steps)
+    baseline = baseline_table(base, b_boot, dist, d_boot, steps)
     out.mkdir(parents=True, exist_ok=True)
     matches.to_csv(out / "distillation_matches.csv", index=False)
     gain.to_csv(out / "distillation_gain.csv", index=False)
@@ -230,5 +273,5 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
             captions[name] = (f"{name[5:]}: top row the undistilled base model (DDIM), bottom row its distilled "
                               "student (LCM), same prompts, noise, guidance and step count.")
     return {"title": "Distillation: distilled vs undistilled at equal sampling cost", "figures": figures,
-            "captions": captions, "tables": {"matches": matches, "gain": gain},
+            "captions": captions, "tables": {"matches": matches, "gain": gain, "baseline": baseline},
             "base_widths": sorted(int(w) for w in base["width"].unique())}

@@ -23,7 +23,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import has_noise, resample_curve
 from analysis.table import size_label
-from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, claim
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNDERTRAINED, UNRESOLVED, Evidence, claim
 from study.results import with_defaults
 
 EXPERIMENT = "dreambooth"
@@ -199,6 +199,18 @@ def size_gaps(cells: pd.DataFrame, n_boot: int, rng) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def plain_end(sizes: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Per size, its best subject fidelity at the most steps against the plain-class end of the scale (what the
+    real class without the subject's style scores): `at_plain_end` when its interval does not clear it."""
+    if "subject_fidelity_plain" not in cells or cells["subject_fidelity_plain"].isna().all():
+        return pd.DataFrame()
+    plain = float(cells["subject_fidelity_plain"].mean())
+    sub = sizes[(sizes["metric"] == "subject_fidelity") & (sizes["steps"] == sizes["steps"].max())]
+    best = sub.loc[sub.groupby("width")["value"].idxmax()]
+    return best.assign(plain=plain, at_plain_end=~(best["low"] > plain))[
+        ["width", "params", "value", "low", "high", "plain", "at_plain_end"]].reset_index(drop=True)
+
+
 @claim("dreambooth_size", EXPERIMENT, "DreamBooth: size",
        "Larger pretrained models give better personalised images (Fig. 11; pictures only, no number).",
        "dreambooth")
@@ -212,6 +224,15 @@ def dreambooth_size(ev: Evidence):
         return "one size only", UNRESOLVED, "fine-tune at least two sizes"
     found = "; ".join(f"{r.metric} largest minus smallest at {r.steps} steps: {num(r.gap)} {bracket(r.low, r.high)}"
                       for r in gaps.itertuples())
+    plain = a["tables"].get("plain_end", pd.DataFrame())
+    at_plain = plain[plain["width"].isin([gaps["smaller_width"].iloc[0], gaps["larger_width"].iloc[0]])
+                     & plain["at_plain_end"]] if len(plain) else plain
+    if len(at_plain):
+        return (found + "; below the baseline (subject fidelity not above the plain class's beyond noise): "
+                + "; ".join(f"{size_label(r.params)} {num(r.value)} {bracket(r.low, r.high)} vs the plain class "
+                            f"{num(r.plain)}" for r in at_plain.itertuples()), UNDERTRAINED,
+                "fine-tune longer (dreambooth.train_images) or at a higher learning rate: a verdict needs sizes "
+                "that learned the subject")
     better, worse = (gaps["low"] > 0).any(), (gaps["high"] < 0).any()
     if better and not worse:
         return found, REPRODUCED, ""
@@ -251,4 +272,4 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
     figures = {k: v for k, v in figures.items() if v}
     return {"title": title, "figures": figures, "captions": {k: captions[k] for k in figures},
             "tables": {"sizes": sizes, "drift": drift, "crossovers": cross,
-                       "size_gaps": size_gaps(cells, n_boot, rng)}}
+                       "size_gaps": size_gaps(cells, n_boot, rng), "plain_end": plain_end(sizes, cells)}}

@@ -21,7 +21,7 @@ from analysis.findings import bracket, num
 from analysis.frontier import pareto_mask
 from analysis.resample import resample_curve
 from analysis.table import cells, curves, headline, normalize, size_label
-from analysis.verdicts import CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, claim
+from analysis.verdicts import CONTRADICTED, REPRODUCED, UNDERTRAINED, UNRESOLVED, Evidence, claim
 
 EXPERIMENT = "superres"
 METRICS = {"fid": "FID", "lpips": "LPIPS"}
@@ -135,6 +135,36 @@ def _analysis(ev: Evidence) -> dict | None:
     return ev.analyses.get(EXPERIMENT)
 
 
+def baseline_table(per: pd.DataFrame, baselines: dict) -> pd.DataFrame:
+    """Per size at the reference cell: FID and LPIPS against bicubic upsampling's on the same patches; `below` when
+    the fine-tune is worse than bicubic beyond its noise on either (+-1.96 of its std; bicubic has none)."""
+    rows = []
+    for _, r in per.iterrows():
+        row = {"width": int(r["width"]), "params": float(r["params"]), "below": False}
+        for m in METRICS:
+            if m in per and np.isfinite(baselines.get(m, np.nan)):
+                sd = float(r.get(f"{m}_std", np.nan))
+                worse = r[m] - baselines[m] - (1.96 * sd if np.isfinite(sd) else 0.0)
+                row |= {m: float(r[m]), f"bicubic_{m}": float(baselines[m]), f"{m}_worse": bool(worse > 0)}
+                row["below"] |= bool(worse > 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _undertrained(a: dict, widths=None) -> tuple[str, str, str] | None:
+    """(found addendum, verdict, resolve) when a compared size is worse than bicubic upsampling, else None."""
+    base = a["tables"].get("superres_baseline", pd.DataFrame())
+    hit = base[base["below"] & (base["width"].isin(list(widths)) if widths is not None else True)] if len(base) else base
+    if hit.empty:
+        return None
+    parts = [f"{size_label(r['params'])} " + ", ".join(f"{METRICS[m]} {num(r[m])} vs bicubic {num(r[f'bicubic_{m}'])}"
+                                                       for m in METRICS if r.get(f"{m}_worse"))
+             for _, r in hit.iterrows()]
+    return (" Below the baseline (worse than bicubic upsampling beyond noise): " + "; ".join(parts), UNDERTRAINED,
+            "fine-tune longer (superres.train_images) or use the residual formulation: a verdict needs fine-tunes "
+            "that beat bicubic")
+
+
 @claim("superres_cost", EXPERIMENT, "Super-resolution: sampling cost",
        "Under a fixed sampling budget, smaller super-resolution models win below about 20 steps and larger ones "
        "above (Fig. 10).", "superres")
@@ -161,6 +191,8 @@ def superres_cost(ev: Evidence):
             parts.append(f"{pair}: no crossing; {who} is better across the overlap (gap at the top cost "
                          f"{num(r['gap_high_cost'])} {bracket(lo, hi)})")
             verdicts.append(CONTRADICTED if np.isfinite(hi) and (hi < 0 or lo > 0) else UNRESOLVED)
+    if (refused := _undertrained(a)) is not None:
+        return "; ".join(parts) + refused[0], refused[1], refused[2]
     verdict = (REPRODUCED if all(v == REPRODUCED for v in verdicts)
                else CONTRADICTED if all(v == CONTRADICTED for v in verdicts) else UNRESOLVED)
     return "; ".join(parts), verdict, resolve if verdict == UNRESOLVED else ""
@@ -182,6 +214,8 @@ def superres_size(ev: Evidence):
     bicubic = a["baselines"].get("fid", np.nan)
     beats = "" if not np.isfinite(bicubic) else f"; bicubic FID {num(bicubic)}, best size {num(per['fid'].min())}"
     found = f"FID ({per['cell'].iloc[0]}) largest minus smallest {num(d)} {bracket(lo, hi)}{beats}"
+    if (refused := _undertrained(a, [s["width"], b["width"]])) is not None:
+        return found + refused[0], refused[1], refused[2]
     if hi < 0:
         return found, REPRODUCED, ""
     if lo > 0:
@@ -238,6 +272,7 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int, seed: int) -> dict:
     for m in METRICS:
         per[f"{m}_std"] = per.get(f"{m}_std", np.nan)
     tables["superres_vs_training_compute"] = per
+    tables["superres_baseline"] = baseline_table(per, baselines)
     if set(METRICS) <= set(per.columns):
         figures["superres_vs_training_compute"] = _compute_figure(per, baselines, out)
         captions["superres_vs_training_compute"] = (f"FID and LPIPS ({sampler}, {steps} steps) against the base "

@@ -14,7 +14,7 @@ def analyze(table, out, n_boot, seed):
 SIZES = {8: (0.5e6, 0.5), 32: (6.3e6, 1.0)}  # width -> (params, normalized cost): costs overlap on [2, 8]
 
 
-def _table(tmp_path, fid_of, std=0.05) -> pd.DataFrame:
+def _table(tmp_path, fid_of, std=0.05, bicubic_fid=12.0) -> pd.DataFrame:
     strips = {}
     for name in ("lr", "bicubic", "hr", "w8", "w32"):
         strips[name] = tmp_path / f"{name}.png"
@@ -28,7 +28,7 @@ def _table(tmp_path, fid_of, std=0.05) -> pd.DataFrame:
                              "normalized_cost": nc, "train_images": 1024, "train_flops": 1e12 * nc,
                              "sampler": sampler, "steps": steps, "guidance": 1.0, "seed": 0, "fid": fid,
                              "fid_std": std, "lpips": fid / 10, "lpips_std": std / 10, "psnr": 20.0, "ssim": 0.5,
-                             "bicubic_fid": 3.0, "bicubic_lpips": 0.3, "bicubic_psnr": 30.0, "bicubic_ssim": 0.7,
+                             "bicubic_fid": bicubic_fid, "bicubic_lpips": bicubic_fid / 10, "bicubic_psnr": 30.0, "bicubic_ssim": 0.7,
                              "sampling_cost": nc * steps, "strip_path": str(strips[f"w{w}"]),
                              "lr_strip_path": str(strips["lr"]), "bicubic_strip_path": str(strips["bicubic"]),
                              "hr_strip_path": str(strips["hr"])})
@@ -69,3 +69,15 @@ def test_noise_larger_than_the_gaps_leaves_the_claims_unresolved(tmp_path):
     fid = lambda w, s: 5.0 + 0.01 * (w == 8)  # noqa: E731
     res = analyze(_table(tmp_path, fid, std=2.0), tmp_path / "out", n_boot=200, seed=0)
     assert res["claims"]["superres_size"]["verdict"] == "not resolved at this scale"
+
+
+def test_sizes_worse_than_bicubic_leave_every_claim_unresolved_and_say_so(tmp_path):
+    # The same crossing curves, but bicubic upsampling (FID 3) beats the small model (5.5 at the reference cell).
+    fid = lambda w, s: (5 + 8 / s) if w == 8 else (2 + 12 / s)  # noqa: E731
+    res = analyze(_table(tmp_path, fid, bicubic_fid=3.0), tmp_path / "out", n_boot=200, seed=0)
+    for key in ("superres_cost", "superres_size"):
+        claim = res["claims"][key]
+        assert claim["verdict"] == "not resolved: under-trained", claim
+        assert "worse than bicubic upsampling beyond noise): 0.5M FID 5.5 vs bicubic 3" in claim["found"]
+    base = res["tables"]["superres_baseline"].set_index("width")
+    assert base.loc[8, "below"] and not base.loc[32, "below"]
