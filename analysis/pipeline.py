@@ -84,8 +84,11 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     results = {m: r for m in ("fid", "alignment")
                if (r := analyze_metric(base, m, n_boot, seed, progress)) is not None}
     fid = results["fid"]
+    # Cost curves of each derived experiment's checkpoints as trained (an experiment of weight variants, e.g.
+    # post-hoc EMA lengths at one cell, has its own analysis instead).
     experiments = {e: {"fid": r} for e, rows in exp_tables.items()
                    if np.isfinite(pd.to_numeric(rows["fid"], errors="coerce")).any()
+                   and (rows["variant"].fillna("") == "").all()
                    and (r := analyze_metric(rows, "fid", n_boot, seed, progress)) is not None}
     guidance = optimal_guidance(base)
 

@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from study.experiments import SPECS
 from study.experiments.distillation.config import DistillConfig
 from study.experiments.dreambooth.config import DreamBoothConfig
+from study.experiments.ema.config import EmaConfig
 from study.experiments.superres.config import SuperResConfig
 from study.errors import ConfigError, check as _check
 
@@ -290,6 +291,7 @@ class StudyConfig:
     dreambooth: DreamBoothConfig = field(default_factory=DreamBoothConfig)
     superres: SuperResConfig = field(default_factory=SuperResConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
 
 def resolve_config_path(path: str | Path) -> Path:

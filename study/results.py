@@ -62,6 +62,9 @@ class ResultRow:
     eval_seconds: float | None = None
     objective: float | None = None  # what the guidance search minimised (FID unless the experiment says)
     partial: bool = False  # a milestone of a run that stopped before its final budget (failed, NaN)
+    # The same checkpoint's weights in another form (e.g. "sigma-0.080": a post-hoc EMA length); "" for the
+    # checkpoint as trained.
+    variant: str = ""
 
 
 FIELDS = [f.name for f in fields(ResultRow)]
@@ -71,9 +74,9 @@ EXTRA = FIELDS[len(COLUMNS):]
 # One row per (cell, Optuna trial): a resume that re-reports a trial replaces its row, never duplicates it.
 KEY = ["optuna_study", "optuna_trial"]
 # A cell: one model checkpoint evaluated with one sampler at one step count (and one timestep spacing).
-CELL = ["experiment", "width", "seed", "train_images", "sampler", "steps", "timestep_spacing"]
-# Tables written before experiments existed hold only the base experiment.
-DEFAULTS = {"experiment": "base", "task": "text2image"}
+CELL = ["experiment", "width", "seed", "train_images", "variant", "sampler", "steps", "timestep_spacing"]
+# Tables written before experiments (and variants) existed hold only the base experiment's checkpoints as trained.
+DEFAULTS = {"experiment": "base", "task": "text2image", "variant": ""}
 BASE = "base"
 
 

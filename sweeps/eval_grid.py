@@ -33,13 +33,14 @@ class Chain:
     task: str = "text2image"
     objective: str = "fid"  # the evaluator's key the search minimises
     fixed_guidance: tuple[float, ...] | None = None  # evaluate exactly these, no search (e.g. (1.0,))
+    variant: str = ""  # the checkpoint's weights in another form (e.g. a post-hoc EMA length)
 
     def __post_init__(self):  # a config's Spacing choice travels (and is recorded) as its plain string
         object.__setattr__(self, "spacing", str(self.spacing))
 
     def cells(self) -> list[Cell]:
-        return [Cell(self.width, self.seed, self.train_images, self.sampler, s, self.spacing, self.experiment)
-                for s in self.steps]
+        return [Cell(self.width, self.seed, self.train_images, self.sampler, s, self.spacing, self.experiment,
+                     self.variant) for s in self.steps]
 
 
 def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g: float, res: dict,
@@ -58,7 +59,7 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
         fid_floor=res.get("fid_floor"), alignment_metric=res.get("alignment_metric"),
         search="none" if chain.fixed_guidance is not None else cfg.eval.search, optuna_study=cell.study_name,
         optuna_trial=number, sampler_settings=res.get("sampler_settings"), eval_seconds=res.get("eval_seconds"),
-        objective=res.get(chain.objective), partial=bool(m.get("partial", False)))
+        objective=res.get(chain.objective), partial=bool(m.get("partial", False)), variant=chain.variant)
     return row_dict(row, res)
 
 

@@ -25,13 +25,16 @@ class Cell:
     steps: int
     spacing: str  # the resolved timestep spacing (recorded with every result)
     experiment: str = "base"  # the experiment whose checkpoint this is (sweeps.experiments)
+    variant: str = ""  # another form of the checkpoint's weights (study.results.ResultRow.variant)
 
     @property
     def study_name(self) -> str:
         # Ray's OptunaSearch and resumes both key on the name: one study per cell. The base experiment keeps
         # the names it had before experiments existed, so older run folders resume.
         prefix = "" if self.experiment == "base" else f"{self.experiment}-"
-        return f"{prefix}w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-{self.spacing}"
+        suffix = f"-{self.variant}" if self.variant else ""
+        return (f"{prefix}w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-{self.spacing}"
+                f"{suffix}")
 
 
 def open_storage(url: str):

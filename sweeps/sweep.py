@@ -63,13 +63,19 @@ def run_wave(wave: list, ctx, timings: dict) -> dict:
         raise ValueError(f"experiments {names} of one wave read different prepared folders {sorted(prepared)}")
     prepared = wave[0].prepared(ctx)
     t = time.time()
-    train = run_train_wave(cfg, out, prepared, [(e, sources[e.name]) for e in wave], progress=ctx.progress)
+    train = run_train_wave(cfg, out, prepared, [(e, sources[e.name]) for e in wave if e.trains],
+                           progress=ctx.progress)
     timings[f"{label}train"] = round(time.time() - t, 1)
     if len(wave) > 1:  # each experiment's own share of the shared stage: its trials' seconds
         timings.setdefault("trial_s", {}).update({n: round(sec, 1) for n, sec in train["trial_seconds"].items()})
     chains, failed_sizes = [], []
     for e in wave:
         src = sources[e.name]
+        if not e.trains:  # its sizes are its sources' runs, as they finished
+            ready = {k: rows for k, rows in ctx.trained.get(e.after[0], {}).items() if src and k in src}
+            ctx.trained[e.name] = ready
+            chains += e.chains(ctx, ready) if ready else []
+            continue
         sizes, failed = size_outcomes(cfg, out, e.subdir, sorted(src) if src is not None else None)
         ctx.trained[e.name] = sizes
         failed_sizes += [f"{e.name} w{w}-s{s}: {why}" for (w, s), why in sorted(failed.items())]

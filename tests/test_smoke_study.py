@@ -103,7 +103,7 @@ def test_results_table(smoke_run):
     # No duplicate rows after the kill and the rerun: one per (cell, Optuna trial).
     assert not df.duplicated(["optuna_study", "optuna_trial"]).any()
     # Every experiment of the paper ran through the one table.
-    assert set(df["experiment"]) == {"base", "distillation", "superres", "dreambooth"}
+    assert set(df["experiment"]) == {"base", "distillation", "superres", "dreambooth", "ema"}
     all_df, df = df, df[df["experiment"] == "base"]
     # Every base cell has its trials and exactly one best row, the lowest FID.
     cells = df.groupby(CELL)
@@ -136,6 +136,11 @@ def test_results_table(smoke_run):
     sr = all_df[all_df["experiment"] == "superres"]
     assert (sr["task"] == "superres4x").all() and (sr["guidance"] == 1.0).all() and sr["fid"].gt(0).all()
     assert sr.groupby(CELL).ngroups == len(cfg.model.widths) * len(cfg.superres.samplers) * len(cfg.superres.steps)
+    # Post-hoc EMA: each size's final weights as trained and at each length, one fixed guidance, with their loss.
+    ema = all_df[all_df["experiment"] == "ema"]
+    assert sorted(ema["variant"].unique()) == ["fixed", "sigma-0.050", "sigma-0.150"]
+    assert len(ema) == len(cfg.model.widths) * 3 and ema["heldout_loss"].gt(0).all()
+    assert (ema["guidance"] == cfg.eval.default_guidance).all()
     db = all_df[all_df["experiment"] == "dreambooth"]
     assert (db["task"] == "dreambooth").all() and db["objective"].notna().all()
     assert (db.groupby(CELL)["best"].sum() == 1).all()
@@ -168,8 +173,8 @@ def test_analysis_outputs(smoke_run):
     assert {"train", "evaluate", "analyze", "total"} <= set(stages)
     # The derived experiments ran as one wave (one training grid, one evaluation grid), each one's share kept.
     derived = {"distillation", "superres", "dreambooth"}
-    assert {"distillation+dreambooth+superres_train", "distillation+dreambooth+superres_evaluate"} <= set(stages)
-    assert set(stages["trial_s"]) == set(stages["eval_s"]) == derived
+    assert {"distillation+dreambooth+ema+superres_train", "distillation+dreambooth+ema+superres_evaluate"} <= set(stages)
+    assert set(stages["trial_s"]) == derived and set(stages["eval_s"]) == derived | {"ema"}
     assert all(v > 0 for v in [*stages["trial_s"].values(), *stages["eval_s"].values()])
     assert "report:" in out and "wall time:" in out
     # The findings lead: a Markdown copy beside the report, and the same lines on the terminal.

@@ -31,6 +31,7 @@ class Experiment:
     name = "base"  # its study.experiments.SPECS entry: the results table's `experiment`
     objective = "fid"  # the evaluator's key the guidance search minimises
     search = True  # False: one evaluation per cell at guidance 1 (tasks without guidance)
+    trains = True  # False: its checkpoints are an earlier experiment's (sources), in another form
 
     @property
     def spec(self):
