@@ -77,6 +77,10 @@ def _run(cfg: StudyConfig, out: Path, fresh: bool, progress: bool, console) -> d
         console.print(f"[yellow]warning[/]: {msg} (rerun to retry)")
     t = time.time()
     analysis = analyze_run(out, wandb_mode=mode, wandb_project=cfg.tracking.project, progress=progress)
+    if analysis.get("wandb_dir"):  # the W&B workspace of this study, ready to push (`study dashboard --push`)
+        from analysis.dashboard import write_spec
+
+        analysis["wandb_workspace"] = str(write_spec(out, cfg.tracking.entity))
     timings["analyze"] = round(time.time() - t, 1)
     timings["total"] = round(time.time() - t0, 1)
     write_json(out / "stages.json", timings, indent=2)

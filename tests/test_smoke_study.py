@@ -169,6 +169,7 @@ def test_analysis_outputs(smoke_run):
             p["low"] is None or p["low"] <= p["value"] <= p["high"] for p in fit["params"].values())
     assert list(a.glob("*.png")) and list(a.glob("*.svg"))
     assert any(p.stat().st_size > 0 for p in run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert (a / "wandb_workspace.json").is_file()  # the study's W&B workspace, ready for `study dashboard --push`
     stages = json.loads((run_dir / "stages.json").read_text())
     assert {"train", "evaluate", "analyze", "total"} <= set(stages)
     # The derived experiments ran as one wave (one training grid, one evaluation grid), each one's share kept.
