@@ -7,16 +7,18 @@ lies below its chords); PCHIP's error there was at most 1.8 % (tests/analysis/
 test_crossovers.py measures both). What error remains is bounded by half the distance to the
 linear interpolant's crossing, and each interval is widened to include it.
 
-Ties: the gap between the curves is read against a tolerance, the half-width of a simultaneous
-95 % bootstrap band of the gap (no resamples: rounding only) plus the interpolation error of
-both curves. A crossing is the gap going from
-beyond +tolerance to beyond -tolerance (or back); a gap that stays inside the band is a tie,
-never a crossing. Every such crossing is listed. The verdict of a pair:
-  "crossing": at least one crossing beyond noise (the band excludes zero on both sides);
-  "tied within noise": the band includes zero over the whole overlap;
+Crossing or not: with resamples, the test of analysis/crossing_test.py (a least-favourable
+intersection-union test of a sign change over windows of the overlap, false crossings at most
+5 % on ties, near-misses and one-sided gaps). Each change of sign along its chain of disjoint
+significant windows is a crossing, placed where the point estimate's gap best splits into the
+two signs between those windows; every one is listed. Without resamples, a crossing is the gap
+going from beyond +slack to beyond -slack (rounding and interpolation error). The verdict:
+  "crossing": the test finds at least one;
+  "tied within noise": no window shows either size better (without resamples: the gap stays
+  within the slack);
   "no evidence of crossing": otherwise (one size is better somewhere, never significantly worse).
-p_cross: the share of resamples whose own gap crosses beyond the same tolerance (how often a
-repeat of the study would see the crossing). Everything is vectorised over resamples (rows).
+p_cross: the share of resamples in which the same test, read with the same critical values,
+finds a crossing too (how often a repeat of the study would see it).
 
 Coverage of the 95 % crossover interval on the synthetic family (tests/analysis/
 test_coverage.py, 300 replications of a curve pair crossing once): 0.94 with one seed and
@@ -29,18 +31,20 @@ from __future__ import annotations
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
-from analysis.bootstrap import LEVEL, interval
+from analysis.bootstrap import interval
+from analysis.crossing_test import NAME as TEST_NAME
+from analysis.crossing_test import locate, sign_test
 
 GRID = 257  # grid points over the overlap in log cost: 0.4 % steps over a 100x cost range
 ROUNDING = 1e-9  # relative: gaps this small are equal values written with rounding
 INTERP_SHARE = 0.5  # share of |log c_pchip - log c_linear| counted as interpolation error
 METHOD = ("curves: monotone cubic (PCHIP) interpolation in log sampling cost between evaluated "
-          "step counts; crossing: the gap between two sizes goes from beyond +tolerance to beyond "
-          "-tolerance, tolerance = half-width of a simultaneous 95% bootstrap band of the gap "
-          "plus interpolation error (ties inside it are not crossings); interval: 95% bootstrap "
-          "percentile of the resamples' first crossing in each found crossing's stretch of cost, "
-          "widened by the interpolation error (half the distance to the linear interpolant's "
-          "crossing); p_cross: share of resamples crossing beyond the tolerance")
+          f"step counts; crossing test: {TEST_NAME}, false crossings at most 5%, the gap read "
+          "against its interpolation error; each crossing placed where the gap best splits into "
+          "the two signs; interval: 95% bootstrap percentile of the resamples' first crossing in "
+          "each crossing's stretch of cost, widened by the interpolation error (half the distance "
+          "to the linear interpolant's crossing); p_cross: share of resamples the same test "
+          "finds crossing")
 
 
 def overlap_grid(cost_a: np.ndarray, cost_b: np.ndarray, size: int = GRID) -> np.ndarray | None:
@@ -125,14 +129,6 @@ def first_crossing(grid: np.ndarray, gap: np.ndarray, lo: float, hi: float) -> n
     return np.where(flip.any(axis=1), np.exp(pos[np.arange(gap.shape[0]), j]), np.nan)
 
 
-def band_halfwidth(gap: np.ndarray, boot_gap: np.ndarray, level: float = LEVEL) -> np.ndarray:
-    """Half-width per grid point of a simultaneous `level` band of the gap (sup-t bootstrap)."""
-    sd = boot_gap.std(axis=0)
-    safe = np.where(sd > 0, sd, np.inf)
-    q = np.quantile(np.max(np.abs(boot_gap - gap) / safe, axis=1), level)
-    return q * sd
-
-
 def compare_pair(cost_s: np.ndarray, val_s: np.ndarray, boot_s: np.ndarray,
                  cost_l: np.ndarray, val_l: np.ndarray, boot_l: np.ndarray,
                  lower_is_better: bool, noisy: bool) -> dict | None:
@@ -142,21 +138,28 @@ def compare_pair(cost_s: np.ndarray, val_s: np.ndarray, boot_s: np.ndarray,
         return None
     grid, gap = point
     scale = ROUNDING * max(1.0, float(np.nanmax(np.abs(np.r_[val_s, val_l]))))
-    boot_gap = None
-    tol = np.full(grid.size, scale)
-    if noisy:
-        boot_gap = gap_on_grid(cost_s, boot_s, cost_l, boot_l, lower_is_better)[1]
-        tol = tol + band_halfwidth(gap[0], boot_gap)
     linear = gap_on_grid(cost_s, val_s, cost_l, val_l, lower_is_better, smooth=False)[1][0]
-    # Interpolation error enters the tie tolerance too: two sizes on one curve, evaluated at
-    # different costs, differ between their knots by interpolation alone. Each curve's error
+    # Interpolation error is read as slack against the gap: two sizes on one curve, evaluated
+    # at different costs, differ between their knots by interpolation alone. Each curve's error
     # is bounded by INTERP_SHARE of its distance to its chords (PCHIP's error on 20 + 10/c
     # sampled as the ladder's steps was 23 % of that distance).
-    tol = tol + INTERP_SHARE * sum(
+    slack = scale + INTERP_SHARE * sum(
         np.abs(on_grid(c, v, grid)[0] - on_grid(c, v, grid, smooth=False)[0])
         for c, v in ((cost_s, val_s), (cost_l, val_l)))
-    found, _ = crossings(grid, gap[0], tol)
-    found = found[0]
+    boot_gap, p_cross = None, np.nan
+    if noisy:
+        boot_gap = gap_on_grid(cost_s, boot_s, cost_l, boot_l, lower_is_better)[1]
+        test = sign_test(gap[0], boot_gap, slack)
+        found, prev = [], -1
+        for (a, _, sign), (_, b, _) in zip(test["chain"], test["chain"][1:]):
+            # Between two significant windows of opposite sign: the gap's best sign split.
+            prev = locate(gap[0], max(a, prev + 1), b, sign)
+            found.append(float(np.exp(_zero(grid, gap[0, prev], gap[0, prev + 1], np.array(prev)))))
+        tied = not (test["positive"].any() or test["negative"].any())
+        p_cross = test["replicated"]
+    else:  # no resamples: the gap beyond the slack alone (rounding, interpolation)
+        found = crossings(grid, gap[0], slack)[0][0]
+        tied = bool(np.all(np.abs(gap[0]) <= slack))
     listed = []
     bounds = np.r_[grid[0], [(np.log(a) + np.log(b)) / 2 for a, b in zip(found, found[1:])],
                    grid[-1]]
@@ -168,15 +171,13 @@ def compare_pair(cost_s: np.ndarray, val_s: np.ndarray, boot_s: np.ndarray,
         if noisy:
             lo, hi = min(lo, c * np.exp(-err)), max(hi, c * np.exp(err))
         listed.append({"cost": c, "low": lo, "high": hi, "interp_error": c * (np.exp(err) - 1)})
-    inside = bool(np.all(np.abs(gap[0]) <= tol))
-    verdict = ("crossing" if listed else "tied within noise" if inside
+    verdict = ("crossing" if listed else "tied within noise" if tied
                else "no evidence of crossing")
     first = listed[0] if listed else {"cost": np.nan, "low": np.nan, "high": np.nan,
                                       "interp_error": np.nan}
     out = {"crossover_cost": float(first["cost"]), "n_crossings": len(listed),
            "low": first["low"], "high": first["high"], "interp_error": first["interp_error"],
-           "p_cross": (float((crossings(grid, boot_gap, tol, locate=False)[1] > 0).mean())
-                       if noisy else np.nan),
+           "p_cross": p_cross,
            "verdict": verdict,
            "crossings": "; ".join(_fmt(x) for x in listed),
            "crossing_list": listed,
