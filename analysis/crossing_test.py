@@ -1,53 +1,54 @@
 """A test of "the two curves cross" whose false-crossing rate holds on ties, near-misses and
-one-sided gaps, and which spends its level where a crossing shows.
+one-sided gaps, and which finds more true crossings than the end-gap test.
 
 H0 (no crossing): the gap never changes sign over the overlap (>= 0 everywhere or <= 0
-everywhere). The test is an intersection-union test (Berger 1982, NOTES.md): it rejects H0
-when the gap is significantly positive on one window of log cost and significantly negative on
-a later or earlier, disjoint one. Each window's statistic is its mean gap less the
-interpolation slack, over its bootstrap sd, less a penalty:
-  the two ends of the overlap (points, penalty 0): a single crossing shows most there;
-  windows anchored at either end over 1/8, 1/4 and 1/2 of the overlap (penalty 0.5 sd): a
-  mean over several evaluated points is less noisy than one end where the gap flattens;
-  windows of 1/4 of the overlap every 1/8 inside it (penalty 1 sd): they find the middle
-  stretch of a double crossing.
-Critical value, least favourable over H0 (computed on the resamples, per sign): a false
-finding of one sign can only complete a rejection together with a true finding of the other,
-which needs the true gap to be nonzero at some point a of a window; the windows that can be
-at H0's boundary (zero mean) are then those not holding a. The critical value is the largest,
-over every such a, of the `level` quantile of the resamples' maximum statistic over those
-windows; a tie (every window at the boundary) needs both signs false at once, checked too.
-So the rate of false crossings is at most 1 - level wherever the gap never changes sign.
+everywhere). Both parts below are intersection-union tests (Berger 1982, NOTES.md): they reject
+H0 when the gap is significantly positive somewhere and significantly negative somewhere else,
+each read beyond the interpolation slack. A crossing is claimed when either part rejects; their
+levels add up to 5 %:
 
-Against the end-gap intersection-union test (95 % intervals at the two ends, each one-sided at
-2.5 %), the ends here are read at about one-sided 5 %: the two ends cannot both sit at H0's
-boundary while the other sign is truly found, so no Bonferroni split between them is needed.
-benchmarks/crossing_power.py measures both (docs/benchmarks.md).
+  ends (4 %): the gap at the low end of the overlap and at the high end, each against its own
+  one-sided 96 % percentile bound. A false crossing needs one end truly of one sign and the
+  other end at zero read as the opposite sign (probability 4 %); with both ends at zero it
+  needs two false findings at once. No split between the ends is needed, where the end-gap
+  test (95 % intervals, one-sided 2.5 % at each end) pays one.
+  windows (1 %): the mean gap over windows of the overlap (anchored at either end over 1/8,
+  1/4 and 1/2 of it, and 1/4 of it every 1/8 inside), over its bootstrap sd. A mean over
+  several evaluated points is less noisy than one end where the gap flattens, and the inner
+  windows find the middle stretch of a double crossing. Critical value, least favourable
+  over H0 (per sign, on the resamples): a false finding of one sign completes a rejection only
+  with a true finding of the other, which needs the true gap nonzero at some point a of a
+  window; the windows that can then sit at H0's boundary are those without a, and the critical
+  value is the largest over every such a of the 99 % quantile of the resamples' maximum over
+  them (a tie, every window at the boundary, needs both signs false at once: checked too).
+
+Each change of sign along the chain of disjoint significant windows (or between the two ends)
+is a crossing. benchmarks/crossing_power.py measures the false-crossing rate and the power
+against the end-gap test (docs/benchmarks.md, "Crossing test: level and power").
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from analysis.bootstrap import LEVEL
-
+END_LEVEL = 0.04  # one-sided, at each end: the part a single crossing shows in most
+WINDOW_LEVEL = 0.01
 EDGE_SHARES = (1 / 8, 1 / 4, 1 / 2)  # windows anchored at each end, as shares of the overlap
-EDGE_PENALTY = 0.5  # sd: most of the level stays with the ends
 INNER_SHARE = 1 / 4  # inner windows: this share of the overlap, every half of it
-INNER_PENALTY = 1.0
-NAME = ("least-favourable intersection-union test of a sign change over windows of the overlap "
-        "(ends, end-anchored and inner windows; bootstrap critical value)")
+NAME = ("intersection-union test of a sign change, least favourable over no-crossing curves: "
+        "the two ends of the overlap at one-sided 4% each, plus windows of the overlap at 1% "
+        "(bootstrap critical value)")
 
 
-def windows(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(start, stop, penalty) of the test's windows over `size` grid points (half-open ranges)."""
-    spans = [(0, 1, 0.0), (size - 1, size, 0.0)]
+def windows(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, stop) of the windows over `size` grid points (half-open index ranges)."""
+    spans = []
     for share in EDGE_SHARES:
         n = max(2, int(round(share * size)))
-        spans += [(0, n, EDGE_PENALTY), (size - n, size, EDGE_PENALTY)]
+        spans += [(0, n), (size - n, size)]
     n = max(2, int(round(INNER_SHARE * size)))
-    spans += [(s, s + n, INNER_PENALTY) for s in range(n // 2, size - n - n // 2 + 1, n // 2)]
-    spans = sorted(set((a, b, p) for a, b, p in spans if 0 <= a < b <= size))
+    spans += [(s, s + n) for s in range(n // 2, size - n - n // 2 + 1, n // 2)]
+    spans = sorted(set((a, b) for a, b in spans if 0 <= a < b <= size))
     return tuple(np.array(x) for x in zip(*spans))  # type: ignore[return-value]
 
 
@@ -58,7 +59,7 @@ def _means(vals: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
 
 
 def _critical(z: np.ndarray, start: np.ndarray, stop: np.ndarray, level: float) -> float:
-    """Least-favourable critical value of max over windows of z (resamples, J)."""
+    """Least-favourable critical value of the max over windows of z (resamples, J)."""
     q = -np.inf
     for a in np.unique(np.r_[start, stop[stop < stop.max()]]):
         # The true gap is nonzero at a: the windows holding a have a nonzero mean.
@@ -68,47 +69,68 @@ def _critical(z: np.ndarray, start: np.ndarray, stop: np.ndarray, level: float) 
     return q
 
 
-def _pairs(pos: np.ndarray, neg: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
+def _ordered(pos: np.ndarray, neg: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
     """Per row: whether some positive window ends before a negative one starts, or back."""
     big = np.iinfo(np.int64).max
-    end_p = np.where(pos, stop, big).min(axis=-1)
-    end_n = np.where(neg, stop, big).min(axis=-1)
-    start_p = np.where(pos, start, -1).max(axis=-1)
-    start_n = np.where(neg, start, -1).max(axis=-1)
+    end_p, end_n = (np.where(m, stop, big).min(axis=-1) for m in (pos, neg))
+    start_p, start_n = (np.where(m, start, -1).max(axis=-1) for m in (pos, neg))
     return (end_p <= start_n) | (end_n <= start_p)
 
 
-def sign_test(gap: np.ndarray, boot_gap: np.ndarray, slack: np.ndarray, level: float = LEVEL
-              ) -> dict:
-    """Windows where the gap is significantly positive / negative, the alternating chain of
-    disjoint ones (each change of sign in it is a crossing) and the resamples' own verdicts.
-
-    gap (G,) and slack (G,) on the grid; boot_gap (K, G) resamples of the gap.
-    """
-    start, stop, pen = windows(gap.size)
+def _window_part(gap: np.ndarray, boot_gap: np.ndarray, slack: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(start, stop, positive, negative) windows at WINDOW_LEVEL, and the resamples' verdicts."""
+    start, stop = windows(gap.size)
     est, boot, tol = (_means(x, start, stop) for x in (gap, boot_gap, slack))
     sd = boot.std(axis=0)
     ok = sd > 0
-    err = np.where(ok, (boot - est) / np.where(ok, sd, 1.0), 0.0)  # the estimate's error, in sd
-    # A false positive finding is the error beyond the critical value, and a false negative
-    # one the error's mirror image: one critical value per sign.
-    z_pos, z_neg = err - pen, -err - pen
-    q_pos, q_neg = _critical(z_pos, start, stop, level), _critical(z_neg, start, stop, level)
+    safe = np.where(ok, sd, np.inf)
+    err = (boot - est) / safe  # the estimate's error in sd; 0 where a window has no noise
+    level = 1.0 - WINDOW_LEVEL
+    # A false positive finding is the error beyond the critical value, a false negative one its
+    # mirror image: one critical value per sign.
+    q_pos, q_neg = _critical(err, start, stop, level), _critical(-err, start, stop, level)
     # A tie: every window at the boundary, both signs found by chance together.
-    both = np.minimum(z_pos.max(axis=1) - q_pos, z_neg.max(axis=1) - q_neg)
+    both = np.minimum(err.max(axis=1) - q_pos, (-err).max(axis=1) - q_neg)
     shift = max(0.0, float(np.quantile(both, level)))
     q_pos, q_neg = q_pos + shift, q_neg + shift
-
-    def found(values: np.ndarray, sign: int, q: float) -> np.ndarray:
-        stat = (sign * values - tol) / np.where(ok, sd, np.inf) - pen
-        return ok & (stat > q)
-
-    pos, neg = found(est, 1, q_pos), found(est, -1, q_neg)
+    pos = ok & ((est - tol) / safe > q_pos)
+    neg = ok & ((-est - tol) / safe > q_neg)
     # The resamples read with the same critical values: how often a repeat would find it.
-    again = _pairs(found(boot, 1, q_pos), found(boot, -1, q_neg), start, stop)
-    return {"positive": pos, "negative": neg, "chain": chain(pos, neg, start, stop),
-            "replicated": float(again.mean()) if again.size else float("nan"),
-            "critical": (q_pos, q_neg)}
+    again = _ordered(ok & ((boot - tol) / safe > q_pos), ok & ((-boot - tol) / safe > q_neg),
+                     start, stop)
+    return start, stop, pos, neg, again
+
+
+def _end_part(gap: np.ndarray, boot_gap: np.ndarray, slack: np.ndarray
+              ) -> tuple[list[int], np.ndarray]:
+    """The sign found at each end (+1, -1 or 0) at END_LEVEL, and the resamples' verdicts."""
+    signs, again = [], []
+    for j in (0, gap.size - 1):
+        lo, hi = np.quantile(boot_gap[:, j], [END_LEVEL, 1.0 - END_LEVEL])
+        # Percentile bounds; a resample is read with the same margins around its own value.
+        below, above = gap[j] - lo, hi - gap[j]
+        signs.append(int(lo > slack[j]) - int(hi < -slack[j]))
+        again.append((boot_gap[:, j] - below > slack[j]).astype(int)
+                     - (boot_gap[:, j] + above < -slack[j]).astype(int))
+    return signs, again[0] * again[1] < 0
+
+
+def sign_test(gap: np.ndarray, boot_gap: np.ndarray, slack: np.ndarray) -> dict:
+    """Whether and where the gap changes sign beyond noise and slack: the chain of disjoint
+    significant stretches of alternating sign (each change a crossing), whether either sign is
+    found at all, and the share of resamples in which the same test finds a crossing.
+
+    gap (G,) and slack (G,) on the grid; boot_gap (K, G) resamples of the gap.
+    """
+    start, stop, pos, neg, again_w = _window_part(gap, boot_gap, slack)
+    ends, again_e = _end_part(gap, boot_gap, slack)
+    runs = chain(pos, neg, start, stop)
+    if len(runs) < 2 and ends[0] * ends[1] < 0:
+        runs = [(0, 1, ends[0]), (gap.size - 1, gap.size, ends[1])]
+    return {"chain": runs if len(runs) >= 2 else [],
+            "found": bool(pos.any() or neg.any() or any(ends)),
+            "replicated": float((again_w | again_e).mean()) if boot_gap.size else float("nan")}
 
 
 def chain(pos: np.ndarray, neg: np.ndarray, start: np.ndarray, stop: np.ndarray
@@ -129,8 +151,8 @@ def chain(pos: np.ndarray, neg: np.ndarray, start: np.ndarray, stop: np.ndarray
 
 
 def locate(gap: np.ndarray, lo: int, hi: int, sign: int) -> int:
-    """Grid index j in [lo, hi - 1) where the gap best splits into `sign` before j + 1 and the
-    other sign from j + 1 on: the maximum of the cumulative split (a zero of the gap)."""
+    """Grid index j in [lo, hi - 1) where the gap best splits into `sign` up to j and the other
+    sign from j + 1 on: the maximum of the cumulative split (a zero of the gap)."""
     g = sign * gap[lo:hi]
-    split = 2 * np.cumsum(g) - g.sum()  # sum before the cut minus the sum after, cut after k
+    split = 2 * np.cumsum(g) - g.sum()  # sum up to the cut minus the sum after it
     return lo + int(np.argmax(split[:-1]))

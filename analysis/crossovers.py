@@ -7,15 +7,15 @@ lies below its chords); PCHIP's error there was at most 1.8 % (tests/analysis/
 test_crossovers.py measures both). What error remains is bounded by half the distance to the
 linear interpolant's crossing, and each interval is widened to include it.
 
-Crossing or not: with resamples, the test of analysis/crossing_test.py (a least-favourable
-intersection-union test of a sign change over windows of the overlap, false crossings at most
-5 % on ties, near-misses and one-sided gaps). Each change of sign along its chain of disjoint
-significant windows is a crossing, placed where the point estimate's gap best splits into the
-two signs between those windows; every one is listed. Without resamples, a crossing is the gap
+Crossing or not: with resamples, the test of analysis/crossing_test.py (intersection-union
+tests of a sign change at the two ends of the overlap and over windows of it, false crossings
+at most 5 % on ties, near-misses and one-sided gaps). Each change of sign along its chain of
+disjoint significant stretches is a crossing, placed where the point estimate's gap best splits
+into the two signs between those stretches; every one is listed. Without resamples, a crossing is the gap
 going from beyond +slack to beyond -slack (rounding and interpolation error). The verdict:
   "crossing": the test finds at least one;
-  "tied within noise": no window shows either size better (without resamples: the gap stays
-  within the slack);
+  "tied within noise": neither end nor any window shows either size better (without
+  resamples: the gap stays within the slack);
   "no evidence of crossing": otherwise (one size is better somewhere, never significantly worse).
 p_cross: the share of resamples in which the same test, read with the same critical values,
 finds a crossing too (how often a repeat of the study would see it).
@@ -155,7 +155,7 @@ def compare_pair(cost_s: np.ndarray, val_s: np.ndarray, boot_s: np.ndarray,
             # Between two significant windows of opposite sign: the gap's best sign split.
             prev = locate(gap[0], max(a, prev + 1), b, sign)
             found.append(float(np.exp(_zero(grid, gap[0, prev], gap[0, prev + 1], np.array(prev)))))
-        tied = not (test["positive"].any() or test["negative"].any())
+        tied = not test["found"]
         p_cross = test["replicated"]
     else:  # no resamples: the gap beyond the slack alone (rounding, interpolation)
         found = crossings(grid, gap[0], slack)[0][0]

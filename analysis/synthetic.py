@@ -152,9 +152,16 @@ def write_run(run_dir: str | Path, spec: SyntheticSpec | None = None, seed: int 
 #   twice: the large size wins only between c1 and c2 (two crossings)
 #   never: the small size is better everywhere by at least 1 FID
 #   tied:  both sizes lie on one curve (equal values wherever both are evaluated)
-FAMILY_CROSSINGS = {"once": (12.0,), "twice": (8.0, 30.0), "never": (), "tied": ()}
+# and near-misses, no crossing but a gap that reaches zero (the hardest cases for a test):
+#   touch:   the gap touches zero at c = 12 and turns back
+#   edge:    the gap falls to zero at the top of the overlap (c = 62.5), a crossing just beyond
+#   plateau: the large size catches up at c = 12 and ties from there on
+FAMILY_CROSSINGS = {"once": (12.0,), "twice": (8.0, 30.0), "never": (), "tied": (),
+                    "touch": (), "edge": (), "plateau": ()}
 FAMILY_VERDICT = {"once": "crossing", "twice": "crossing", "never": "no evidence of crossing",
-                  "tied": "tied within noise"}
+                  "tied": "tied within noise", "touch": "no evidence of crossing",
+                  "edge": "no evidence of crossing", "plateau": "no evidence of crossing"}
+NEAR_MISSES = ("tied", "never", "touch", "edge", "plateau")  # no crossing at all
 
 
 @dataclass(frozen=True)
@@ -189,29 +196,79 @@ def family_gap(spec: FamilySpec, cost: np.ndarray) -> np.ndarray:
         return spec.scale * (1.0 + 0.2 * (lc - np.log(4.0)) ** 2)
     if spec.kind == "tied":
         return np.zeros_like(lc)
+    if spec.kind == "touch":
+        return 0.5 * spec.scale * (lc - np.log(12.0)) ** 2
+    if spec.kind == "edge":
+        return 0.5 * spec.scale * (np.log(62.5) - lc)
+    if spec.kind == "plateau":
+        return spec.scale * np.maximum(np.log(12.0) - lc, 0.0)
     raise ValueError(f"unknown family kind {spec.kind!r}: use one of {', '.join(FAMILY_CROSSINGS)}")
 
 
 def family_table(spec: FamilySpec, seed: int = 0) -> pd.DataFrame:
     """A results table of two sizes (one sampler, budget and guidance) with the spec's gap."""
-    rng = np.random.default_rng(seed)
-    rows = []
     steps = np.asarray(spec.steps, float)
+    sizes = []
     for i, (width, nc) in enumerate(zip(spec.widths, spec.normalized_costs)):
         cost = nc * steps
         truth = family_base(cost) + (family_gap(spec, cost) if i == 1 else 0.0)
-        for run_seed in spec.seeds:
-            offset = rng.normal(0.0, spec.seed_sd) if spec.seed_sd else 0.0
-            noise = rng.normal(0.0, spec.fid_std, steps.size) if spec.fid_std else 0.0
+        sizes.append((width, spec.params[i], nc, truth))
+    return curves_table(sizes, spec.steps, spec.seeds, spec.fid_std, spec.seed_sd, seed)
+
+
+def curves_table(sizes: list[tuple[int, float, float, np.ndarray]], steps: tuple[int, ...],
+                 seeds: tuple[int, ...], fid_std: float, seed_sd: float, seed: int = 0
+                 ) -> pd.DataFrame:
+    """A results table (one sampler, budget and guidance) of sizes (width, params, normalized
+    cost, true FID per step count): each seed shifts its curve by N(0, seed_sd), each FID gets
+    N(0, fid_std), recorded as fid_std when positive."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for width, params, nc, truth in sizes:
+        for run_seed in seeds:
+            offset = rng.normal(0.0, seed_sd) if seed_sd else 0.0
+            noise = rng.normal(0.0, fid_std, len(steps)) if fid_std else 0.0
             fid = truth + offset + noise
-            for k, st in enumerate(spec.steps):
-                rows.append({"width": width, "params": int(spec.params[i]),
-                             "normalized_cost": nc, "train_images": 1_000_000,
-                             "train_flops": 1e15 * spec.params[i], "sampler": "ddim",
-                             "steps": int(st), "guidance": 3.0, "sampling_cost": nc * st,
-                             "fid": float(fid[k]), "seed": run_seed,
+            for k, st in enumerate(steps):
+                rows.append({"width": width, "params": int(params), "normalized_cost": nc,
+                             "train_images": 1_000_000, "train_flops": 1e15 * params,
+                             "sampler": "ddim", "steps": int(st), "guidance": 3.0,
+                             "sampling_cost": nc * st, "fid": float(fid[k]), "seed": run_seed,
                              "timestep_spacing": "trailing"})
     df = pd.DataFrame(rows)
-    if spec.fid_std:
-        df["fid_std"] = spec.fid_std
+    if fid_std:
+        df["fid_std"] = fid_std
     return df
+
+
+# The crossing benchmark's ladder (issue 28): FID_w(c) = F_w + G n_w / c for widths 16, 32, 64
+# at normalized costs 1/16, 1/4, 1 (FLOPs ~ width^2) over eleven step counts, the floors F_w set
+# so that the pairs cross at these costs.
+LADDER_CROSSINGS = {(16, 32): 7.5, (16, 64): 22.5, (32, 64): 45.0}
+
+
+@dataclass(frozen=True)
+class LadderSpec:
+    """The ladder's noise, seeds and few-step penalty G."""
+
+    fid_std: float = 1.0
+    seeds: tuple[int, ...] = (0,)
+    penalty: float = 100.0  # G: FID above the floor at one step (of the largest size's cost)
+    floor: float = 10.0  # F of the largest size
+    widths: tuple[int, int, int] = (16, 32, 64)
+    params: tuple[float, float, float] = (0.4e6, 1.6e6, 6.3e6)
+    normalized_costs: tuple[float, float, float] = (1 / 16, 1 / 4, 1.0)
+    steps: tuple[int, ...] = (4, 7, 12, 21, 36, 64, 111, 194, 337, 588, 1024)
+
+
+def ladder_table(spec: LadderSpec, seed: int = 0) -> pd.DataFrame:
+    """A results table of the ladder, N(0, fid_std) on every FID of every seed."""
+    n_top = spec.normalized_costs[-1]
+    sizes = []
+    for width, params, nc in zip(spec.widths, spec.params, spec.normalized_costs):
+        # Crossing the largest size at c: F_w - F_top = G (n_top - n_w) / c.
+        cross = LADDER_CROSSINGS.get((width, spec.widths[-1]))
+        floor = spec.floor + (spec.penalty * (n_top - nc) / cross if cross else 0.0)
+        cost = nc * np.asarray(spec.steps, float)
+        sizes.append((width, params, nc, floor + spec.penalty * nc / cost))
+    return curves_table(sizes, spec.steps, spec.seeds, spec.fid_std, 0.0, seed)
