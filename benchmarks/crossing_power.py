@@ -1,7 +1,7 @@
 """Crossing test: its false-crossing rate and power, against the end-gap intersection-union test;
 and the coverage and width of a power-law fit's exponent interval.
 
-    python benchmarks/crossing_power.py [--tables 40] [--null-tables 100] [--boot 200] [--fits 30]
+    python benchmarks/crossing_power.py [--tables 40] [--null-tables 200] [--boot 200] [--fits 30]
     python benchmarks/crossing_power.py --tiny     # two tables per setting, a few fits: seconds
 
 Power: the ladder of analysis.synthetic (FID_w(c) = F_w + G n_w / c, widths 16/32/64, true
@@ -167,7 +167,7 @@ def _cell(col: str, v) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tables", type=int, default=40, help="tables per power setting")
-    ap.add_argument("--null-tables", type=int, default=100, help="tables per no-crossing setting")
+    ap.add_argument("--null-tables", type=int, default=200, help="tables per no-crossing setting")
     ap.add_argument("--boot", type=int, default=200, help="bootstrap resamples (study analyze's default)")
     ap.add_argument("--fits", type=int, default=30, help="power-law replicates for the fit intervals")
     ap.add_argument("--tiny", action="store_true", help="two tables per setting and 3 fits: seconds")

@@ -79,6 +79,9 @@ def test_report_is_self_contained_with_findings(analyzed):
     assert html.index("id='findings'") < html.index("<img") and html.index("<nav>") < html.index("id='findings'")
     assert html.count("<figcaption>") == html.count("<figure>") >= 8
     assert "<details><summary>pairwise gaps" in html and "<details><summary>the heat map" in html
+    # The method line names the crossing test (analysis/crossing_test.py).
+    assert "intersection-union test of a sign change" in html
+    assert "intersection-union test of a sign change" in (run / "analysis" / "findings.md").read_text()
 
 
 def test_findings_markdown_and_claims(analyzed):
