@@ -23,7 +23,8 @@ finds a crossing too (how often a repeat of the study would see it).
 Coverage of the 95 % crossover interval on the synthetic family (tests/analysis/
 test_coverage.py, 300 replications of a curve pair crossing once): 0.94 with one seed and
 fid_std (width 0.90x the estimator's spread), 0.94 with three seeds with or without fid_std
-(1.3-1.4x).
+(1.3-1.4x). Among the crossings the test finds on the ladder and the family of
+benchmarks/crossing_power.py (docs/benchmarks.md): 88-100 % per setting.
 """
 
 from __future__ import annotations
