@@ -46,14 +46,11 @@ def end_iut(row) -> bool:
     return bool(lo * hi < 0)
 
 
-def _pairs(table: pd.DataFrame, boot: int, seed: int) -> pd.DataFrame:
-    res = analyze_metric(normalize(table), "fid", n_boot=boot, seed=seed)
-    return res.pairs[res.pairs["budget"] == FINAL]
-
-
-def _covered(row, truths: tuple[float, ...], lists: list[dict]) -> list[bool]:
+def _covered(truths: tuple[float, ...], lists: list[dict]) -> list[bool]:
     """Per listed crossing matched to a true one (in order): whether its interval holds it."""
-    return [x["low"] <= t <= x["high"] for x, t in zip(lists, truths)] if len(lists) == len(truths) else []
+    if len(lists) != len(truths):
+        return []
+    return [x["low"] <= t <= x["high"] for x, t in zip(lists, truths)]
 
 
 def ladder_power(tables: int, boot: int) -> list[dict]:
@@ -96,7 +93,7 @@ def family_rates(kinds: tuple[str, ...], tables: int, boot: int) -> list[dict]:
                 a["iut_only"] += end_iut(row) and not found
                 listed = res.crossing_lists[0]
                 a["all_listed"] += bool(FAMILY_CROSSINGS[kind]) and len(listed) == len(FAMILY_CROSSINGS[kind])
-                a["covered"] += _covered(row, FAMILY_CROSSINGS[kind], listed)
+                a["covered"] += _covered(FAMILY_CROSSINGS[kind], listed)
             out.append({"kind": kind, "sigma": sigma, "seeds": len(seeds), "seed_sd": seed_sd,
                         "tables": tables, **_shares(a, tables),
                         "all_listed": a["all_listed"] / tables})
@@ -141,7 +138,8 @@ def fit_widths(reps: int, boot: int) -> dict:
     out = []
     for name, b in bounds.items():
         lo, hi = np.array(b).T
-        out.append({"resamples": name, "coverage": float(np.mean((lo <= truth["alpha"]) & (truth["alpha"] <= hi))),
+        held = (lo <= truth["alpha"]) & (truth["alpha"] <= hi)
+        out.append({"resamples": name, "coverage": float(np.mean(held)),
                     "width_ratio": f"{np.median(hi - lo) / spread:.2f}x"})
     return {"reps": reps, "rows": out}
 
