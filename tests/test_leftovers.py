@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import uuid
 from pathlib import Path
 
 import psutil
@@ -27,25 +28,25 @@ def _orphan(*args: str, env: dict | None = None) -> psutil.Process:
 
 
 def test_a_survivor_is_named_by_pid_and_command_and_no_other_process_is():
-    session = os.environ[SESSION_VAR]
-    survivor = _orphan("sleep", "301")
+    # A marker of this test's own, so that what the other pytest-xdist worker runs meanwhile is not in the way.
+    marked = {**os.environ, SESSION_VAR: uuid.uuid4().hex}
+    survivor = _orphan("sleep", "301", env=marked)
     unmarked = _orphan("sleep", "302", env={k: v for k, v in os.environ.items() if k != SESSION_VAR})
     other = _orphan("sleep", "303", env={**os.environ, SESSION_VAR: "another-session"})  # another agent's suite
-    child = subprocess.Popen(["sleep", "304"])  # still this process's: whoever started it may yet stop it
+    child = subprocess.Popen(["sleep", "304"], env=marked)  # still this process's: its starter may yet stop it
     try:
-        found = leftovers(session, grace_s=0)
-        assert (survivor.pid, "sleep 301") in found
-        assert not {unmarked.pid, other.pid, child.pid} & {pid for pid, _ in found}
+        assert leftovers(marked[SESSION_VAR], grace_s=0) == [(survivor.pid, "sleep 301")]
     finally:
         assert not stop_processes([survivor, unmarked, other, psutil.Process(child.pid)])
         child.wait()
-    assert survivor.pid not in {pid for pid, _ in leftovers(session, grace_s=0)}
+    assert leftovers(marked[SESSION_VAR], grace_s=0) == []
 
 
 def test_a_process_that_ends_within_the_grace_is_not_a_survivor():
-    ending = _orphan("sleep", "1")  # as a Ray worker ends a moment after its raylet
+    marked = {**os.environ, SESSION_VAR: uuid.uuid4().hex}
+    ending = _orphan("sleep", "1", env=marked)  # as a Ray worker ends a moment after its raylet
     try:
-        assert ending.pid not in {pid for pid, _ in leftovers(os.environ[SESSION_VAR], grace_s=10)}
+        assert leftovers(marked[SESSION_VAR], grace_s=30) == []
     finally:
         stop_processes([ending])
 
