@@ -26,12 +26,6 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from process_helpers import SESSION_VAR, leftovers  # noqa: E402
 
-# Every process the suite starts inherits this session's marker, by which the check at the session's end finds
-# those left running (tests/process_helpers.py). Set here, before pytest-xdist starts its workers: they inherit
-# the controller's.
-if not os.environ.get("PYTEST_XDIST_WORKER"):
-    os.environ[SESSION_VAR] = uuid.uuid4().hex
-
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -87,6 +81,14 @@ def pytest_collection_modifyitems(config, items):
     """The smoke study first: it is the longest file, and under `make test`'s two processes (pytest-xdist,
     one file per process) starting it last would leave one process idle while it runs alone."""
     items.sort(key=lambda item: 0 if item.fspath.basename == "test_smoke_study.py" else 1)
+
+
+def pytest_configure(config):
+    """Give this session a marker that every process the suite starts inherits (tests/process_helpers.py)."""
+    # Set by the controller before pytest-xdist starts its workers, which inherit it. Not by PYTEST_XDIST_WORKER:
+    # a pytest run inside a test (tests/test_leftovers.py) inherits that too, and is a session of its own.
+    if not hasattr(config, "workerinput"):
+        os.environ[SESSION_VAR] = uuid.uuid4().hex
 
 
 def pytest_addoption(parser):

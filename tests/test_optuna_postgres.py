@@ -1,6 +1,7 @@
 """The cluster's Optuna storage for real: a PostgreSQL server (the `pgserver` wheel) on loopback, several
 evaluation worker processes writing one database at once, and the server restarted mid-search. The
-search must finish with every cell at its trial count, no point evaluated twice and no result lost."""
+search must finish with every cell at its trial count, no point evaluated twice and no result lost. Each server
+is stopped at its test's end however the test left it."""
 
 from __future__ import annotations
 
