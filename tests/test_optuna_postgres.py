@@ -1,20 +1,28 @@
 """The cluster's Optuna storage for real: a PostgreSQL server (the `pgserver` wheel) on loopback, several
 evaluation worker processes writing one database at once, and the server restarted mid-search. The
-search must finish with every cell at its trial count, no point evaluated twice and no result lost."""
+search must finish with every cell at its trial count, no point evaluated twice and no result lost. Each server
+is stopped at its test's end however the test left it."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Callable, NamedTuple
 
+import psutil
 import pytest
+
+from process_helpers import command, running, stop_processes, wait_gone
 
 pgserver = pytest.importorskip("pgserver", reason="the test extra installs pgserver (PostgreSQL as a wheel)")
 pytest.importorskip("psycopg2", reason="the test extra installs psycopg2-binary")
@@ -56,17 +64,59 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
-def postgres(tmp_path):
-    """PostgreSQL listening on 127.0.0.1 only; yields (url, restart). restart(down) stops the server, keeps it
-    down for `down` seconds and starts it again."""
+def _server_processes(pgdata: Path) -> list[psutil.Process]:
+    """Every running process of the server on `pgdata`, on whichever port: PostgreSQL's processes all work in
+    their data folder, the children of a crashed postmaster (orphans then) too."""
+    found = []
+    for p in psutil.process_iter(["cwd"]):
+        try:
+            if p.info["cwd"] == str(pgdata) and running(p):
+                found.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _stop_server(pgdata: Path) -> list[psutil.Process]:
+    """Stop the server on `pgdata` whatever state it is in (running on any port, stopped, crashed) and wait until
+    its processes are gone; returns any that are not."""
+    procs = _server_processes(pgdata)
+    postmaster = [p for p in procs if p.pid == _postmaster_pid(pgdata)]
+    for p in postmaster:
+        p.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown, as `pg_ctl -m fast stop`
+    if postmaster:
+        procs = wait_gone(procs, 30)  # a postmaster takes its children down with it
+    return stop_processes(procs)  # a crashed server's orphans, or a postmaster that would not stop
+
+
+def _postmaster_pid(pgdata: Path) -> int | None:
+    """The pid the server wrote on the first line of postmaster.pid (stale after a crash), or None."""
+    try:
+        return int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
+class Server(NamedTuple):
+    url: str
+    restart: Callable[[float], None]  # restart(down): stop, stay down `down` seconds, start again
+    pgdata: Path
+
+
+@contextmanager
+def running_postgres():
+    """A PostgreSQL server listening on 127.0.0.1 only, as a Server. On exit it is stopped however a test left it,
+    its folder is removed, and an AssertionError names any process of it that would not end."""
     from pgserver._commands import pg_ctl
 
-    srv = pgserver.get_server(tmp_path / "pgdata", cleanup_mode="stop")
-    port, sock = _free_port(), tempfile.mkdtemp(prefix="pg")
-    os.chmod(sock, 0o777)  # as root pgserver runs the server as its own system user
-    opts = ["-o", f"-h 127.0.0.1 -p {port} -k {sock}"]
-    log = Path(sock) / "server.log"  # the server's output goes to a file, not to pg_ctl's pipe
+    # Not under pytest's temporary folder: pytest takes others' permissions off it (0700) whenever a session
+    # starts, and the server's system user (pgserver runs it as its own user under root) would lose its data
+    # mid-test. Short, too: a socket's path is limited to ~100 bytes.
+    root = Path(tempfile.mkdtemp(prefix="pg")).resolve()
+    os.chmod(root, 0o777)
+    pgdata, srv, port = root / "pgdata", None, _free_port()
+    opts = ["-o", f"-h 127.0.0.1 -p {port} -k {root}"]
+    log = root / "server.log"  # the server's output goes to a file, not to pg_ctl's pipe
 
     def restart(down: float = 0.0):
         if not down:
@@ -76,9 +126,46 @@ def postgres(tmp_path):
         time.sleep(down)
         pg_ctl(["-w", "-l", str(log), *opts, "start"], pgdata=srv.pgdata, user=srv.system_user)
 
-    restart()  # from pgserver's socket-only default to TCP on loopback
-    yield f"postgresql+psycopg2://{srv.postgres_user}@127.0.0.1:{port}/postgres", restart
-    srv.cleanup()
+    try:
+        srv = pgserver.get_server(pgdata, cleanup_mode="stop")
+        restart()  # from pgserver's socket-only default to TCP on loopback
+        yield Server(f"postgresql+psycopg2://{srv.postgres_user}@127.0.0.1:{port}/postgres", restart, pgdata)
+    finally:
+        try:
+            # pgserver stops only the postmaster it started, never the one restart() made on another port, and
+            # raises if that one ends between its check and its signal.
+            with suppress(psutil.NoSuchProcess):
+                srv and srv.cleanup()
+        finally:
+            alive = _stop_server(pgdata)
+            if not alive:
+                shutil.rmtree(root, ignore_errors=True)
+        assert not alive, f"PostgreSQL on {pgdata} outlived its stop: {[(p.pid, command(p)) for p in alive]}"
+
+
+@pytest.fixture()
+def postgres():
+    """A PostgreSQL server for one test, stopped at its end (running_postgres)."""
+    with running_postgres() as server:
+        yield server
+
+
+@pytest.mark.parametrize("state", ["restarted", "stopped", "crashed"])
+def test_the_server_is_stopped_however_a_test_leaves_it(state):
+    from pgserver._commands import pg_ctl
+
+    with running_postgres() as (_, restart, pgdata):
+        postmaster = psutil.Process(_postmaster_pid(pgdata))
+        if state == "restarted":  # once more: again a postmaster pgserver never knew
+            restart()
+        elif state == "stopped":
+            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=pgserver.get_server(pgdata).system_user)
+        else:  # the postmaster killed, one of its children hung: an orphan that ignores SIGTERM while stopped
+            child = postmaster.children()[0]
+            child.suspend()
+            postmaster.kill()
+        started = _server_processes(pgdata) + [postmaster]
+    assert not _server_processes(pgdata) and not any(running(p) for p in started)
 
 
 def _complete(url: str) -> dict:
@@ -95,7 +182,7 @@ def _complete(url: str) -> dict:
 
 
 def test_workers_share_one_postgres_study_across_a_server_restart(postgres):
-    url, restart = postgres
+    url, restart, _ = postgres
     repo = Path(__file__).resolve().parent.parent
     widths = [[8, 16], [24, 32], [40, 48], [56, 64]]  # four workers, two cells each, one database
     procs = [subprocess.Popen([sys.executable, "-c", WORKER, url, json.dumps(w)], cwd=repo, text=True,

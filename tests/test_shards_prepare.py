@@ -285,10 +285,10 @@ def test_shards_are_written_on_two_ray_nodes(tmp_path):
     if ray.is_initialized():
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    # Two CPUs a node: an encoder actor of stage 1 may still hold one while the writers start, and the
-    # writers (SPREAD) must still find a free CPU on both nodes.
-    nodes = [c.add_node(num_cpus=2) for _ in range(2)]
     try:
+        # Two CPUs a node: an encoder actor of stage 1 may still hold one while the writers start, and the
+        # writers (SPREAD) must still find a free CPU on both nodes.
+        nodes = [c.add_node(num_cpus=2) for _ in range(2)]
         ray.init(address=c.address, log_to_driver=False)
         root = write_wds(tmp_path / "wds", n_tars=4, per_tar=8)
         folder = tmp_path / "p" / "shards"

@@ -10,6 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from process_helpers import running
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,7 +51,7 @@ def _crash(proc: subprocess.Popen) -> None:
     proc.kill()  # the study first, so it starts nothing new
     proc.wait()
     deadline = time.time() + 30
-    while (alive := [p for p in session() if _running(p)]) and time.time() < deadline:
+    while (alive := [p for p in session() if running(p)]) and time.time() < deadline:
         for p in alive:
             try:
                 p.kill()
@@ -59,16 +61,6 @@ def _crash(proc: subprocess.Popen) -> None:
     assert not alive, f"processes of the killed run still alive: {alive}"
 
 
-def _running(p) -> bool:
-    """Alive and not a zombie (an orphan's exit status waits for whatever reaps it, if anything does)."""
-    import psutil
-
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     """Kill a smoke study once its first size is trained, then rerun the same command to the end."""
@@ -76,17 +68,21 @@ def smoke_run(tmp_path_factory):
     args = ["run", "smoke", f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}"]
     run_dir = root / "runs" / "smoke"
     proc = _study(args)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if list(run_dir.glob("train/*/DONE")):
-            break
-        time.sleep(1)
-    assert proc.poll() is None, "the study ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
-    _crash(proc)
-    done_before = {p.parent.name for p in run_dir.glob("train/*/DONE")}
-    times_before = _milestone_times(run_dir)
-    proc = _study(args)
-    out, _ = proc.communicate(timeout=900)
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if list(run_dir.glob("train/*/DONE")):
+                break
+            time.sleep(1)
+        assert proc.poll() is None, "the study ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
+        _crash(proc)
+        done_before = {p.parent.name for p in run_dir.glob("train/*/DONE")}
+        times_before = _milestone_times(run_dir)
+        proc = _study(args)
+        out, _ = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:  # a check failed or the rerun timed out: the study and its local Ray go too
+            _crash(proc)
     assert proc.returncode == 0, out[-4000:]
     return run_dir, out, done_before, times_before
 

@@ -16,11 +16,13 @@ def cluster():
     if ray.is_initialized():
         ray.shutdown()
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
-    ray.init(address=c.address)
-    yield c, nodes
-    ray.shutdown()
-    c.shutdown()
+    try:  # stopped however far the set-up got: a raylet or GCS left running outlives the session
+        nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+        ray.init(address=c.address)
+        yield c, nodes
+    finally:
+        ray.shutdown()
+        c.shutdown()
 
 
 def test_train_and_eval_grid_spread_over_nodes(cluster, smoke_prepared, smoke_overrides, tmp_path):
