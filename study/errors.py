@@ -109,7 +109,8 @@ def user_message(exc: BaseException) -> str | None:
             return (f"the Optuna database is missing or unreadable ({msg}): it was deleted or moved while the "
                     f"study ran, or sweep.optuna_storage points at a folder that does not exist; fix it and "
                     f"rerun (cells lost with it are evaluated again)")
-        if name == "OperationalError" and ("could not connect" in str(e) or "Connection refused" in str(e)):
+        if name == "OperationalError" and any(k in str(e) for k in (
+                "could not connect", "Connection refused", "timeout expired", "could not translate host name")):
             return (f"cannot reach the Optuna storage (sweep.optuna_storage): {msg}; start the database or "
                     f"fix the URL, then rerun")
         if name == "UnidentifiedImageError":

@@ -37,16 +37,37 @@ class Cell:
                 f"{suffix}")
 
 
+# SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the cluster installs psycopg2 (cluster.yaml, the test
+# extra), so the URL that paper.yaml ships names that driver explicitly.
+_BARE_DIALECTS = {"postgresql://": "postgresql+psycopg2://", "postgres://": "postgresql+psycopg2://"}
+CONNECT_TIMEOUT_S = 10  # an unreachable server fails in seconds, not after the kernel's TCP retries
+
+
+def storage_url(url: str) -> str:
+    """The URL SQLAlchemy is given: a bare postgresql:// gets the installed driver, psycopg2."""
+    for bare, full in _BARE_DIALECTS.items():
+        if url.startswith(bare):
+            return full + url[len(bare):]
+    return url
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):  # several processes write one SQLite file; give each writer time to get the lock
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql+psycopg"):  # libpq's connect_timeout (psycopg2 and psycopg 3)
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    return {}
+
+
 def open_storage(url: str):
     """An Optuna storage from a URL (sqlite:///, postgresql://, ...) or a journal file path (*.log)."""
     if "://" in url:
         import sqlalchemy.exc
 
-        # Several processes write one SQLite file; give each writer time to get the lock.
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+        url = storage_url(url)
         for attempt in range(5):
             try:
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
             except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
                 # Workers that open a fresh database at once race to create Optuna's schema (PostgreSQL: "type
                 # studydirection already exists"); the loser finds it made on its next try.
@@ -57,6 +78,21 @@ def open_storage(url: str):
 
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(url)))
+
+
+def check_storage(url: str) -> None:
+    """Open the Optuna storage once before any training: a missing driver or an unreachable server is one
+    line now, not a traceback after the training grid."""
+    from study.errors import UserError
+    from study.redact import redact_text
+
+    try:
+        open_storage(url)
+    except ImportError as err:  # Optuna re-raises the driver's ModuleNotFoundError as a plain ImportError
+        missing = getattr(err.__cause__, "name", None) or err.name or "its driver"
+        raise UserError(f"sweep.optuna_storage {redact_text(url)}: the database driver {missing!r} is not "
+                        f"installed: pip install it (PostgreSQL: psycopg2-binary, as cluster.yaml does) or "
+                        f"use another URL") from err
 
 
 def default_storage(run_dir: str | Path) -> str:

@@ -119,16 +119,18 @@ def _sweep(cfg: StudyConfig, out: Path, experiments: list, progress: bool, timin
     from study.raycluster import ensure_ray
     from study.runfolder import check_run_folder
     from sweeps.experiments import StageContext, waves
-    from sweeps.guidance import default_storage
+    from sweeps.guidance import check_storage, default_storage
 
     check_run_folder(cfg, out)  # refuses a folder made by a different study definition
+    storage_url = cfg.sweep.optuna_storage or default_storage(out)
+    check_storage(storage_url)  # a missing driver or a dead server: one line now, before any training
     t = time.time()
     prep = prepare(cfg, progress=progress)
     timings.setdefault("prepare", round(time.time() - t, 1))
     ensure_ray(cfg)
     ctx = StageContext(cfg=cfg, run_dir=out, prepared_dir=prep.dir,
                        rungs={r.width: r.as_row() for r in study_ladder(cfg)},
-                       storage_url=cfg.sweep.optuna_storage or default_storage(out), progress=progress)
+                       storage_url=storage_url, progress=progress)
     summary = {"run_dir": str(out), "results": str(out / "results.parquet"), "train_errors": [],
                "eval_failed": [], "failed_sizes": [], "experiments": [e.name for e in experiments],
                "timings": timings}

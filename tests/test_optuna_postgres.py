@@ -211,3 +211,44 @@ def test_workers_share_one_postgres_study_across_a_server_restart(postgres):
         for t in trials:  # every result stored with its trial, and it is the one the point gives
             assert json.loads(t.user_attrs["result"])["fid"] == pytest.approx((t.params["guidance"] - 3.7) ** 2 + 1)
         assert before.get(name, set()) <= {t.number for t in trials}  # trials done before the restart kept
+
+
+def test_both_postgresql_url_forms_reach_one_database(postgres):
+    import optuna
+
+    from sweeps.guidance import check_storage, open_storage
+
+    explicit, _ = postgres
+    bare = explicit.replace("postgresql+psycopg2://", "postgresql://")  # the form paper.yaml ships
+    check_storage(bare)
+    check_storage(explicit)
+    optuna.create_study(study_name="forms", storage=open_storage(bare)).enqueue_trial({"g": 1.5})
+    seen = optuna.load_study(study_name="forms", storage=open_storage(explicit)).get_trials(deepcopy=False)
+    assert [t.system_attrs["fixed_params"] for t in seen] == [{"g": 1.5}]  # written through one form, read through the other
+
+
+@pytest.mark.parametrize("scheme, expect", [
+    ("postgresql", "cannot reach the Optuna storage"),                      # psycopg2, no server on the port
+    ("postgresql+psycopg2", "cannot reach the Optuna storage"),
+    ("postgresql+psycopg", "the database driver 'psycopg' is not installed"),  # psycopg 3 is not installed
+])
+def test_an_unusable_storage_is_one_line_before_any_training(monkeypatch, capsys, tmp_path, scheme, expect):
+    from study import cli
+
+    if scheme == "postgresql+psycopg":
+        try:
+            import psycopg  # noqa: F401
+            pytest.skip("psycopg 3 is installed here: nothing is missing")
+        except ImportError:
+            pass
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("LDM_SCALING_DEBUG", raising=False)
+    url = f"{scheme}://user:PW@127.0.0.1:{_free_port()}/db"  # a closed port on loopback
+    monkeypatch.setattr(sys, "argv", ["study", "sweep", "tiny", f"runs_dir={tmp_path}", "name=x",
+                                      f"cache_dir={tmp_path / 'cache'}", f"sweep.optuna_storage={url}"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert done.value.code == 2 and len(err) == 1 and expect in err[0], err
+    assert "PW" not in err[0]  # the password stays out of the line
+    assert not (tmp_path / "x" / "train").exists() and not (tmp_path / "cache").exists()  # nothing prepared
