@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from analysis.bootstrap import bootstrap_fit
 from analysis.export import jsonable, write_json
 from analysis.laws import get_law
 from analysis.pipeline import analyze
-from analysis.table import read_table, require_columns
+from analysis.table import read_table, require_columns, validate
 
 # Quantities worth an interval besides the parameters (Chinchilla eq. 4 exponents).
 DERIVED = {
@@ -46,7 +44,8 @@ def fit_csv(csv_path, law: str, x: dict[str, str], y: str, bootstrap: int = 200,
         raise ValueError(f"unknown column(s) {', '.join(missing)} in {Path(csv_path).name}: "
                          f"use one of {', '.join(map(str, frame.columns))}")
     require_columns(frame, cols, Path(csv_path).name)
-    data = frame[cols].apply(pd.to_numeric, errors="coerce")
+    # A text or an infinite value is a corrupt row, as `study analyze` judges one: named, refused in bulk.
+    data = validate(frame[cols], Path(csv_path).name, numeric=tuple(cols), required=())
     # Logs of the variables and of y are taken: missing and non-positive rows cannot enter.
     usable = data.notna().all(axis=1) & (data > 0).all(axis=1)
     n = int(usable.sum())

@@ -119,6 +119,22 @@ def candidates(fit: JointFit, sizes: pd.DataFrame, num_samples: int, guided: boo
     return out
 
 
+TARGET_FORMS = {"fid": r"fid:(\d+)@(\d+)", "gap": r"gap:(\d+)-(\d+)@(\d+)", "crossover": r"crossover:(\d+)-(\d+)"}
+TARGET_WIDTHS = {"fid": 1, "gap": 2, "crossover": 2}  # how many of a form's numbers are widths (the rest: steps)
+
+
+def target_widths(target: str) -> list[int]:
+    """The widths a planning target names (none for a law parameter); ValueError for an unknown target."""
+    if target in PARAM_INDEX:
+        return []
+    for kind, pattern in TARGET_FORMS.items():
+        m = re.fullmatch(pattern, target)
+        if m:
+            return [int(g) for g in m.groups()[:TARGET_WIDTHS[kind]]]
+    raise ValueError(f"unknown target {target!r}: use alpha, beta, delta, fid:WIDTH@STEPS, gap:W1-W2@STEPS or "
+                     "crossover:W1-W2")
+
+
 def _target_fn(fit: JointFit, target: str, sizes: pd.DataFrame):
     """The target as a function of the law's parameters theta."""
     if target in PARAM_INDEX:
@@ -126,15 +142,16 @@ def _target_fn(fit: JointFit, target: str, sizes: pd.DataFrame):
         if i >= len(fit.theta):
             raise ValueError(f"target {target!r}: the law has no budget term (too few training budgets)")
         return lambda t: t[i]
-    m = re.fullmatch(r"fid:(\d+)@(\d+)", target)
+    target_widths(target)  # an unknown target is refused here
+    m = re.fullmatch(TARGET_FORMS["fid"], target)
     if m:
         row, s = _size(sizes, int(m.group(1))), int(m.group(2))
         return lambda t: float(fit.predict(row["params"], s, None, t))
-    m = re.fullmatch(r"gap:(\d+)-(\d+)@(\d+)", target)
+    m = re.fullmatch(TARGET_FORMS["gap"], target)
     if m:  # FID of the first width minus the second's at s steps (positive: the second is better)
         a, b, s = _size(sizes, int(m.group(1))), _size(sizes, int(m.group(2))), int(m.group(3))
         return lambda t: float(fit.predict(a["params"], s, None, t) - fit.predict(b["params"], s, None, t))
-    m = re.fullmatch(r"crossover:(\d+)-(\d+)", target)
+    m = re.fullmatch(TARGET_FORMS["crossover"], target)
     if m:
         a, b = (_size(sizes, int(m.group(k))) for k in (1, 2))
         max_steps = float(fit.points["steps"].max())
@@ -144,8 +161,7 @@ def _target_fn(fit: JointFit, target: str, sizes: pd.DataFrame):
                               fit.has_budget)
             return crossovers_between(single, {**a, "label": "a"}, {**b, "label": "b"}, max_steps)["crossover_cost"]
         return cross
-    raise ValueError(f"unknown target {target!r}: use alpha, beta, delta, fid:WIDTH@STEPS, gap:W1-W2@STEPS or "
-                     "crossover:W1-W2")
+
 
 
 def _grad(f, theta: np.ndarray, eps: float = 1e-4) -> np.ndarray:

@@ -55,29 +55,31 @@ def require_columns(df: pd.DataFrame, columns: tuple[str, ...] | list[str], what
                          f"(present: {', '.join(map(str, df.columns))})")
 
 
-def validate(df: pd.DataFrame, source: str = "the results table") -> pd.DataFrame:
+def validate(df: pd.DataFrame, source: str = "the results table", numeric: tuple[str, ...] | None = None,
+             required: tuple[str, ...] = NUMERIC[:-1]) -> pd.DataFrame:
     """Numeric columns made numeric, rows with a non-numeric value or FID < 0 dropped with a
     warning naming them; ValueError when more than MAX_BAD_SHARE of the rows are bad.
 
     A missing FID (a cell not evaluated yet) is not bad; a text in a number column, an
-    infinite value or a negative FID (FID is a distance) is a corrupt row.
+    infinite value or a negative FID (FID is a distance) is a corrupt row. `numeric`: the columns
+    to check (default: the results table's); `required`: those that cannot be missing either.
     """
     df = df.copy()
     bad = pd.Series(False, index=df.index)
     reasons: dict[int, str] = {}
-    for col in NUMERIC + OPTIONAL_NUMERIC:
+    for col in NUMERIC + OPTIONAL_NUMERIC if numeric is None else numeric:
         if col not in df:
             continue
         raw = df[col]
         num = pd.to_numeric(raw, errors="coerce")
         broken = (raw.notna() & num.isna()) | np.isinf(num.astype(float))
-        if col in NUMERIC[:-1]:  # the grid's coordinates cannot be missing either
+        if col in required:  # the grid's coordinates cannot be missing either
             broken |= num.isna()
         for i in df.index[broken & ~bad]:
             reasons[i] = f"{col}={raw[i]!r}"
         bad |= broken
         df[col] = num
-    negative = df["fid"] < 0
+    negative = df["fid"] < 0 if "fid" in df else pd.Series(False, index=df.index)
     for i in df.index[negative & ~bad]:
         reasons[i] = f"fid={df.at[i, 'fid']:g} < 0"
     bad |= negative.fillna(False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -98,6 +97,7 @@ def train(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
     cfg = _load(config, rest)
     if "width" not in special:
         raise UserError(f"study train needs width=W, one of the config's widths {list(cfg.model.widths)}")
+    _check_width(f"width={special['width']}", special["width"], cfg.model.ladder)
     if dry_run:
         typer.echo(to_yaml(cfg), nl=False)
         return
@@ -224,6 +224,30 @@ def ema(run_dir: Path = typer.Argument(..., help="A run folder (study run / stud
     typer.echo(f"checkpoint (EMA sigma_rel {sigma_rel}): {out}")
 
 
+def _check_width(what: str, width: int, ladder_name: str) -> None:
+    """A base width the ladder can build (GroupNorm needs the width divisible by its groups), before any model."""
+    from study.ladder import LADDERS
+
+    preset = LADDERS[ladder_name]
+    if not preset.fits(width):
+        raise UserError(f"{what}: expected a positive base width divisible by the {ladder_name} ladder's "
+                        f"{preset.norm_num_groups} norm groups, e.g. one of {list(preset.widths)}")
+
+
+def _run_config(run_dir: Path):
+    """The config a run folder was made with; from here on the error log goes to that folder."""
+    from study.errors import note_run_dir
+    from study.runfolder import recorded_config
+
+    note_run_dir(run_dir)
+    return recorded_config(run_dir)
+
+
+def _positive(flag: str, value: float, what: str) -> None:
+    if not (0 < value < float("inf")):  # also refuses nan, which every comparison fails
+        raise UserError(f"{flag} {value!r}: expected {what}")
+
+
 @app.command()
 def predict(run_dir: Path = typer.Argument(..., help="A run folder with results and config.json."),
             width: int = typer.Option(..., "--width", help="The base width c to predict (trained or not)."),
@@ -234,8 +258,7 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder with results 
     from analysis.table import size_label
     from study.runfolder import run_sizes
 
-    if width <= 0:
-        raise UserError(f"--width {width}: expected a positive base width")
+    _check_width(f"--width {width}", width, _run_config(run_dir).model.ladder)
     rung = run_sizes(run_dir, [width])[1].set_index("width").loc[width]
     summary = predict_run(run_dir, rung["params"], rung["normalized_cost"], f"w{width}-{size_label(rung['params'])}",
                           sampler, bootstrap, seed)
@@ -260,6 +283,11 @@ def recommend(run_dir: Path = typer.Argument(..., help="A run folder with result
     from analysis.table import load_results, size_label
     from study.runfolder import run_sizes
 
+    _positive("--fid", fid, "a finite FID > 0 to reach")
+    _positive("--images", images, "a finite number of images > 0")
+    if bootstrap < 0:
+        raise UserError(f"--bootstrap {bootstrap}: expected a number of resamples >= 0")
+    _run_config(run_dir)
     sizes = run_sizes(run_dir)[1][["width", "params", "gflops"]]
     res = recommend_run(load_results(run_dir), sizes, fid, images, sampler, bootstrap, seed)
     if res["choice"] is None:
@@ -285,12 +313,20 @@ def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and
          top: int = typer.Option(8, "--top", help="How many candidates to print.")) -> None:
     """Rank the next runs (a new width, another seed, the next budget, more samples) by how much each shrinks
     the target's interval per FLOP."""
-    from analysis.planner import plan_run
+    from analysis.planner import plan_run, target_widths
     from analysis.table import load_results
     from study.runfolder import run_sizes
 
+    if top < 1:
+        raise UserError(f"--top {top}: expected a positive number of candidates")
+    try:
+        named = set(target_widths(target))  # its own option checked before any fit
+    except ValueError as err:
+        raise UserError(f"--target {err}") from None
+    ladder_name = _run_config(run_dir).model.ladder
+    for w in sorted(named):
+        _check_width(f"--target {target} names width {w}", w, ladder_name)
     # The widths a target names (fid:40@4, crossover:24-40) count as the ladder too, as `study predict --width`.
-    named = {int(w) for w in re.findall(r"(?<=[:-])(\d+)(?=[@-]|$)", target)}
     cfg, sizes = run_sizes(run_dir, named)
     table = load_results(run_dir, experiment=experiment)  # names the experiments it holds when it lacks this one
     # A derived experiment evaluates its own sample count (superres.num_eval, ...): weigh its cells by it.
@@ -328,9 +364,24 @@ def main() -> None:
     traceback. LDM_SCALING_DEBUG=1 shows every traceback."""
     from study.errors import note_run_dir, report_user_error
 
+    try:  # typer 0.2x carries its own copy of click; older ones use click itself
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
     note_run_dir(None)  # each command learns its own run folder (tests call main() many times in one process)
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be one line like every other
+    except click.NoArgsIsHelpError as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except click.UsageError as err:  # a bad option value, a missing or unknown option
+        command = err.ctx.command_path if err.ctx else "study"
+        typer.secho(f"error: {err.format_message()} (see `{command} --help`)", fg=typer.colors.RED, err=True)
+        sys.exit(err.exit_code)
+    except typer.Abort:  # Ctrl-C at a prompt
+        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
@@ -340,6 +391,9 @@ def main() -> None:
             raise
         typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
         sys.exit(2)
+    if code == 130:  # typer turns Ctrl-C into exit code 130 without a word
+        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -439,10 +439,10 @@ def validate(cfg: StudyConfig) -> None:
            "a local folder with the AutoencoderKL when kind=pretrained", ae.path)
     _check(m.ladder in LADDERS, "model.ladder", f"one of {sorted(LADDERS)}", m.ladder)
     _check(len(m.widths) > 0, "model.widths", "a non-empty list of base widths", list(m.widths))
-    groups = LADDERS.get(m.ladder).norm_num_groups if m.ladder in LADDERS else 1
-    for w in m.widths:
-        _check(isinstance(w, int) and w > 0 and w % groups == 0, "model.widths",
-               f"positive integers divisible by the ladder's norm groups ({groups})", list(m.widths))
+    if m.ladder in LADDERS:
+        for w in m.widths:
+            _check(LADDERS[m.ladder].fits(w), "model.widths", "positive integers divisible by the ladder's norm "
+                   f"groups ({LADDERS[m.ladder].norm_num_groups})", list(m.widths))
     _check(len(set(m.widths)) == len(m.widths), "model.widths", "distinct widths", list(m.widths))
     _check(m.reference_width is None or m.reference_width > 0, "model.reference_width",
            "a positive width", m.reference_width)

@@ -22,6 +22,10 @@ class LadderPreset:
     multipliers: tuple[int, ...] = (1, 2, 4, 4)  # block_out_channels = (c, 2c, 4c, 4c), as SD1.5
     note: str = ""
 
+    def fits(self, width: int) -> bool:
+        """Whether base width c builds in this family: positive and divisible by its GroupNorm groups."""
+        return isinstance(width, int) and width > 0 and width % self.norm_num_groups == 0
+
 
 # One row per family; a size is a width in the row (STYLE: one table of sizes).
 LADDERS: dict[str, LadderPreset] = {
