@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from study import cli
+from cli import main as cli
 from study.config import load_config, to_dict
 
 

@@ -233,7 +233,7 @@ def test_both_postgresql_url_forms_reach_one_database(postgres):
     ("postgresql+psycopg", "the database driver 'psycopg' is not installed"),  # psycopg 3 is not installed
 ])
 def test_an_unusable_storage_is_one_line_before_any_training(monkeypatch, capsys, tmp_path, scheme, expect):
-    from study import cli
+    from cli import main as cli
 
     if scheme == "postgresql+psycopg":
         try:
