@@ -300,3 +300,32 @@ def test_shards_are_written_on_two_ray_nodes(tmp_path):
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+def _cut(tar_path, member: str) -> None:
+    """Cut a tar in the middle of one member's data, as an interrupted upload leaves it."""
+    with tarfile.open(tar_path) as tar:
+        info = tar.getmember(member)
+    with open(tar_path, "r+b") as f:
+        f.truncate(info.offset_data + info.size // 2)
+
+
+def test_a_truncated_tar_keeps_its_readable_samples_and_counts_the_rest_as_bad(tmp_path, local_ray):
+    root = write_wds(tmp_path / "wds", n_tars=2, per_tar=10)
+    _cut(root / "00001.tar", "000010004.png")  # samples 0-3 of the second tar are whole, the rest is gone
+    recs = list(read_source(list_sources("webdataset", str(root))[1]))
+    assert [r.key for r in recs if r.problem is None] == [f"00001{i:04d}" for i in range(4)]
+    assert [(r.key, r.problem.split(" (")[0]) for r in recs if r.problem] == [("00001.tar", "tar cut short")]
+    report = _run(_cfg(root, "data.max_bad_fraction=0.1"), tmp_path / "p" / "shards")
+    assert report["good"] == 14 and report["bad"] == 1
+    assert [b["key"] for b in report["bad_samples"]] == ["00001.tar"]
+    assert "tar cut short" in report["bad_samples"][0]["problem"]
+    assert ShardIndex.load(tmp_path / "p" / "shards").raw["bad_samples"] == 1
+    # The small VAE's training images stream through the same reader (study.prepare._sample_images).
+    from study.prepare import _sample_images
+    from study.shards.format import split_of
+
+    cfg = _cfg(root)
+    readable = [f"{t:05d}{i:04d}" for t, n in ((0, 10), (1, 4)) for i in range(n)]
+    train = [k for k in readable if split_of(k, cfg.data.eval_fraction, cfg.data.split_seed) == "train"]
+    assert len(_sample_images(cfg, 100)) == len(train)

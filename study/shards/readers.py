@@ -137,21 +137,30 @@ def _tar_record(key: str, parts: dict[str, bytes]) -> Record:
 
 
 def _read_tar(src: Source) -> Iterator[Record]:
-    """WebDataset convention: members `KEY.EXT`, a sample's members contiguous, KEY up to the first dot."""
+    """WebDataset convention: members `KEY.EXT`, a sample's members contiguous, KEY up to the first dot.
+
+    A tar cut short (img2dataset sets on object stores hold some) gives its readable samples, then one bad
+    record for the unreadable rest, so the prepare report counts it by tar within data.max_bad_fraction."""
     fs, path = _fs(src.path)
     key, parts = None, {}
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:  # r|: streaming, no seeks
-        for member in tar:
-            if not member.isfile():
-                continue
-            dirname, base = posixpath.split(member.name)
-            stem, _, ext = base.partition(".")
-            k = posixpath.join(dirname, stem)
-            if k != key and key is not None:
-                yield _tar_record(key, parts)
-                parts = {}
-            key = k
-            parts[ext.lower()] = tar.extractfile(member).read()
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:  # r|: streaming, no seeks
+            for member in tar:
+                if not member.isfile():
+                    continue
+                dirname, base = posixpath.split(member.name)
+                stem, _, ext = base.partition(".")
+                k = posixpath.join(dirname, stem)
+                if k != key and key is not None:
+                    yield _tar_record(key, parts)
+                    parts = {}
+                key = k
+                parts[ext.lower()] = tar.extractfile(member).read()
+    except (tarfile.ReadError, EOFError) as err:  # EOFError: a compressed tar cut short
+        if parts:  # the sample being read: its members read in full decide (a cut member is not among them)
+            yield _tar_record(key, parts)
+        yield Record(src.id, None, None, problem=f"tar cut short ({err}): the rest of it is unreadable")
+        return
     if key is not None:
         yield _tar_record(key, parts)
 
