@@ -358,6 +358,9 @@ def run(config: Optional[str] = typer.Argument(None, help="Config (default: conf
         raise typer.Exit(1)
 
 
+INTERRUPTED = "interrupted: what finished is saved; rerun the same command to resume"
+
+
 def main() -> None:
     """Entry point: a failure the user can fix (bad file or value, missing or corrupt artefact, full disk,
     missing storage) is one line and exit code 2, its traceback kept in a log file; a bug keeps its
@@ -370,6 +373,9 @@ def main() -> None:
         from click import exceptions as click
 
     note_run_dir(None)  # each command learns its own run folder (tests call main() many times in one process)
+    # Ray Tune catches the first Ctrl-C to wind its trials down, and the study would then go on to evaluate and
+    # report; without its handler Ctrl-C stops the study at once, like any tool (finished milestones are kept).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     try:
         code = app(standalone_mode=False)  # usage errors come here, to be one line like every other
     except click.NoArgsIsHelpError as err:
@@ -380,10 +386,10 @@ def main() -> None:
         typer.secho(f"error: {err.format_message()} (see `{command} --help`)", fg=typer.colors.RED, err=True)
         sys.exit(err.exit_code)
     except typer.Abort:  # Ctrl-C at a prompt
-        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
     except Exception as err:
         line = None if os.environ.get("LDM_SCALING_DEBUG") else report_user_error(err)
@@ -392,7 +398,7 @@ def main() -> None:
         typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     if code == 130:  # typer turns Ctrl-C into exit code 130 without a word
-        typer.secho("interrupted: rerun the same command to resume", fg=typer.colors.YELLOW, err=True)
+        typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 
