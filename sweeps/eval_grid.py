@@ -11,7 +11,9 @@ from study import __version__
 from study.config import ConfigError, StudyConfig, from_dict, to_dict
 from study import identity
 from study.raycluster import ensure_ray
-from sweeps.guidance import Cell, best_guidance, completed_results, open_storage, search_cell
+from study.errors import is_disk_full
+from sweeps.guidance import (Cell, StorageVanished, StorageWatch, best_guidance, completed_results, open_storage,
+                             search_cell)
 from study.results import ResultRow, row_dict, sampling_cost
 from sweeps.results import upsert_results
 
@@ -226,6 +228,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     from tqdm.auto import tqdm
 
     storage = open_storage(storage_url)
+    watch = StorageWatch(storage_url)
     todo = [ch for ch in chains if not chain_done(cfg, ch, storage)]
     remote = ray.remote(run_chain)
     cfg_dict = to_dict(cfg)
@@ -286,16 +289,29 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
     bar = tqdm(total=total, initial=min(total, sync()), unit="eval", desc=desc, disable=not progress)
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=10.0)
+        try:
+            watch.check()  # before the table is rebuilt from a database that may be another, empty one
+        except StorageVanished:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            bar.close()
+            raise
         changed = {id(c) for c in pending.values()}  # the running chains and (below) those just finished
         for ref in ready:
             ch = pending.pop(ref)
             try:
                 ray.get(ref)
             except Exception as err:  # a chain that failed after its retries: keep going, report it
+                if is_disk_full(err):  # but not on a full disk: every other chain would fail the same way
+                    for other in pending:
+                        ray.cancel(other, force=True)
+                    bar.close()
+                    raise
                 failed.append(f"{ch.experiment} evaluation of w{ch.width} at {ch.train_images} images, {ch.sampler}: "
                               f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}")
             bar.set_postfix_str(f"w{ch.width} {ch.sampler} done")
         fill()
         bar.update(min(total, sync(changed)) - bar.n)
     bar.close()
+    watch.check()
     return {"chains": len(chains), "evaluated": len(todo), "failed": failed}

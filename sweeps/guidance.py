@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+
+from study.errors import UserError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -83,7 +86,6 @@ def open_storage(url: str):
 def check_storage(url: str) -> None:
     """Open the Optuna storage once before any training: a missing driver or an unreachable server is one
     line now, not a traceback after the training grid."""
-    from study.errors import UserError
     from study.redact import redact_text
 
     try:
@@ -93,6 +95,33 @@ def check_storage(url: str) -> None:
         raise UserError(f"sweep.optuna_storage {redact_text(url)}: the database driver {missing!r} is not "
                         f"installed: pip install it (PostgreSQL: psycopg2-binary, as cluster.yaml does) or "
                         f"use another URL") from err
+
+
+class StorageVanished(UserError):
+    """The Optuna database file was deleted or replaced while the study ran."""
+
+
+class StorageWatch:
+    """Notices a file-based Optuna storage (SQLite, journal) deleted or replaced under a running study: its
+    workers would go on into a new empty database and the results table, rebuilt from it, would lose rows."""
+
+    def __init__(self, url: str):
+        self.path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else None if "://" in url else url
+        self.ident = self._ident()
+
+    def _ident(self):
+        try:
+            st = os.stat(self.path)
+            return st.st_dev, st.st_ino
+        except (OSError, TypeError):
+            return None
+
+    def check(self) -> None:
+        """Raise StorageVanished if the file is no longer the one the study started with."""
+        if self.path and self._ident() != self.ident:
+            raise StorageVanished(f"the Optuna database {self.path} was deleted or replaced while the study ran: "
+                                  "the study stopped, nothing was published; rerun the same command to resume "
+                                  "(the cells it held are evaluated again)")
 
 
 def default_storage(run_dir: str | Path) -> str:
