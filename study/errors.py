@@ -84,6 +84,37 @@ def _raised_by_us(exc: BaseException) -> bool:
     return any(p in OWN_PACKAGES for p in parts[-3:-1])
 
 
+# A full disk as libraries word it when they lose the errno: pyarrow's OSError, safetensors' Rust "os error 28",
+# the text of an error a Ray worker or a Tune trial sent back.
+_DISK_FULL_TEXT = ("[Errno 28]", "os error 28", "No space left on device", "DiskFullError")
+
+
+class DiskFullError(UserError):
+    """A write failed for want of space: one line naming the folder and, where known, the space it needed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a failure (or any cause of it, a Ray worker's included) is a full disk or an exceeded quota."""
+    for e in _chain(exc):
+        if isinstance(e, DiskFullError) or (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            return True
+        if any(t in str(e) for t in _DISK_FULL_TEXT):
+            return True
+    return False
+
+
+def disk_full_error(folder, needed: int | None = None) -> DiskFullError:
+    """The one-line error for a write into `folder` that found the disk full; `needed`: bytes it needed."""
+    import shutil
+
+    try:
+        free = f", {shutil.disk_usage(folder).free / 1e6:.1f} MB free"
+    except OSError:
+        free = ""
+    need = f" (the write needs about {needed / 1e6:.1f} MB{free})" if needed else ""
+    return DiskFullError(_disk_full(f"{folder}{need}"))
+
+
 def _disk_full(where) -> str:
     place = f" holding {where}" if where else ""
     return (f"no space left on the disk{place}: free space there, or point runs_dir / cache_dir at a "
@@ -103,6 +134,8 @@ def user_message(exc: BaseException) -> str | None:
             return msg
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return _disk_full(e.filename or _run_dir)
+        if any(t in str(e) for t in _DISK_FULL_TEXT):  # a library's or a worker's wording, errno lost
+            return _disk_full(getattr(e, "filename", None) or _run_dir)
         if "database or disk is full" in str(e):
             return _disk_full(_run_dir) + " (the Optuna database could not be written)"
         if name == "OperationalError" and ("unable to open database file" in str(e) or "no such table" in str(e)):
@@ -127,14 +160,20 @@ def write_log(exc: BaseException) -> Path | None:
     """Append the traceback (and the command line) to the error log; its path, or None if unwritable."""
     from study.redact import redact_text
 
-    path = log_dir() / LOG_NAME
-    try:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(' '.join(sys.argv))}\n")
-            f.write(redact_text("".join(traceback.format_exception(exc))))
-        return path
-    except OSError:  # the disk may be the very thing that is full
-        return None
+    global _run_dir
+    text = (f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(' '.join(sys.argv))}\n"
+            + redact_text("".join(traceback.format_exception(exc))))
+    for _ in range(2):
+        path = log_dir() / LOG_NAME
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except OSError:  # the run folder's disk may be the very thing that is full: try the cache folder
+            if _run_dir is None:
+                return None
+            _run_dir = None
+    return None
 
 
 def report_user_error(exc: BaseException) -> str | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from study.config import StudyConfig, to_dict
 from study.identity import stable_hash, training_hash
 from study.runfolder import run_uuid
-from sweeps.train_progress import GridProgress
+from sweeps.train_progress import GridProgress, StopOnFullDisk
 
 
 def _trial(config: dict, cfg_dict: dict, run_dir: str, prepared_dir: str, job: dict | None = None,
@@ -183,12 +183,13 @@ def _fit_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: list[t
             trainable, param_space=space,
             # Inline, a finished run's actor (torch, DeepSpeed imported) trains the next size.
             tune_config=tune.TuneConfig(max_concurrent_trials=concurrent_trials(cfg), reuse_actors=inline),
-            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[bar],
+            run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0, callbacks=[bar, StopOnFullDisk()],
                                       # Inline, a worker's failure is the trial's: Tune gives it Ray Train's
                                       # restarts (sweep.max_failures) on top of the trial's own retries.
                                       failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries + (
                                           cfg.sweep.max_failures if inline else 0))))
     grid = tuner.fit()
+    _raise_if_disk_full(grid)
     errors = [f"{(r.config.get('size') or {}).get('experiment', names[0])} width={_size(r.config)[0]} "
               f"seed={_size(r.config)[1]}: {str(r.error).strip().splitlines()[-1]}" for r in grid if r.error is not None]
     seconds: dict[str, float] = {}  # each experiment's trials' own time (its share of a shared grid)
@@ -196,6 +197,15 @@ def _fit_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: list[t
         n = (r.config.get("size") or {}).get("experiment", names[0])
         seconds[n] = seconds.get(n, 0.0) + float((r.metrics or {}).get("time_total_s", 0.0) or 0.0)
     return {"experiment": path, "trials": len(grid), "errors": errors, "trial_seconds": seconds}
+
+
+def _raise_if_disk_full(grid) -> None:
+    """One line for the study when a trial stopped on a full disk, not a failed size among others."""
+    from study.errors import DiskFullError, is_disk_full, user_message
+
+    for r in grid:
+        if r.error is not None and is_disk_full(r.error):
+            raise DiskFullError(user_message(r.error) or str(r.error).strip().splitlines()[-1]) from None
 
 
 def _size(config: dict) -> tuple[int, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ray.tune import Callback
 
 
@@ -50,3 +52,27 @@ class GridProgress(Callback):
     def on_experiment_end(self, trials, **info):
         if self._bar is not None:
             self._bar.close()
+
+
+class StopOnFullDisk(Callback):
+    """The first trial to fail on a full disk stops the grid with that one line: every retry and every other size
+    would fail on the same disk, each with its own traceback. Raised from here, the grid stops as after a crash:
+    the running trials stay unfinished in Tune's state, and a rerun resumes them."""
+
+    def _check(self, trial) -> None:
+        from study.errors import DiskFullError, is_disk_full
+
+        try:
+            text = Path(trial.error_file).read_text() if trial.error_file else ""
+        except OSError:
+            text = ""
+        if is_disk_full(Exception(text)):
+            lines = [ln for ln in text.splitlines() if "DiskFullError: " in ln]  # our line, when a write named it
+            raise DiskFullError(lines[-1].split("DiskFullError: ", 1)[1] if lines else
+                                f"trial {trial.trial_id} failed on a full disk: {text.strip().splitlines()[-1]}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._check(trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._check(trial)

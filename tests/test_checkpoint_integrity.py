@@ -147,3 +147,27 @@ def test_study_sample_on_a_truncated_checkpoint_is_one_line(two_milestones, tmp_
     assert done.value.code == 2 and len(lines) == 1, lines
     assert "ema.safetensors is 1000 bytes" in lines[0] and f"traceback in {size_dir / 'errors.log'}" in lines[0]
     assert "CorruptCheckpointError" in (size_dir / "errors.log").read_text()
+
+
+def test_a_checkpoint_that_finds_the_disk_full_is_one_line_and_leaves_nothing(tmp_path):
+    import subprocess
+
+    from study.errors import DiskFullError, user_message
+
+    one = sum(f.stat().st_size for f in _write(tmp_path / "probe", "m", 64, seed=1).iterdir())
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    size_k = int(one * 1.5) // 1024 + 64  # room for one checkpoint, not for two
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_k}k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        first = _write(mnt, ckpt.milestone_name(64), 64, seed=1)
+        with pytest.raises(DiskFullError) as err:
+            _write(mnt, ckpt.milestone_name(128), 128, seed=2)
+        msg = user_message(err.value)
+        assert msg.startswith(f"no space left on the disk holding {mnt} (the write needs about ") and "MB free" in msg
+        assert not list(mnt.glob(".tmp-*"))  # the half-written folder is gone, its space given back
+        assert verify(first, [])["train_images"] == 64  # the live checkpoint is untouched
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -194,26 +194,40 @@ def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size
           recipe=None, phema=None) -> Path:
     """Write checkpoint `name` atomically: each rank adds its own files to a temp folder, rank 0 publishes."""
     final, tmp = root / name, root / f".tmp-{name}-{state['train_images']:010d}"
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    _barrier(world_size)
-    if partitioned or rank == 0:  # ZeRO >= 1: each rank holds a different optimizer partition
-        save_optimizer(engine.optimizer, tmp / f"optimizer-rank{rank}.pt")
-    save_rng(tmp, rank)
-    _barrier(world_size)  # every rank's files are in before rank 0 makes the folder visible
-    if rank == 0:
-        save_weights(engine.module, ema, tmp)
-        extra = recipe.extra_state() if recipe is not None else {}
-        if extra:
-            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / EXTRA)
-        if phema is not None:  # rank 0's post-hoc EMA profiles (trainers.phema_track)
-            phema.save(tmp)
-        # Sizes and sums of every rank's files, recorded before the folder becomes visible (resume verifies).
-        (tmp / STATE).write_text(json.dumps({**state, FILES: manifest(tmp)}, indent=1))
-        publish(tmp, final)
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        _barrier(world_size)
+        if partitioned or rank == 0:  # ZeRO >= 1: each rank holds a different optimizer partition
+            save_optimizer(engine.optimizer, tmp / f"optimizer-rank{rank}.pt")
+        save_rng(tmp, rank)
+        _barrier(world_size)  # every rank's files are in before rank 0 makes the folder visible
+        if rank == 0:
+            save_weights(engine.module, ema, tmp)
+            extra = recipe.extra_state() if recipe is not None else {}
+            if extra:
+                save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / EXTRA)
+            if phema is not None:  # rank 0's post-hoc EMA profiles (trainers.phema_track)
+                phema.save(tmp)
+            # Sizes and sums of every rank's files, recorded before the folder becomes visible (resume verifies).
+            (tmp / STATE).write_text(json.dumps({**state, FILES: manifest(tmp)}, indent=1))
+            publish(tmp, final)
+    except Exception as err:
+        from study.errors import disk_full_error, is_disk_full
+
+        if not is_disk_full(err):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the live checkpoints are untouched
+        raise disk_full_error(root, checkpoint_bytes(engine, ema)) from err
     _barrier(world_size)
     return final
+
+
+def checkpoint_bytes(engine, ema) -> int:
+    """About what one checkpoint takes on disk: the weights, the EMA and Adam's two moments (fp32 each)."""
+    params = sum(p.numel() for p in engine.module.parameters())
+    return 4 * params * (1 + (ema is not None) + 2)
 
 
 def write_latest_from(root: Path, src: Path, rank: int, world_size: int) -> None:
