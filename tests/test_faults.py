@@ -17,7 +17,7 @@ from conftest import SMOKE_TEST_OVERRIDES
 
 pytestmark = pytest.mark.slow
 
-BASE_ONLY = ["distill.enabled=false", "superres.enabled=false", "dreambooth.enabled=false"]
+BASE_ONLY = ["distill.enabled=false", "superres.enabled=false", "dreambooth.enabled=false", "ema.enabled=false"]
 
 
 def _args(root: Path, name: str) -> list[str]:
