@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_smoke_study import _crash, _running, _study
+from process_helpers import running
+from test_smoke_study import _crash, _study
 
 from conftest import SMOKE_TEST_OVERRIDES
 
@@ -45,7 +46,7 @@ def _session_gone(proc, timeout: float = 60) -> bool:
         alive = []
         for p in psutil.process_iter():
             try:
-                if os.getsid(p.pid) == proc.pid and _running(p):
+                if os.getsid(p.pid) == proc.pid and running(p):
                     alive.append(p)
             except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
                 pass
