@@ -218,7 +218,7 @@ def test_both_postgresql_url_forms_reach_one_database(postgres):
 
     from sweeps.guidance import check_storage, open_storage
 
-    explicit, _ = postgres
+    explicit = postgres.url
     bare = explicit.replace("postgresql+psycopg2://", "postgresql://")  # the form paper.yaml ships
     check_storage(bare)
     check_storage(explicit)
