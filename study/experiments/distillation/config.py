@@ -12,7 +12,7 @@ from study.errors import check as _check
 class DistillConfig:
     """Latent consistency distillation of every base (size, seed) to a few-step student (issue 11).
 
-    LCD (Luo et al. 2023), not the paper's CoDi: see the README's "Distillation" for how they differ."""
+    LCD (Luo et al. 2023), not the paper's CoDi: see docs/experiments.md, "Distillation", for how they differ."""
 
     enabled: bool = False  # off by default: a derived experiment on top of the base ladder
     method: str = "lcd"  # the only method built; named so a run says honestly what it distilled with

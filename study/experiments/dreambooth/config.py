@@ -14,7 +14,7 @@ class DreamBoothConfig:
     """The DreamBooth experiment (Ruiz et al. 2023; diffusers' examples/dreambooth/train_dreambooth.py)."""
 
     enabled: bool = False  # off by default: a downstream experiment on top of the base ladder
-    # The subject: "digits" (embedded: mirror-written digits, see the README's DreamBooth section),
+    # The subject: "digits" (embedded: mirror-written digits, see docs/experiments.md, "DreamBooth"),
     # "google" (Google's DreamBooth data set: root = its dataset/ folder, subject = a folder in it), or
     # "folder" (root = a folder of 3-6 instance images, class_noun = their class).
     data: str = "digits"

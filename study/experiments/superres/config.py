@@ -19,7 +19,7 @@ class SuperResConfig:
     # "imagefolder": root is any folder of images, held out by file.
     data: str = "embedded"
     root: Optional[str] = None  # data=div2k or imagefolder: where the images are
-    hr_size: int = 16  # HR patch side (pixels); LR = hr_size / 4. 16 from 4x4: see the README's Super-resolution
+    hr_size: int = 16  # HR patch side (pixels); LR = hr_size / 4. 16 from 4x4: docs/experiments.md, "Super-resolution"
     photo_shrink: int = 2  # embedded: photographs halved first, so a 16x16 patch holds edges, not flat 1/32 of a face
     num_eval: int = 256  # held-out patches scored per cell, the same ones for every model (common random numbers)
     feature_epochs: int = 8  # embedded: epochs of the domain network (FID features, LPIPS-style distance)
