@@ -171,7 +171,16 @@ class TrainConfig:
     # Milestone budgets as fractions of total_images: one run yields every budget of the study.
     milestones: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     batch_size: int = 64  # global batch = micro_batch x grad_accum x workers
-    grad_accum: int = 1  # micro-batches per optimizer step (memory, not maths)
+    grad_accum: int = 1  # micro-batches per optimizer step (memory, not maths); on GPU the memory plan's minimum
+    # The GPU memory plan (study.memory) picks micro-batch, accumulation and activation checkpointing per width so
+    # that the global batch stays batch_size and a step fits the GPU kind with this fraction of its memory free
+    # (CUDA context, NCCL buffers, allocator fragmentation).
+    memory_margin: float = 0.1
+    micro_batch: int = 0  # images per GPU per forward on GPU; 0: the memory plan's choice
+    checkpointing: str = "auto"  # activation checkpointing on GPU: auto (the plan's choice) | true | false
+    # Below this micro-batch a GPU idles between kernels: the plan turns checkpointing on (about a third more
+    # compute) rather than go smaller.
+    min_micro_batch: int = 16
     lr: float = 1e-4  # the paper's 1e-4 (Sec. 3); tiny overrides it for its 500-step runs
     warmup_images: int = 0  # linear lr warm-up, counted in images
     weight_decay: float = 0.01  # AdamW's, as diffusers' text-to-image examples
@@ -228,7 +237,10 @@ class EvalConfig:
     curve_steps: int = 0  # 0: the largest of steps
     default_guidance: float = 7.5  # the paper's default, seeded first (clipped to the range)
     num_samples: int = 500  # samples per FID (the paper: 30k; noise shrinks as 1/sqrt(n))
-    batch_size: int = 250  # samples per sampling batch (memory, not maths)
+    batch_size: int = 250  # samples per sampling batch (fixes the noise of stochastic samplers: part of the maths)
+    # Images the VAE decodes at once: SD's decoder holds about 0.8 GB of fp32 activations per 512 px image
+    # (study/memory_table.json), so a whole sampling batch at once would not fit a GPU; decoding is per image.
+    decode_batch_size: int = 16
     seed: int = 1234  # fixes the noise and prompts every cell shares (common random numbers)
     # One text-to-image FID of num_samples split over this many Ray actors (each cpus_per_eval/gpus_per_eval,
     # reserved together), each generating a slice with its own fixed noise; their feature sums merge exactly
@@ -272,6 +284,9 @@ class ResourcesConfig:
     ray_address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
     num_cpus: Optional[int] = None  # local Ray only
     num_gpus: Optional[int] = None  # local Ray only
+    # The Ray cluster file whose GPU node types the memory plan fits and places runs on (relative: from the
+    # repository root); None: the repository's cluster.yaml for `study ladder --memory`, the local GPU for a run.
+    cluster_yaml: Optional[str] = None
 
 
 @dataclass
@@ -472,7 +487,16 @@ def validate(cfg: StudyConfig) -> None:
     _check(t.phema_snapshots >= 0, "train.phema_snapshots", "a number of snapshots >= 0", t.phema_snapshots)
     _check(len(t.phema_sigma_rels) >= 1 and all(0 < x < 0.28 for x in t.phema_sigma_rels), "train.phema_sigma_rels",
            "relative EMA widths in (0, 0.28) (EDM2: [0.05, 0.10])", list(t.phema_sigma_rels))
-    _check(t.zero_stage in (0, 1, 2, 3), "train.zero_stage", "0, 1, 2 or 3", t.zero_stage)
+    # Stage 3 shards the weights themselves; the EMA and the safetensors checkpoints need them whole
+    # (trainers/engine.py refuses it too).
+    _check(t.zero_stage in (0, 1, 2), "train.zero_stage", "0, 1 or 2", t.zero_stage)
+    _check(0 <= t.memory_margin < 1, "train.memory_margin", "a fraction of GPU memory in [0, 1)", t.memory_margin)
+    _check(t.micro_batch >= 0 and (t.micro_batch == 0 or t.batch_size % (t.micro_batch * t.num_workers) == 0),
+           "train.micro_batch", f"0 (the memory plan's choice) or a divisor of batch_size / num_workers "
+           f"({t.batch_size // t.num_workers})", t.micro_batch)
+    _check(str(t.checkpointing).lower() in ("auto", "true", "false"), "train.checkpointing", "auto, true or false",
+           t.checkpointing)
+    _check(t.min_micro_batch > 0, "train.min_micro_batch", "a positive number of images", t.min_micro_batch)
     _check(str(t.use_gpu).lower() in ("auto", "true", "false"), "train.use_gpu", "auto, true or false",
            t.use_gpu)
     from study.schedulers import SAMPLERS
@@ -502,6 +526,7 @@ def validate(cfg: StudyConfig) -> None:
     _check(0 < e.fid_slices <= e.num_samples // 2, "eval.fid_slices",
            f"between 1 and num_samples / 2 ({e.num_samples // 2}): each slice needs 2 samples", e.fid_slices)
     _check(e.batch_size > 0, "eval.batch_size", "a positive integer", e.batch_size)
+    _check(e.decode_batch_size > 0, "eval.decode_batch_size", "a positive integer", e.decode_batch_size)
     # eval.inception_path is checked by study.prepare.require_evaluator: training does not need it.
     _check(e.feature_extractor != "classifier" or dataset(d.name).classifier, "eval.feature_extractor",
            f"'inception' for data.name={d.name} (the domain classifier exists for digits only)",
