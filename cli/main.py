@@ -46,12 +46,20 @@ def config_show(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERR
 
 @app.command()
 def ladder(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
-           format: str = typer.Option("table", "--format", help="table or json")) -> None:
+           format: str = typer.Option("table", "--format", help="table or json"),
+           memory: bool = typer.Option(False, "--memory", help="The GPU memory plan of each size on each GPU kind of "
+                                       "the cluster file (resources.cluster_yaml) instead.")) -> None:
     """Parameters, forward GFLOPs and normalized cost of each size, measured on the model itself."""
     from study.ladder import format_table, study_ladder
 
     if format not in ("table", "json"):
         raise UserError(f"--format {format!r}: expected 'table' or 'json'")
+    if memory:
+        from study.memory import format_plan, memory_plan
+
+        plan = memory_plan(_load(config, overrides))
+        typer.echo(json.dumps([r.as_row() for r in plan], indent=1) if format == "json" else format_plan(plan))
+        return
     rows = study_ladder(_load(config, overrides))
     if format == "json":
         _echo_json([r.as_row() for r in rows])

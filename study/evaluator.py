@@ -107,7 +107,7 @@ class Evaluator:
                          noise[i:i + bs].to(self.device), generator=step_gen,
                          timestep_spacing=self.cfg.eval.timestep_spacing,
                          prediction_type=self.cfg.model.prediction_type)
-            images.append(self.space.decode(out).cpu())
+            images.append(self.space.decode(out, batch_size=self.cfg.eval.decode_batch_size).cpu())
         return torch.cat(images), which
 
     def evaluate(self, unet, sampler: str, steps: int, guidance: float) -> dict:
