@@ -66,13 +66,42 @@ def trial_cpus(train_cfg) -> float:
     return train_cfg.num_workers * train_cfg.cpus_per_worker + 0.01
 
 
-def trial_resources(train_cfg, inline: bool) -> dict:
-    """What a trial's actor holds: almost nothing when it drives a Ray Train job, the worker's share inline."""
+def trial_resources(train_cfg, inline: bool, placement: dict | None = None) -> dict:
+    """What a trial's actor holds: almost nothing when it drives a Ray Train job, the worker's share inline
+    (placement: the GPU kind resource of its memory plan; a Ray Train job's workers ask for it themselves)."""
     from trainers.run import use_gpu
 
     if not inline:
         return {"CPU": 0.01}  # the driver itself needs (almost) nothing; the Ray Train worker holds the rest
-    return {"CPU": trial_cpus(train_cfg), **({"GPU": 1} if use_gpu(train_cfg.use_gpu) else {})}
+    return {"CPU": trial_cpus(train_cfg), **({"GPU": 1} if use_gpu(train_cfg.use_gpu) else {}), **(placement or {})}
+
+
+def grid_placements(cfg: StudyConfig, jobs: dict, sizes: dict) -> dict:
+    """(experiment, width) -> the GPU kind resource each run asks for (its memory plan's; {} without a cluster
+    file or on CPU). A width that fits no GPU kind is refused here, before any trial starts."""
+    from trainers.run import run_plan, use_gpu, with_train
+
+    out = {}
+    for name, job in jobs.items():
+        c = with_train(cfg, job["train"])
+        for width in sorted({w for w, _ in sizes[name]}):
+            row = run_plan(c, job["recipe"], width, use_gpu(c.train.use_gpu))
+            out[(name, width)] = {row.kind: 1} if row is not None and c.resources.cluster_yaml else {}
+    return out
+
+
+def placed_resources(cfg: StudyConfig, jobs: dict, sizes: dict, train_cfg, inline: bool, default: str):
+    """tune.with_resources' per-trial resources: the trial's share (trial_resources) with its run's GPU kind, so the
+    autoscaler starts that node type. Refuses a width that fits no GPU kind (grid_placements) before any trial."""
+    from ray import tune
+
+    placements = grid_placements(cfg, jobs, sizes)
+
+    def resources(config: dict):
+        name = (config.get("size") or {}).get("experiment", default)
+        return tune.PlacementGroupFactory([trial_resources(train_cfg, inline, placements.get((name, _size(config)[0])))])
+
+    return resources
 
 
 def experiment_name(cfg: StudyConfig, run_dir: Path, experiment: str = "base", sizes=None, job=None) -> str:
@@ -156,11 +185,12 @@ def _fit_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: list[t
             {"run": run_uuid(run_dir), "train": training_hash(to_dict(cfg)),
              "parts": {n: {"sizes": sizes[n], "job": jobs[n]} for n in names}}, 8)
         params = {"jobs": jobs}
+    resources = placed_resources(cfg, jobs, sizes, first, inline, names[0])
     # The config travels as a constant, not in the search space: Tune would print it with every trial.
     trainable = tune.with_resources(
         tune.with_parameters(_trial, cfg_dict=to_dict(cfg), run_dir=str(Path(run_dir).resolve()),
                              prepared_dir=str(Path(prepared_dir).resolve()), inline=inline, **params),
-        trial_resources(first, inline))
+        resources)
     path = f"{storage.rstrip('/')}/{name}"
     if tune.Tuner.can_restore(path):  # the run config, callbacks included, is restored with it
         # Restoring unpickles Tune's files: refuse ones this user does not own or others may write.

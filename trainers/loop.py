@@ -119,7 +119,10 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
     budget = plan(tc, config["fwd_flops"])
     B, mb, dtype = budget.global_batch, micro_batch(tc, world), module_dtype(precision)
     torch.manual_seed(seed)  # the same initial weights on every rank and every rerun
-    engine = initialize(recipe.model(ctx), tc, world, precision)
+    model = recipe.model(ctx)
+    if config.get("checkpointing"):  # the memory plan's choice: recompute each block's activations in backward
+        model.enable_gradient_checkpointing()
+    engine = initialize(model, tc, world, precision)
     params = list(engine.module.parameters())
     # The EMA lives on rank 0 only (it writes checkpoints), in fp32 whatever the training precision.
     ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True) if rank == 0 else None
@@ -189,7 +192,10 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
         if is_milestone or (ckpt_steps and step % ckpt_steps == 0):
             state = {**budget.point(images), "ema_step": ema.optimization_step if ema else 0,
                      "elapsed_s": elapsed0 + time.perf_counter() - t0, "world_size": world,
-                     "zero_stage": tc.zero_stage, "precision": precision, "width": width, "seed": seed}
+                     "zero_stage": tc.zero_stage, "precision": precision, "width": width, "seed": seed,
+                     "micro_batch": mb, "grad_accum": tc.grad_accum,
+                     # what the module really does, not what was asked (diffusers' flag on the trained UNet)
+                     "checkpointing": bool(getattr(engine.module, "is_gradient_checkpointing", False))}
             if is_milestone:
                 folder = root / ckpt.milestone_name(images)
                 if not (folder / ckpt.STATE).exists():  # never rewrite a milestone

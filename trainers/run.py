@@ -41,6 +41,31 @@ def _check_fits(cfg, use_gpu: bool) -> None:
                               f"{have.get(kind, 0):g}: lower train.num_workers or train.cpus_per_worker")
 
 
+def local_kinds() -> tuple:
+    """The GPU of this machine as the plan's only kind (a run without a cluster file), none without CUDA."""
+    from study.memory import GpuKind
+
+    if not torch.cuda.is_available():
+        return ()
+    gb = torch.cuda.get_device_properties(0).total_memory / 1e9
+    return (GpuKind("local", gb, torch.cuda.device_count(), ("local",)),)
+
+
+def run_plan(cfg, recipe: str, width: int, gpu: bool):
+    """The memory plan row a GPU run trains with (study.memory): the GPU kind of least memory that fits, its
+    micro-batch, accumulation and checkpointing. None on CPU or where no GPU kind is known (the config's own
+    grad_accum then holds); a width that fits no kind is refused here, before anything starts."""
+    from study.memory import chosen, cluster_kinds, memory_plan, recipe_experiment, refuse_unfit
+
+    kinds = cluster_kinds(cfg) if cfg.resources.cluster_yaml else local_kinds()
+    if not gpu or not kinds:
+        return None
+    experiment = recipe_experiment(recipe)
+    rows = memory_plan(cfg, kinds, experiments=[experiment], widths=[width])
+    refuse_unfit(rows, (experiment,))
+    return chosen(rows, experiment, width)
+
+
 def with_train(cfg, overrides: dict | None):
     """The study config with an experiment's TrainConfig overrides (budget, lr, batch...) merged in."""
     if not overrides:
@@ -86,15 +111,21 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
     geometry = get_recipe(recipe).data(ctx).geometry
     rung = ladder(cfg.model.ladder, [width], geometry, cfg.model.reference_width)[0]
     budget = plan(cfg.train, rung.flops)
-    write_config(size_dir, ident)  # only once the config is known to be trainable
-
     started = ensure_ray(cfg, worker_logs=progress)
     gpu = use_gpu(cfg.train.use_gpu)
+    memory = run_plan(cfg, recipe, width, gpu)  # refuses a width that fits no GPU, before the run folder is written
+    write_config(size_dir, ident)  # only once the config is known to be trainable
     if started and not inline:
         _check_fits(cfg, gpu)
     precision = resolve_precision(cfg.train.precision, gpu)
+    # What the plan chose is memory, not maths (the global batch stays): the run records it, its identity does not.
+    checkpointing = memory.checkpointing if memory else str(cfg.train.checkpointing).lower() == "true"
+    run_cfg = cfg_dict if memory is None else {**cfg_dict, "train": {**cfg_dict["train"],
+                                                                      "grad_accum": memory.grad_accum}}
+    if memory is not None:
+        (size_dir / "memory_plan.json").write_text(json.dumps(memory.as_row(), indent=1) + "\n")
     loop_config = {
-        "cfg": cfg_dict, "width": width, "seed": seed, "size_dir": str(size_dir), "prepared_dir": str(prepared),
+        "cfg": run_cfg, "checkpointing": checkpointing, "width": width, "seed": seed, "size_dir": str(size_dir), "prepared_dir": str(prepared),
         "precision": precision, "progress": progress, "fwd_flops": rung.flops,
         "rung": {"params": rung.params, "gflops": rung.gflops, "normalized_cost": rung.normalized_cost},
         "threads": cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)),
@@ -106,7 +137,8 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
 
         train_inline(loop_config, gpu, report or (lambda metrics: None))
     else:
-        _trainer(cfg, width, seed, run_dir, loop_config, gpu, callbacks, subdir).fit()
+        placement = {memory.kind: 1} if memory is not None and cfg.resources.cluster_yaml else {}
+        _trainer(cfg, width, seed, run_dir, loop_config, gpu, callbacks, subdir, placement).fit()
 
     message = nonfinite_message(size_dir)
     if message:
@@ -116,12 +148,16 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         raise RuntimeError(f"{size_dir}: training returned without its final milestone "
                            f"({budget.total_images} images): rerun the same command to resume")
     summary = _summary(size_dir, rows, rung, precision, cfg.train.num_workers, time.time() - t0)
+    summary.update(grad_accum=run_cfg["train"]["grad_accum"], checkpointing=checkpointing,
+                   gpu_kind=memory.kind if memory else None)
     mark_done(size_dir, ident, summary)
     return summary
 
 
-def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bool, callbacks, subdir: str):
-    """The Ray Train job: one worker per data-parallel rank, restarted from `latest` on failure."""
+def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bool, callbacks, subdir: str,
+             placement: dict | None = None):
+    """The Ray Train job: one worker per data-parallel rank, restarted from `latest` on failure; placement: the
+    GPU kind resource each worker asks for (the memory plan's), so the autoscaler starts that node type."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -130,7 +166,7 @@ def _trainer(cfg, width: int, seed: int, run_dir, loop_config: dict, use_gpu: bo
     storage = cfg.sweep.storage_path or str(Path(run_dir) / "ray")
     if "://" not in storage:  # Ray wants an absolute local path (or a URI such as s3://)
         storage = str(Path(storage).resolve())
-    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    resources = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {}), **(placement or {})}
     return TorchTrainer(
         train_loop, train_loop_config=loop_config,
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=use_gpu,
