@@ -29,6 +29,8 @@ INSTANCE_TYPES = {
     "p4d.24xlarge": (96, 8),  # 8x A100 40 GB
     "g6e.2xlarge": (8, 1),  # 1x L40S 48 GB
 }
+# GB of each GPU of the GPU instance types: what the memory plan must read off the node type's kind resource.
+GPU_MEMORY_GB = {"p5.48xlarge": 80, "p4d.24xlarge": 40, "g6e.2xlarge": 48}
 
 # node_config goes to EC2 RunInstances as keyword arguments and Ray's schema leaves it free-form,
 # so a misspelt key there would only fail at launch time. The parameter names of RunInstances
@@ -192,6 +194,20 @@ def test_resources_match_instance_types(prepared):
         cpus, gpus = INSTANCE_TYPES[instance]
         assert nt["resources"].get("CPU") == cpus, name
         assert nt["resources"].get("GPU", 0) == gpus, name
+
+
+def test_gpu_types_name_their_kind_for_the_memory_plan(prepared):
+    # Trials ask for these resources (study.memory.placement); the plan reads each kind's memory from its name.
+    from study.memory import cluster_kinds, kind_memory_gb
+
+    for name, nt in workers(prepared).items():
+        kinds = [r for r in nt["resources"] if kind_memory_gb(r) is not None]
+        gpus = nt["resources"].get("GPU", 0)
+        assert len(kinds) == (1 if gpus else 0), name
+        if gpus:
+            assert nt["resources"][kinds[0]] == gpus, name  # one unit per GPU: one per Train worker
+            assert kind_memory_gb(kinds[0]) == GPU_MEMORY_GB[nt["node_config"]["InstanceType"]], name
+    assert {k.resource for k in cluster_kinds(path=CLUSTER_YAML)} == {"gpu_a100_40gb", "gpu_l40s_48gb", "gpu_h100_80gb"}
 
 
 def test_node_configs_use_run_instances_parameters(prepared):

@@ -1,0 +1,73 @@
+"""Placement by memory plan on a loopback multi-node Ray cluster: each trial asks for the GPU kind its plan chose
+(cluster.yaml's gpu_<model>_<GB>gb resources), so a size that only fits 80 GB GPUs waits for such a node while a
+small one runs on the node that is there."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def a100_cluster():
+    """A head that takes no work and one node of fake 40 GB GPUs, labelled as cluster.yaml labels them."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    node = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_a100_40gb": 1})
+    ray.init(address=c.address)
+    yield c, node
+    ray.shutdown()
+    c.shutdown()
+
+
+def _record(config: dict, out: str) -> None:
+    """A trial that only records where it ran."""
+    import ray
+
+    with open(f"{out}/w{config['width']}.json", "w") as f:
+        json.dump({"node": ray.get_runtime_context().get_node_id()}, f)
+
+
+def test_a_large_trial_waits_for_its_gpu_kind_and_a_small_one_does_not(a100_cluster, tmp_path):
+    from ray import tune
+
+    from study.config import load_config
+    from sweeps.train_grid import _job, placed_resources
+
+    c, a100 = a100_cluster
+    # One worker per run (its trial holds the GPU): 2B parameters need 80 GB GPUs, c=64 fits the 40 GB ones.
+    cfg = load_config("paper", ["train.num_workers=1", "train.use_gpu=true", "train.cpus_per_worker=1",
+                                "model.widths=[64,512]", f"resources.ray_address={c.address}"])
+    sizes = {"base": [(64, 0), (512, 0)]}
+    resources = placed_resources(cfg, {"base": _job(cfg, None, None)}, sizes, cfg.train, True, "base")
+    seen = {}
+
+    def add_h100_once_the_small_trial_ran():
+        deadline = time.time() + 120
+        while not (tmp_path / "w64.json").exists() and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(3)  # the large trial had time to start, if it could
+        seen["large_ran_before_h100"] = (tmp_path / "w512.json").exists()
+        seen["h100"] = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_h100_80gb": 1}).node_id
+
+    helper = threading.Thread(target=add_h100_once_the_small_trial_ran)
+    helper.start()
+    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(_record, out=str(tmp_path)), resources),
+                       param_space={"width": tune.grid_search([512, 64]), "seed": 0},
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0))
+    grid = tuner.fit()
+    helper.join()
+    assert not grid.errors
+    placed = {w: json.loads((tmp_path / f"w{w}.json").read_text())["node"] for w in (64, 512)}
+    assert placed[64] == a100.node_id
+    assert seen["large_ran_before_h100"] is False
+    assert placed[512] == seen["h100"]
