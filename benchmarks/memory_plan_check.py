@@ -3,7 +3,7 @@
     python benchmarks/memory_plan_check.py
 
 Each point: one forward + backward of the trainer's loss (bf16, batch 2) on the paper ladder's UNet, its live-tensor
-peak (parameters and gradients excluded, study.memory_measure.LiveBytes) against the plan's fitted law
+peak (parameters and gradients excluded, trainers.memory_measure.LiveBytes) against the plan's fitted law
 (study.memory.activation_bytes), with and without activation checkpointing; then the plan extrapolated to the
 paper's 64 x 64 latents.
 """
@@ -16,7 +16,7 @@ import torch
 
 from study.ladder import LADDERS, Geometry
 from study.memory import activation_bytes
-from study.memory_measure import train_step_bytes
+from trainers.memory_measure import train_step_bytes
 
 POINTS = [(64, 40), (160, 16), (192, 24)]
 

@@ -7,7 +7,7 @@ What a training step holds on the GPU of rank 0 (the worst: it also keeps the EM
   weights and gradients, fp32 master weights, gradients and Adam moments, 20 bytes a parameter unsharded);
 - the EMA: an fp32 copy of the weights, plus one fp32 temporary the size of the model while it updates
   (diffusers' EMAModel with foreach), which comes after the backward, so it counts against the activations;
-- activations: measured bytes per image (study/memory_table.json, study.memory_measure) x micro-batch, and the
+- activations: measured bytes per image (study/memory_table.json, trainers.memory_measure) x micro-batch, and the
   micro-batch's own inputs (fp32 latents and text-encoder states);
 - derived experiments: distillation's frozen teacher and target network (16-bit) and their no-grad forwards
   (the teacher's with guidance, 2x the micro-batch); DreamBooth's class images (prior preservation doubles the
@@ -26,9 +26,12 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from study.errors import ConfigError
 
 GB = 1e9
+TABLE = Path(__file__).with_name("memory_table.json")  # measured by trainers/memory_measure.py
 REPO_CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
 # A node type's GPU kind is a custom resource, one unit per GPU, named after the GPU and its memory: a trial asks
 # for it to land on that kind, and the autoscaler reads it from cluster.yaml to start the right nodes.
@@ -87,16 +90,26 @@ def cluster_kinds(cfg=None, path: str | Path | None = None) -> tuple[GpuKind, ..
 
 @lru_cache(maxsize=1)
 def _table() -> dict:
-    from study.memory_measure import TABLE
-
     return json.loads(TABLE.read_text())
+
+
+def features(width: int, pixels: int) -> np.ndarray:
+    """The fit's regressors: conv and attention activations grow as width x pixels (flash attention keeps
+    q, k, v and the output, linear in tokens), the latent-channel layers as pixels alone, cross-attention's keys
+    and values (77 tokens) as width alone."""
+    return np.array([width * pixels, pixels, width, 1.0], dtype=float)
+
+
+def predict(coef, width: int, pixels: int) -> float:
+    """Bytes per image the fitted law gives at a width and latent pixel count."""
+    return float(features(width, pixels) @ np.asarray(coef))
+
+
 
 
 def activation_bytes(width: int, side: int, kind: str, precision: str = "bf16") -> float:
     """Bytes per image of a training step (kind train / train_ckpt) or of a sampling call (eval), from the fitted
     law of the measured table (bf16); fp32 holds twice the bytes."""
-    from study.memory_measure import predict
-
     return predict(_table()["laws"][kind], width, side * side) * (2.0 if precision == "fp32" else 1.0)
 
 

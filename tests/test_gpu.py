@@ -143,7 +143,7 @@ def test_an_evaluation_batch_of_the_largest_width_that_fits_one_gpu():
 
     from study.ladder import LADDERS, Geometry, build_unet
     from study.memory import FEATURE_PARAMS, GB, memory_plan
-    from study.memory_measure import SD_VAE
+    from trainers.memory_measure import SD_VAE
     from study.sampling import sample
     from trainers.run import local_kinds
 

@@ -12,7 +12,7 @@ from study.config import ConfigError, load_config
 from study.ladder import LADDERS, Geometry
 from study.memory import (GpuKind, activation_bytes, chosen, cluster_kinds, format_plan, memory_plan,
                           model_states_bytes, refuse_unfit)
-from study.memory_measure import FIT_POINTS, train_step_bytes
+from trainers.memory_measure import FIT_POINTS, train_step_bytes
 
 from train_helpers import fake_prepared, tiny_config
 

@@ -8,21 +8,21 @@ Two counts of one training step (forward + backward of the trainer's own loss):
   TorchDispatchMode sees every tensor an operation creates, a finaliser on its storage sees it freed). This is
   what the GPU must hold beside the model states; with checkpointing it includes the recomputation.
 The plan (study.memory) uses the peak; `saved` is the cross-check that the peak is the saved activations plus a
-backward transient. `python -m study.memory_measure` regenerates the table shipped as study/memory_table.json.
+backward transient. `python -m trainers.memory_measure` regenerates the table shipped as study/memory_table.json.
 """
 
 from __future__ import annotations
 
 import json
 import weakref
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-TABLE = Path(__file__).with_name("memory_table.json")
+from study.memory import TABLE, features, predict
+
 # Fitted points (widths of the paper ladder: multiples of its 32 norm groups) and held-out points, which the
 # fit never sees and which report its error. 16 and 24 px latents are 1/16 and 1/7 of the paper's 64 x 64.
 FIT_POINTS = [(32, 8), (32, 16), (32, 24), (64, 8), (64, 16), (64, 24), (96, 8), (96, 16)]
@@ -147,24 +147,12 @@ def vae_decode_bytes(side: int, batch: int, dtype: torch.dtype) -> int:
     return forward_bytes(lambda: vae.decode(z).sample, [*vae.parameters(), *vae.buffers(), z])
 
 
-def features(width: int, pixels: int) -> np.ndarray:
-    """The fit's regressors: conv and attention activations grow as width x pixels (flash attention keeps
-    q, k, v and the output, linear in tokens), the latent-channel layers as pixels alone, cross-attention's keys
-    and values (77 tokens) as width alone."""
-    return np.array([width * pixels, pixels, width, 1.0], dtype=float)
-
-
 def fit(points: list[dict], key: str) -> list[float]:
     """Least squares on relative error (each point weighted by 1/its value) of bytes per image."""
     A = np.stack([features(p["width"], p["side"] ** 2) for p in points])
     y = np.array([p[key] for p in points], dtype=float)
     coef, *_ = np.linalg.lstsq(A / y[:, None], np.ones_like(y), rcond=None)
     return [float(c) for c in coef]
-
-
-def predict(coef, width: int, pixels: int) -> float:
-    """Bytes per image the fitted law gives at a width and latent pixel count."""
-    return float(features(width, pixels) @ np.asarray(coef))
 
 
 def measure_table(batch: int = 2, dtype: torch.dtype = torch.bfloat16, log=print) -> dict:
