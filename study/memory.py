@@ -105,8 +105,6 @@ def predict(coef, width: int, pixels: int) -> float:
     return float(features(width, pixels) @ np.asarray(coef))
 
 
-
-
 def activation_bytes(width: int, side: int, kind: str, precision: str = "bf16") -> float:
     """Bytes per image of a training step (kind train / train_ckpt) or of a sampling call (eval), from the fitted
     law of the measured table (bf16); fp32 holds twice the bytes."""
@@ -130,7 +128,6 @@ class Job:
     """What one experiment trains per width: global batch, images per sample, extra frozen networks."""
 
     experiment: str
-    recipe: str  # the trainer recipe that runs it (trainers.recipes)
     batch_size: int
     images_per_sample: int = 1  # DreamBooth with prior preservation: an instance and a class image
     frozen_copies: int = 0  # 16-bit copies of the model beside it (distillation: teacher and target)
@@ -139,25 +136,31 @@ class Job:
     guided_eval: bool = True  # evaluation with classifier-free guidance (2 UNet inputs per image)
 
 
-def jobs(cfg) -> list[Job]:
-    """The training jobs of a config: the base ladder and every derived experiment (enabled or not, so the plan
-    shows them before they are switched on), each with its own batch keys."""
+def _traits(name: str, cfg) -> dict:
+    """What an experiment's step holds beyond a base run's (Job's fields); a new experiment is base-like until
+    it is named here."""
     from study.ladder import geometry
 
-    geom = geometry(cfg)
-    factor = max(1, cfg.data.resolution // geom.sample_size)
-    db = cfg.dreambooth
-    return [Job("base", "base", cfg.train.batch_size),
-            Job("distillation", "distill", cfg.distill.batch_size, frozen_copies=2, nograd_forwards=3,
-                guided_eval=False),
-            Job("superres", "superres", cfg.superres.batch_size, side=max(1, cfg.superres.hr_size // factor),
-                guided_eval=False),
-            Job("dreambooth", "dreambooth", db.batch_size, images_per_sample=2 if db.prior_preservation else 1)]
+    if name == "distillation":  # the guided teacher step (2 x batch) and the target network, both frozen
+        return {"frozen_copies": 2, "nograd_forwards": 3, "guided_eval": False}
+    if name == "superres":  # HR latents of superres.hr_size pixels; evaluated without guidance
+        factor = max(1, cfg.data.resolution // geometry(cfg).sample_size)
+        return {"side": max(1, cfg.superres.hr_size // factor), "guided_eval": False}
+    if name == "dreambooth":  # prior preservation adds a class image to every instance image
+        return {"images_per_sample": 2 if cfg.dreambooth.prior_preservation else 1}
+    return {}
 
 
-def recipe_experiment(recipe: str) -> str:
-    """The experiment whose job a trainer recipe runs."""
-    return {"distill": "distillation"}.get(recipe, recipe)
+def jobs(cfg) -> list[Job]:
+    """The training jobs of a config: every experiment of the registry (enabled or not, so the plan shows them
+    before they are switched on), each with its own batch (its spec's train overrides)."""
+    from study.experiments import SPECS
+
+    out = []
+    for name, spec in SPECS.items():
+        batch = ((spec.train(cfg) if spec.train else None) or {}).get("batch_size", cfg.train.batch_size)
+        out.append(Job(name, batch, **_traits(name, cfg)))
+    return out
 
 
 @dataclass

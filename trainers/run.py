@@ -55,12 +55,12 @@ def run_plan(cfg, recipe: str, width: int, gpu: bool):
     """The memory plan row a GPU run trains with (study.memory): the GPU kind of least memory that fits, its
     micro-batch, accumulation and checkpointing. None on CPU or where no GPU kind is known (the config's own
     grad_accum then holds); a width that fits no kind is refused here, before anything starts."""
-    from study.memory import chosen, cluster_kinds, memory_plan, recipe_experiment, refuse_unfit
+    from study.memory import chosen, cluster_kinds, memory_plan, refuse_unfit
 
     kinds = cluster_kinds(cfg) if cfg.resources.cluster_yaml else local_kinds()
     if not gpu or not kinds:
         return None
-    experiment = recipe_experiment(recipe)
+    experiment = recipe  # a recipe is named as its experiment
     rows = memory_plan(cfg, kinds, experiments=[experiment], widths=[width])
     refuse_unfit(rows, (experiment,))
     return chosen(rows, experiment, width)
