@@ -99,7 +99,8 @@ def placed_resources(cfg: StudyConfig, jobs: dict, sizes: dict, train_cfg, inlin
 
     def resources(config: dict):
         name = (config.get("size") or {}).get("experiment", default)
-        return tune.PlacementGroupFactory([trial_resources(train_cfg, inline, placements.get((name, _size(config)[0])))])
+        placement = placements.get((name, _size(config)[0]))
+        return tune.PlacementGroupFactory([trial_resources(train_cfg, inline, placement)])
 
     return resources
 

@@ -57,8 +57,10 @@ def run_plan(cfg, recipe: str, width: int, gpu: bool):
     grad_accum then holds); a width that fits no kind is refused here, before anything starts."""
     from study.memory import chosen, cluster_kinds, memory_plan, refuse_unfit
 
+    if not gpu:
+        return None
     kinds = cluster_kinds(cfg) if cfg.resources.cluster_yaml else local_kinds()
-    if not gpu or not kinds:
+    if not kinds:
         return None
     experiment = recipe  # a recipe is named as its experiment
     rows = memory_plan(cfg, kinds, experiments=[experiment], widths=[width])
@@ -119,13 +121,17 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         _check_fits(cfg, gpu)
     precision = resolve_precision(cfg.train.precision, gpu)
     # What the plan chose is memory, not maths (the global batch stays): the run records it, its identity does not.
-    checkpointing = memory.checkpointing if memory else str(cfg.train.checkpointing).lower() == "true"
-    run_cfg = cfg_dict if memory is None else {**cfg_dict, "train": {**cfg_dict["train"],
-                                                                      "grad_accum": memory.grad_accum}}
+    # Without a plan (CPU), train.micro_batch and train.checkpointing still hold where set.
+    t = cfg.train
+    checkpointing = memory.checkpointing if memory else str(t.checkpointing).lower() == "true"
+    accum = memory.grad_accum if memory else (t.batch_size // (t.micro_batch * t.num_workers) if t.micro_batch
+                                              else t.grad_accum)
+    run_cfg = {**cfg_dict, "train": {**cfg_dict["train"], "grad_accum": accum}}
     if memory is not None:
         (size_dir / "memory_plan.json").write_text(json.dumps(memory.as_row(), indent=1) + "\n")
     loop_config = {
-        "cfg": run_cfg, "checkpointing": checkpointing, "width": width, "seed": seed, "size_dir": str(size_dir), "prepared_dir": str(prepared),
+        "cfg": run_cfg, "checkpointing": checkpointing, "width": width, "seed": seed, "size_dir": str(size_dir),
+        "prepared_dir": str(prepared),
         "precision": precision, "progress": progress, "fwd_flops": rung.flops,
         "rung": {"params": rung.params, "gflops": rung.gflops, "normalized_cost": rung.normalized_cost},
         "threads": cfg.train.torch_threads or max(1, int(cfg.train.cpus_per_worker)),
@@ -148,7 +154,7 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         raise RuntimeError(f"{size_dir}: training returned without its final milestone "
                            f"({budget.total_images} images): rerun the same command to resume")
     summary = _summary(size_dir, rows, rung, precision, cfg.train.num_workers, time.time() - t0)
-    summary.update(grad_accum=run_cfg["train"]["grad_accum"], checkpointing=checkpointing,
+    summary.update(grad_accum=accum, checkpointing=checkpointing,
                    gpu_kind=memory.kind if memory else None)
     mark_done(size_dir, ident, summary)
     return summary
