@@ -5,9 +5,6 @@ small one runs on the node that is there."""
 from __future__ import annotations
 
 import json
-import threading
-import time
-
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -29,14 +26,6 @@ def a100_cluster():
     c.shutdown()
 
 
-def _record(config: dict, out: str) -> None:
-    """A trial that only records where it ran."""
-    import ray
-
-    with open(f"{out}/w{config['width']}.json", "w") as f:
-        json.dump({"node": ray.get_runtime_context().get_node_id()}, f)
-
-
 def test_a_large_trial_waits_for_its_gpu_kind_and_a_small_one_does_not(a100_cluster, tmp_path):
     from ray import tune
 
@@ -51,23 +40,28 @@ def test_a_large_trial_waits_for_its_gpu_kind_and_a_small_one_does_not(a100_clus
     resources = placed_resources(cfg, {"base": _job(cfg, None, None)}, sizes, cfg.train, True, "base")
     seen = {}
 
-    def add_h100_once_the_small_trial_ran():
-        deadline = time.time() + 120
-        while not (tmp_path / "w64.json").exists() and time.time() < deadline:
-            time.sleep(0.5)
-        time.sleep(3)  # the large trial had time to start, if it could
-        seen["large_ran_before_h100"] = (tmp_path / "w512.json").exists()
-        seen["h100"] = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_h100_80gb": 1}).node_id
+    def record(config: dict, out: str) -> None:  # a trial that only records where it ran (pickled by value)
+        import ray
 
-    helper = threading.Thread(target=add_h100_once_the_small_trial_ran)
-    helper.start()
-    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(_record, out=str(tmp_path)), resources),
+        with open(f"{out}/w{config['width']}.json", "w") as f:
+            json.dump({"node": ray.get_runtime_context().get_node_id()}, f)
+
+    class AddH100WhenTheSmallTrialIsDone(tune.Callback):
+        """Runs in the driver's Tune loop: once c=64 finished, note the large trial's state, then add its node."""
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            if trial.config["width"] == 64 and "h100" not in seen:
+                seen["large"] = [t.status for t in trials if t.config["width"] == 512][0]
+                seen["large_ran"] = (tmp_path / "w512.json").exists()
+                seen["h100"] = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_h100_80gb": 1}).node_id
+
+    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(record, out=str(tmp_path)), resources),
                        param_space={"width": tune.grid_search([512, 64]), "seed": 0},
-                       run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0))
+                       run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0,
+                                                 callbacks=[AddH100WhenTheSmallTrialIsDone()]))
     grid = tuner.fit()
-    helper.join()
     assert not grid.errors
     placed = {w: json.loads((tmp_path / f"w{w}.json").read_text())["node"] for w in (64, 512)}
     assert placed[64] == a100.node_id
-    assert seen["large_ran_before_h100"] is False
+    assert seen["large"] == "PENDING" and not seen["large_ran"]  # it waited for its kind of GPU
     assert placed[512] == seen["h100"]
