@@ -24,9 +24,11 @@ OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_wr
                          "prepare_readahead", "prepare_driver_sort_max", "keep_parts")
 
 # Training settings that change how a run executes but not what it computes: a rerun may change them freely.
-# The post-hoc EMA profiles are tracked beside training and never feed back into it.
+# The post-hoc EMA profiles are tracked beside training and never feed back into it. The memory plan's keys split
+# the same global batch differently (float rounding only), as the GPU kind does.
 OPERATIONAL_TRAIN_KEYS = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images",
-                          "checkpoint_every_images", "phema_snapshots", "phema_sigma_rels")
+                          "checkpoint_every_images", "phema_snapshots", "phema_sigma_rels", "memory_margin",
+                          "micro_batch", "checkpointing", "min_micro_batch")
 
 
 def sha256_file(path, chunk: int = 8 << 20) -> str:
