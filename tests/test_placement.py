@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pytest
+from ray.tune import Callback
 
 pytestmark = pytest.mark.slow
 
@@ -26,6 +27,20 @@ def a100_cluster():
     c.shutdown()
 
 
+_STATE: dict = {}  # the running test's cluster and findings: Tune pickles its callbacks, which must not hold them
+
+
+class AddH100WhenTheSmallTrialIsDone(Callback):
+    """Runs in the driver's Tune loop: once c=64 finished, note the large trial's state, then add its node."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        seen = _STATE["seen"]
+        if trial.config["width"] == 64 and "h100" not in seen:
+            seen["large"] = [t.status for t in trials if t.config["width"] == 512][0]
+            seen["large_ran"] = (_STATE["out"] / "w512.json").exists()
+            seen["h100"] = _STATE["cluster"].add_node(num_cpus=2, num_gpus=1, resources={"gpu_h100_80gb": 1}).node_id
+
+
 def test_a_large_trial_waits_for_its_gpu_kind_and_a_small_one_does_not(a100_cluster, tmp_path):
     from ray import tune
 
@@ -38,22 +53,14 @@ def test_a_large_trial_waits_for_its_gpu_kind_and_a_small_one_does_not(a100_clus
                                 "model.widths=[64,512]", f"resources.ray_address={c.address}"])
     sizes = {"base": [(64, 0), (512, 0)]}
     resources = placed_resources(cfg, {"base": _job(cfg, None, None)}, sizes, cfg.train, True, "base")
-    seen = {}
+    seen = _STATE["seen"] = {}
+    _STATE.update(cluster=c, out=tmp_path)
 
     def record(config: dict, out: str) -> None:  # a trial that only records where it ran (pickled by value)
         import ray
 
         with open(f"{out}/w{config['width']}.json", "w") as f:
             json.dump({"node": ray.get_runtime_context().get_node_id()}, f)
-
-    class AddH100WhenTheSmallTrialIsDone(tune.Callback):
-        """Runs in the driver's Tune loop: once c=64 finished, note the large trial's state, then add its node."""
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if trial.config["width"] == 64 and "h100" not in seen:
-                seen["large"] = [t.status for t in trials if t.config["width"] == 512][0]
-                seen["large_ran"] = (tmp_path / "w512.json").exists()
-                seen["h100"] = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_h100_80gb": 1}).node_id
 
     tuner = tune.Tuner(tune.with_resources(tune.with_parameters(record, out=str(tmp_path)), resources),
                        param_space={"width": tune.grid_search([512, 64]), "seed": 0},
