@@ -6,7 +6,8 @@ What a training step holds on the GPU of rank 0 (the worst: it also keeps the EM
 - model, gradient and optimizer states: DeepSpeed's own estimator for the ZeRO stage (mixed precision: 16-bit
   weights and gradients, fp32 master weights, gradients and Adam moments, 20 bytes a parameter unsharded);
 - the EMA: an fp32 copy of the weights, plus one fp32 temporary the size of the model while it updates
-  (diffusers' EMAModel with foreach), which comes after the backward, so it counts against the activations;
+  (diffusers' EMAModel with foreach, below 1B parameters; larger models update tensor by tensor), which comes
+  after the backward, so it counts against the activations; each rank's share of the post-hoc EMA profiles;
 - activations: measured bytes per image (study/memory_table.json, trainers.memory_measure) x micro-batch, and the
   micro-batch's own inputs (fp32 latents and text-encoder states);
 - derived experiments: distillation's frozen teacher and target network (16-bit) and their no-grad forwards
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +31,8 @@ import numpy as np
 
 from study.errors import ConfigError
 
+# As trainers.phema_track.FOREACH_MAX_PARAMS (core may not import trainers).
+FOREACH_MAX_PARAMS = 1e9
 GB = 1e9
 TABLE = Path(__file__).with_name("memory_table.json")  # measured by trainers/memory_measure.py
 REPO_CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
@@ -134,6 +137,7 @@ class Job:
     nograd_forwards: int = 0  # no-grad forwards per image in the step (distillation: 2 teacher + 1 target)
     side: int | None = None  # latent side, if not the base data's (super-resolution)
     guided_eval: bool = True  # evaluation with classifier-free guidance (2 UNet inputs per image)
+    train: dict = field(default_factory=dict)  # its runs' train overrides (workers, batch, ...: the spec's)
 
 
 def _traits(name: str, cfg) -> dict:
@@ -158,8 +162,10 @@ def jobs(cfg) -> list[Job]:
 
     out = []
     for name, spec in SPECS.items():
-        batch = ((spec.train(cfg) if spec.train else None) or {}).get("batch_size", cfg.train.batch_size)
-        out.append(Job(name, batch, **_traits(name, cfg)))
+        if not spec.trains:  # it only evaluates another experiment's checkpoints
+            continue
+        overrides = (spec.train(cfg) if spec.train else None) or {}
+        out.append(Job(name, overrides.get("batch_size", cfg.train.batch_size), train=overrides, **_traits(name, cfg)))
     return out
 
 
@@ -196,7 +202,9 @@ def train_bytes(cfg, job: Job, width: int, params: int, side: int, mb: int, ckpt
     nodes = max(1, -(-t.num_workers // kind.gpus_per_node))
     states = model_states_bytes(params, t.zero_stage, min(t.num_workers, kind.gpus_per_node), nodes)
     states += job.frozen_copies * 2 * params
-    ema = 4 * params
+    # The fp32 EMA on rank 0, and this rank's share of the post-hoc EMA profiles (trainers.phema_track).
+    phema = 4 * params * len(t.phema_sigma_rels) / max(1, t.num_workers) if t.phema_snapshots > 0 else 0
+    ema = 4 * params + phema
     images = mb * job.images_per_sample
     from study.ladder import geometry
 
@@ -204,7 +212,10 @@ def train_bytes(cfg, job: Job, width: int, params: int, side: int, mb: int, ckpt
     inputs = images * 4 * (g.in_channels * side * side + g.tokens * g.context_dim)  # fp32 batch on the GPU
     act = images * activation_bytes(width, side, "train_ckpt" if ckpt else "train", prec) + inputs
     act += images * job.nograd_forwards * activation_bytes(width, side, "eval", prec)
-    return {"states": states, "ema": ema, "activations": act, "total": states + ema + max(act, 4 * params)}
+    # The EMA's foreach update holds a model-sized temporary after the backward; large models update tensor by
+    # tensor instead (trainers.phema_track.FOREACH_MAX_PARAMS).
+    temporary = 4 * params if params < FOREACH_MAX_PARAMS else 0
+    return {"states": states, "ema": ema, "activations": act, "total": states + ema + max(act, temporary)}
 
 
 def eval_bytes(cfg, job: Job, width: int, params: int, side: int, batch: int) -> int:
@@ -258,10 +269,11 @@ def memory_plan(cfg, kinds: tuple[GpuKind, ...] | None = None, experiments=None,
         if experiments is not None and job.experiment not in experiments:
             continue
         side = job.side or side0
+        jcfg = _with_train(cfg, job.train)  # its runs' own workers and batch
         for width in widths:
             params = rungs[width].params
             for kind in kinds:
-                mb, accum, ckpt, b = choose(cfg, job, width, params, side, kind)
+                mb, accum, ckpt, b = choose(jcfg, job, width, params, side, kind)
                 cap = kind.memory_gb * GB * (1 - cfg.train.memory_margin)
                 ev = eval_bytes(cfg, job, width, params, side, cfg.eval.batch_size)
                 rows.append(PlanRow(job.experiment, width, params, kind.resource, ",".join(kind.node_types),
@@ -269,6 +281,16 @@ def memory_plan(cfg, kinds: tuple[GpuKind, ...] | None = None, experiments=None,
                                     b["activations"] / GB, b["total"] / GB, cfg.eval.batch_size, ev / GB,
                                     b["total"] <= cap, ev <= cap))
     return rows
+
+
+def _with_train(cfg, overrides: dict):
+    """The config with an experiment's train overrides merged in (as trainers.run.with_train)."""
+    if not overrides:
+        return cfg
+    from study.config import from_dict, to_dict
+
+    d = to_dict(cfg)
+    return from_dict({**d, "train": {**d["train"], **overrides}})
 
 
 def chosen(rows: list[PlanRow], experiment: str, width: int) -> PlanRow | None:

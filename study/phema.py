@@ -122,10 +122,11 @@ def unpack(flat: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def snapshot_path(size_dir, images: int):
+def snapshot_path(size_dir, images: int, part: str = ""):
+    """A snapshot file: one per snapshot point, or one per rank (part "-rank0of8") when the ranks share the work."""
     from pathlib import Path
 
-    return Path(size_dir) / SNAPSHOTS / f"{int(images):012d}.safetensors"
+    return Path(size_dir) / SNAPSHOTS / f"{int(images):012d}{part}.safetensors"
 
 
 def load_snapshots(size_dir) -> list[tuple[int, float, dict[str, torch.Tensor]]]:
@@ -134,11 +135,12 @@ def load_snapshots(size_dir) -> list[tuple[int, float, dict[str, torch.Tensor]]]
 
     from safetensors.torch import load_file
 
-    out = []
+    merged: dict[tuple[int, float], dict[str, torch.Tensor]] = {}
     for path in sorted((Path(size_dir) / SNAPSHOTS).glob("*.safetensors")):
-        for s, d in sorted(unpack(load_file(path)).items()):
-            out.append((int(path.stem), float(s), d))
-    return out
+        images = int(path.stem.split("-")[0])  # NNN or NNN-rankRofW: each rank's share of the tensors
+        for s, d in unpack(load_file(path)).items():
+            merged.setdefault((images, float(s)), {}).update(d)
+    return [(i, s, d) for (i, s), d in sorted(merged.items())]
 
 
 def reconstruct_checkpoint(size_dir, sigma_rel: float, images: int | None = None):

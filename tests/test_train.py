@@ -57,7 +57,9 @@ def _assert_same_weights(run_a, run_b):
     # data order, noise, optimizer and EMA state. (Across ZeRO stages only up to float noise, which Adam
     # amplifies where gradients are near its eps, so stages are not compared with each other.)
     for images in MILESTONES:
-        for which in ("raw", "ema", "phema"):  # phema: the post-hoc EMA profiles continue exactly too
+        folder = trainers.run_dir_for(run_a, 8, 0) / "checkpoints" / ckpt.milestone_name(images)
+        # phema*: each rank's share of the post-hoc EMA profiles continues exactly too
+        for which in ("raw", "ema", *sorted(p.name.removesuffix(".safetensors") for p in folder.glob("phema*"))):
             a, b = _weights(run_a, images, which), _weights(run_b, images, which)
             assert a.keys() == b.keys()
             for k in a:
@@ -259,6 +261,7 @@ def test_two_workers_zero1_worker_killed_and_restarted_by_ray(ray_local, prep, t
 
     final = trainers.run_dir_for(tmp_path / "killed_run", 8, 0) / "checkpoints" / milestone_name(MILESTONES[-1])
     assert sorted(p.name for p in final.glob("optimizer-rank*.pt")) == ["optimizer-rank0.pt", "optimizer-rank1.pt"]
+    assert sorted(p.name for p in final.glob("phema*")) == ["phema-rank0of2.safetensors", "phema-rank1of2.safetensors"]
     _assert_same_weights(tmp_path / "clean", tmp_path / "killed_run")
 
 

@@ -202,14 +202,14 @@ def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size
         if partitioned or rank == 0:  # ZeRO >= 1: each rank holds a different optimizer partition
             save_optimizer(engine.optimizer, tmp / f"optimizer-rank{rank}.pt")
         save_rng(tmp, rank)
+        if phema is not None:  # each rank's share of the post-hoc EMA profiles (trainers.phema_track)
+            phema.save(tmp)
         _barrier(world_size)  # every rank's files are in before rank 0 makes the folder visible
         if rank == 0:
             save_weights(engine.module, ema, tmp)
             extra = recipe.extra_state() if recipe is not None else {}
             if extra:
                 save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, tmp / EXTRA)
-            if phema is not None:  # rank 0's post-hoc EMA profiles (trainers.phema_track)
-                phema.save(tmp)
             # Sizes and sums of every rank's files, recorded before the folder becomes visible (resume verifies).
             (tmp / STATE).write_text(json.dumps({**state, FILES: manifest(tmp)}, indent=1))
             publish(tmp, final)

@@ -20,7 +20,7 @@ from trainers.data import micro_batch_start
 from trainers.diffusion import step_generator
 from trainers.engine import initialize, micro_batch, module_dtype, optimizer_step, set_lr
 from trainers.rundir import add_milestone, load_milestones, mark_nonfinite
-from trainers.phema_track import PostHocEMA
+from trainers.phema_track import PostHocEMA, ema_foreach
 from trainers.tracking import Tracker
 
 
@@ -125,9 +125,13 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
     engine = initialize(model, tc, world, precision)
     params = list(engine.module.parameters())
     # The EMA lives on rank 0 only (it writes checkpoints), in fp32 whatever the training precision.
-    ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True) if rank == 0 else None
-    phema = (PostHocEMA(engine.module, tc.phema_sigma_rels, budget.total_images, tc.phema_snapshots, size_dir)
-             if rank == 0 and tc.phema_snapshots > 0 else None)
+    # foreach updates all tensors at once through a temporary the size of the model: fast for small models, and
+    # 20 GB at 5B parameters, so large ones update tensor by tensor (study.memory counts whichever runs).
+    ema = (EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=ema_foreach(params))
+           if rank == 0 else None)
+    # The post-hoc EMA profiles are spread over the ranks, each tracking its share of the tensors.
+    phema = (PostHocEMA(engine.module, tc.phema_sigma_rels, budget.total_images, tc.phema_snapshots, size_dir,
+                        rank, world) if tc.phema_snapshots > 0 else None)
     state = ckpt.resume(root, engine, ema, rank, world, tc.zero_stage > 0, recipe=recipe, phema=phema) or {}
     step = state.get("train_steps", 0)
     if rank == 0:  # a kill between publishing a milestone and indexing it leaves it unindexed

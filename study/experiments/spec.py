@@ -33,6 +33,7 @@ class ExperimentSpec:
     evaluator: Callable[[Any, Path], Any] | None = None
     # TrainConfig overrides of its runs (budget, batch, lr, ...), from the config; None: the train section's.
     train: Callable[[Any], dict] | None = None
+    trains: bool = True  # False: it evaluates an earlier experiment's checkpoints in another form (no training)
     # The local files its stages read: (config key, path or None), checked before the first training step.
     inputs: Callable[[Any], list[tuple[str, Any]]] | None = None
 

@@ -31,7 +31,6 @@ class Experiment:
     name = "base"  # its study.experiments.SPECS entry: the results table's `experiment`
     objective = "fid"  # the evaluator's key the guidance search minimises
     search = True  # False: one evaluation per cell at guidance 1 (tasks without guidance)
-    trains = True  # False: its checkpoints are an earlier experiment's (sources), in another form
 
     @property
     def spec(self):
@@ -48,6 +47,11 @@ class Experiment:
     def after(self) -> tuple[str, ...]:
         """The experiments whose checkpoints this one derives from."""
         return self.spec.after
+
+    @property
+    def trains(self) -> bool:
+        """False: its checkpoints are an earlier experiment's (sources), in another form."""
+        return self.spec.trains
 
     @property
     def recipe(self) -> str:

@@ -12,8 +12,7 @@ from sweeps.experiments import Experiment, StageContext, final_milestones
 
 class EmaExperiment(Experiment):
     name = "ema"
-    search = False
-    trains = False  # its checkpoints are the base's, reconstructed
+    search = False  # one fixed guidance for every EMA length
 
     def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
         """Each base (size, seed)'s final milestone: the weights it averages differently."""

@@ -7,4 +7,4 @@ from __future__ import annotations
 from study.experiments.ema.config import validate
 from study.experiments.spec import ExperimentSpec
 
-SPEC = ExperimentSpec(name="ema", task="text2image", after=("base",), section="ema", validate=validate)
+SPEC = ExperimentSpec(name="ema", task="text2image", after=("base",), section="ema", validate=validate, trains=False)
