@@ -22,7 +22,7 @@ import pandas as pd
 
 from analysis.verdicts import UNRESOLVED
 from analysis.planner import plan
-from analysis.predict import JointFit, _default_curve, crossovers_between, fit_joint
+from analysis.predict import JointFit, _default_curve, crossovers_between, fit_joint, require_fit
 from analysis.table import size_label
 
 KIND = {"seed": "another training seed of the {size} model (width {width})",
@@ -78,11 +78,12 @@ def advise(table: pd.DataFrame, key: str, run_dir: str, seed: int = 0, fits: dic
         if experiment not in fits:  # the planner needs the estimate, not its bootstrap draws
             fits[experiment] = fit_joint(rows, curve, n_boot=0, seed=seed)
         fit = fits[experiment]
+        require_fit(fit)  # no advice from a law that does not fit its cells
         sizes = _sizes(fit, rows)
         target = pick(fit, sizes)
         samples = int(pd.to_numeric(rows["num_samples"], errors="coerce").min())
         ranking = plan(fit, target, sizes, samples, seed=seed)
-    except ValueError:  # too few cells for the law, or a target the law leaves undefined
+    except ValueError:  # too few cells for the law, a law that does not fit, or a target it leaves undefined
         return None
     ranking = ranking[ranking["shrinkage"] > 0]
     if ranking.empty:

@@ -10,6 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from analysis.batched import refit_batch
 from analysis.fitting import HUBER_DELTA, fit_law, optimize
+from analysis.gof import goodness_of_fit
 from analysis.laws import Law
 from analysis.progress import track
 
@@ -37,8 +38,12 @@ def bootstrap_fit(law: Law, xs: list[np.ndarray], y: np.ndarray, n_boot: int = 2
                   seed: int = 0, derived: dict[str, Derived] | None = None,
                   level: float = LEVEL, delta: float = HUBER_DELTA,
                   progress: bool = False, method: str = "residual",
-                  inits: np.ndarray | None = None) -> dict:
+                  inits: np.ndarray | None = None, sd: np.ndarray | None = None,
+                  labels: list[str] | None = None) -> dict:
     """Fit `law`, refit on n_boot resamples, return values with percentile intervals.
+
+    sd: each point's noise in y's units, for the goodness-of-fit test (analysis.gof; without it the
+    test is recorded as untested); labels name the points in its worst residual.
 
     method "residual" (the default): each resample keeps every x and adds to the fitted log y
     the fit's log residuals drawn with replacement, centred, scaled by sqrt(n / (n - P)) (a fit
@@ -95,8 +100,11 @@ def bootstrap_fit(law: Law, xs: list[np.ndarray], y: np.ndarray, n_boot: int = 2
     values = {name: _safe(f, fit.params) for name, f in derived.items()}
     out_derived = {name: _entry(values[name], samples[:, n_par + i], level)
                    for i, name in enumerate(derived)}
+    gof = goodness_of_fit(lambda t: law.log_predict(t, data.u)[0] + data.shift_y, fit.theta, y,
+                          np.full(n, np.nan) if sd is None else sd, labels, law.bounds)
     return {"law": law.name, "formula": law.formula, "params": params, "derived": out_derived,
             "n_points": n, "loss": fit.loss, "converged": fit.converged, "at_bound": fit.at_bound,
+            "gof": gof,
             "bootstrap": {"resamples": n_boot, "valid": valid, "level": level, "seed": seed,
                           "method": method},
             "samples": {name: samples[:, i] for i, name in enumerate(names)}}

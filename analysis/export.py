@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.gof import NO, not_fit_text
+
 CROSSOVER_COLUMNS = ["sampler", "smaller_width", "larger_width", "crossover_cost", "low", "high",
                      "p_cross", "n_crossings"]
 # Written when the crossover analysis provides them: its plain verdict and how the interval was made.
@@ -48,20 +50,26 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> str:
     return str(p)
 
 
+FIT_COLUMNS = ["fit", "law", "quantity", "value", "low", "high", "gof_statistic", "gof_p", "fits", "note"]
+
+
 def fits_table(fits: dict) -> pd.DataFrame:
-    """Flatten training fits to rows (fit, law, quantity, value, low, high)."""
+    """Flatten training fits to rows (fit, law, quantity, value, low, high), each with its law's
+    goodness of fit (gof_statistic: chi-square per dof, gof_p, fits: yes/no/untested; analysis.gof)."""
     named = [(f"power/width={w}", f) for w, f in fits["per_size"].items()]
     named += [(k, fits[k]) for k in ("envelope", "optimal_size", "chinchilla")]
     rows = []
     for name, fit in named:
         if fit.get("skipped"):
-            rows.append({"fit": name, "law": None, "quantity": None, "value": None,
-                         "low": None, "high": None, "note": fit["reason"]})
+            rows.append({"fit": name, "note": fit["reason"]})
             continue
+        g = fit.get("gof") or {}
+        test = {"gof_statistic": g.get("gof_statistic"), "gof_p": g.get("gof_p"), "fits": g.get("fits"),
+                "note": not_fit_text(fit) if g.get("fits") == NO else g.get("reason", "")}
         for kind in ("params", "derived"):
             for q, v in fit[kind].items():
-                rows.append({"fit": name, "law": fit["law"], "quantity": q, **v, "note": ""})
-    return pd.DataFrame(rows, columns=["fit", "law", "quantity", "value", "low", "high", "note"])
+                rows.append({"fit": name, "law": fit["law"], "quantity": q, **v, **test})
+    return pd.DataFrame(rows, columns=FIT_COLUMNS)
 
 
 def crossover_table(pairs: pd.DataFrame) -> pd.DataFrame:

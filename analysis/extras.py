@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.experiments import analyses
+from analysis.gof import gof_summary
 from analysis.predict import backtest
 
 
@@ -46,7 +47,8 @@ def backtest_section(base: pd.DataFrame, n_boot: int, seed: int, out: Path) -> d
     cross.to_csv(out / "backtest_crossovers.csv", index=False)
     lines = [f"The joint law fitted without the largest size ({b['held_out']}, {b['curve']}) predicted its FID "
              f"within the 95% interval of a new evaluation at {int(pts['inside'].sum())} of {len(pts)} step counts "
-             f"(log-RMS of the fit {b['rmse_log']:.3f})."]
+             f"(log-RMS of the fit {b['rmse_log']:.3f}; on the other sizes' cells "
+             f"{gof_summary({'gof': b['gof']})})."]
     for r in cross.itertuples():
         pred = ("no crossing" if not np.isfinite(r.crossover_cost)
                 else f"{r.crossover_cost:.3g} [{r.low:.3g}, {r.high:.3g}]")

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 
 from analysis.frontier import winner_ranges
+from analysis.gof import fits as law_fits, gof_summary, not_fit_text
 from analysis.inference import FINAL, InferenceResult
 from analysis.table import METRIC_LABEL, size_label
 
@@ -92,7 +93,8 @@ def regression_findings(regressions: list[dict]) -> list[str]:
 
 
 def training_findings(fits: dict) -> list[str]:
-    """One sentence per training-compute fit, or the reason it was skipped; then any regressions."""
+    """One sentence per training-compute fit with its goodness of fit, the reason it was skipped, or that
+    the law does not fit its points (no value then); then any regressions."""
     out = []
     named = [(f"per-size fit, {f.get('label', w)}", f) for w, f in fits["per_size"].items()]
     named += [("compute-optimal envelope", fits["envelope"]),
@@ -102,6 +104,9 @@ def training_findings(fits: dict) -> list[str]:
         if fit.get("skipped"):
             out.append(f"{name}: not fitted ({fit['reason']})")
             continue
+        if not law_fits(fit):
+            out.append(f"{name}: {not_fit_text(fit)}")
+            continue
         ps = ", ".join(f"{k} = {num(v['value'])} {bracket(v['low'], v['high'])}"
                        for k, v in fit["params"].items())
         ds = ", ".join(f"{k} = {num(v['value'])} {bracket(v['low'], v['high'])}"
@@ -110,7 +115,8 @@ def training_findings(fits: dict) -> list[str]:
         warn = (f"; {', '.join(f'{k} at its {side} search bound' for k, side in hits.items())}: "
                 f"not determined by these points" if hits else "")
         out.append(f"{name}: {ps}" + (f"; {ds}" if ds else "")
-                   + f" ({fit['n_points']} points, {fit['bootstrap']['valid']} valid resamples{warn})")
+                   + f" ({fit['n_points']} points, {fit['bootstrap']['valid']} valid resamples{warn}"
+                   + (f"; {gof_summary(fit)})" if fit.get("gof") else ")"))
     return out + regression_findings(fits.get("regressions", []))
 
 

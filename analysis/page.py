@@ -7,6 +7,7 @@ import pandas as pd
 
 from analysis.export import fits_table
 from analysis.findings import regression_findings, training_findings
+from analysis.gof import DOES_NOT_FIT
 from analysis.inference import InferenceResult
 from analysis.table import METRIC_LABEL, size_label
 
@@ -21,8 +22,9 @@ CAPTIONS = {
     "alignment_cost": "Higher is better: where a smaller size's curve lies above a larger one's, it follows the "
                       "prompt better at that sampling cost.",
     "alignment_steps": "Prompt alignment per size against steps, at each cell's FID-best guidance.",
-    "training": "FID falling to the right is quality bought with training compute; the dashed envelope is the "
-                "best FID reachable at each compute, squares the size that reaches it.",
+    "training": "FID falling to the right is quality bought with training compute; squares mark the best FID "
+                "reached at each compute. A law is drawn only where it passes its goodness-of-fit test; the "
+                "legend names the laws that do not fit their points (their points stay).",
     "guidance": "The FID-optimal guidance per size and step count: look for it shifting with size or steps "
                 "(numbers in the details below).",
     "samplers": "Per size, the lowest curve is the best sampler at that sampling cost.",
@@ -84,8 +86,9 @@ def sections(figs: dict, results: dict[str, InferenceResult], found: dict, fits:
     per_size = fits_table(fits)
     out.append({"id": "training", "title": "Quality vs training compute",
                 "figures": _fig(figs, "training", CAPTIONS["training"]),
-                # Fits the points cannot support, with the reason; then sizes whose FID rose late.
-                "lines": [t for t in training_findings(fits) if ": not fitted (" in t]
+                # Then sizes whose FID rose late.
+                # Fits the points cannot support or whose law misses them, with the reason and worst point.
+                "lines": [t for t in training_findings(fits) if ": not fitted (" in t or DOES_NOT_FIT in t]
                 + regression_findings(fits.get("regressions", [])),
                 "details": [{"summary": "every fitted parameter, with its interval", "table": per_size,
                              "csv": paths["fits_csv"]},

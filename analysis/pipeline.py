@@ -214,15 +214,22 @@ def _wandb_curves(results: dict, experiments: dict, pts: pd.DataFrame) -> pd.Dat
 
 
 def _wandb_summary(fits: dict, crossovers: pd.DataFrame, claims: list[dict]) -> dict:
+    from analysis.gof import DOES_NOT_FIT, fits as law_fits
     from analysis.readable import NOT_DETERMINED
 
     flat: dict[str, float | str] = {}
-    for name in ("envelope", "optimal_size", "chinchilla"):
-        fit = fits[name]
+    named = [("envelope", fits["envelope"]), ("optimal_size", fits["optimal_size"]),
+             ("chinchilla", fits["chinchilla"])] + [(f"power/width={w}", f) for w, f in fits["per_size"].items()]
+    for name, fit in named:
         flags = fit.get("undetermined", {})
         for kind in ("params", "derived"):
             for q, v in fit.get(kind, {}).items():
-                flat[f"{name}/{q}"] = NOT_DETERMINED if q in flags else v["value"]
+                flat[f"{name}/{q}"] = (DOES_NOT_FIT if not law_fits(fit) else NOT_DETERMINED if q in flags
+                                       else v["value"])
+        if fit.get("gof"):  # the goodness of fit of each law (analysis.gof)
+            flat[f"{name}/gof_statistic"] = fit["gof"]["gof_statistic"]
+            flat[f"{name}/gof_p"] = fit["gof"]["gof_p"]
+            flat[f"{name}/fits"] = fit["gof"]["fits"]
     for row in crossovers.itertuples():
         flat[f"crossover/{row.sampler}/{row.smaller_width}-{row.larger_width}"] = float(row.crossover_cost)
         # How sure: the share of resamples that cross, and the plain verdict (crossovers.py).

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from analysis.predict import JointFit, _log_law, crossovers_between, fit_joint
+from analysis.predict import JointFit, _log_law, crossovers_between, fit_joint, require_fit
 
 PARAM_INDEX = {"alpha": 2, "beta": 4, "delta": 6}
 
@@ -282,4 +282,5 @@ def plan_run(table: pd.DataFrame, target: str, sizes: pd.DataFrame, num_samples:
 
     curve = curve or _default_curve(table)
     fit = fit_joint(table, curve, n_boot, seed)
+    require_fit(fit)  # a law that misses its cells has no interval worth shrinking
     return {"curve": curve, "target": target, "ranking": plan(fit, target, sizes, num_samples, seed=seed)}

@@ -11,7 +11,9 @@ training budgets of that sampler). Each term is what the paper reads off its fig
 lower FID, more steps help with diminishing returns, and so does more training. It is separable by
 design: a size's steps curve is the same shape shifted down, so its crossovers on the cost axis
 (normalized cost x steps) come only from the cost factor, which the ladder knows before training.
-The backtest (fit without the largest size, predict it) says how far that assumption carries.
+The backtest (fit without the largest size, predict it) says how far that assumption carries, and the
+goodness-of-fit test (analysis.gof, on the cells' own noise) whether the law fits the cells at all: where it
+does not, `study predict`, `plan` and `recommend` refuse with the worst cell named instead of quoting numbers.
 
 Intervals: residual bootstrap in log space (resample the fit's residuals, refit from the estimate),
 which keeps every size and step count in each resample (a point bootstrap over few cells would drop
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import least_squares
 
+from analysis.gof import fits as law_fits, goodness_of_fit, not_fit_text, point_noise
 from analysis.table import cells, curves, headline, size_label
 
 LEVEL = 0.95
@@ -49,6 +52,7 @@ class JointFit:
     has_budget: bool
     notes: list[str] = field(default_factory=list)
     residuals: np.ndarray = field(default_factory=lambda: np.zeros(0))  # centred, inflated log residuals
+    gof: dict = field(default_factory=dict)  # goodness of fit on the cells' noise (analysis.gof)
 
     def predict(self, params, steps, train_images=None, theta: np.ndarray | None = None) -> np.ndarray:
         """FID at (N, s, D) for one theta (default: the estimate); arrays broadcast."""
@@ -85,15 +89,20 @@ def _log_law(theta: np.ndarray, u: list[np.ndarray], has_budget: bool) -> np.nda
     return np.logaddexp.reduce(np.stack(np.broadcast_arrays(*terms)), axis=0)
 
 
-def _fit(u: list[np.ndarray], logy: np.ndarray, has_budget: bool, inits: list[np.ndarray]) -> np.ndarray:
+def _bounds(has_budget: bool) -> tuple[np.ndarray, np.ndarray]:
     n_par = 7 if has_budget else 5
     lo = np.full(n_par, -np.inf)
     hi = np.full(n_par, np.inf)
     for i in (2, 4, 6)[: 3 if has_budget else 2]:
         lo[i], hi[i] = 0.0, MAX_EXP
+    return lo, hi
+
+
+def _fit(u: list[np.ndarray], logy: np.ndarray, has_budget: bool, inits: list[np.ndarray]) -> np.ndarray:
+    lo, hi = _bounds(has_budget)
     best, best_cost = None, np.inf
     for t0 in inits:
-        t0 = np.clip(t0[:n_par], lo + 1e-9, hi - 1e-9)
+        t0 = np.clip(t0[:len(lo)], lo + 1e-9, hi - 1e-9)
         res = least_squares(lambda t: _log_law(t, u, has_budget) - logy, t0, bounds=(lo, hi), loss="soft_l1",
                             f_scale=0.1, max_nfev=2000)
         if res.cost < best_cost:
@@ -135,12 +144,16 @@ def fit_joint(table: pd.DataFrame, curve: str, n_boot: int = 200, seed: int = 0,
                    np.zeros(n_par), np.empty((0, n_par)), scale,
                    # n_seeds, num_samples, std ride along: the planner weighs a point by the evaluations behind it.
                    pts.reindex(columns=["width", "params", "normalized_cost", "steps", "train_images", "value",
-                                        "n_seeds", "num_samples", "std"]).reset_index(drop=True), np.nan,
+                                        "n_seeds", "num_samples", "std", "seed_sd"]).reset_index(drop=True), np.nan,
                    has_budget)
     u = fit._u(pts["params"].to_numpy(), pts["steps"].to_numpy(), pts["train_images"].to_numpy())
     logy = np.log(pts["value"].to_numpy(float))
     fit.theta = _fit(u, logy, has_budget, _inits(logy, has_budget))
     resid = logy - _log_law(fit.theta, u, has_budget)
+    labels = [f"{size_label(r.params)} at {int(r.steps)} steps, {int(r.train_images):,} images"
+              for r in fit.points.itertuples()]
+    fit.gof = goodness_of_fit(lambda t: _log_law(t, u, has_budget), fit.theta, np.exp(logy),
+                              point_noise(fit.points), labels, list(zip(*_bounds(has_budget))))
     fit.rmse_log = float(np.sqrt(np.mean(resid ** 2)))
     rng = np.random.default_rng(seed)
     # Residuals centred and inflated for the parameters spent (as in a residual bootstrap of a regression).
@@ -155,6 +168,15 @@ def fit_joint(table: pd.DataFrame, curve: str, n_boot: int = 200, seed: int = 0,
         if i < n_par and (fit.theta[i] <= 1e-6 or fit.theta[i] >= MAX_EXP - 1e-6):
             fit.notes.append(f"{name} sits on its bound ({fit.theta[i]:.3g}): not determined by these points")
     return fit
+
+
+def require_fit(fit: JointFit) -> None:
+    """ValueError naming the worst cell when the joint law fails its goodness-of-fit test: what it would
+    predict, plan or recommend are numbers of the wrong model for these cells."""
+    if not law_fits({"gof": fit.gof}):
+        raise ValueError(f"the joint law of {fit.curve}: {not_fit_text({'gof': fit.gof})}; its predictions "
+                         "would be numbers of the wrong model: look at the worst cell (a diverged run, a bad "
+                         "checkpoint) or evaluate more step counts and budgets")
 
 
 def public_params(fit: JointFit) -> dict[str, dict[str, float]]:
@@ -234,7 +256,7 @@ def predict_width(table: pd.DataFrame, params: float, normalized_cost: float, la
                                            "label": size_label(r.params)}, max_steps)
              for r in sizes.itertuples() if not np.isclose(r.params, params)]
     return {"curve": curve, "fit": fit, "prediction": pred, "crossovers": pd.DataFrame(cross),
-            "params": public_params(fit), "rmse_log": fit.rmse_log, "notes": fit.notes}
+            "params": public_params(fit), "rmse_log": fit.rmse_log, "notes": fit.notes, "gof": fit.gof}
 
 
 def _default_curve(table: pd.DataFrame) -> str:
@@ -285,7 +307,8 @@ def backtest(table: pd.DataFrame, curve: str | None = None, n_boot: int = 200, s
                      "measured_crossings": len(meas), "inside_interval": inside, "same_answer": agree})
     return {"curve": curve, "held_out": size_label(largest["params"]), "held_out_width": int(largest["width"]),
             "curve_points": curve_rows, "crossovers": pd.DataFrame(rows),
-            "coverage": float(curve_rows["inside"].mean()) if len(curve_rows) else np.nan, "rmse_log": fit.rmse_log}
+            "coverage": float(curve_rows["inside"].mean()) if len(curve_rows) else np.nan, "rmse_log": fit.rmse_log,
+            "gof": fit.gof}
 
 
 def predict_run(run_dir, params: float, normalized_cost: float, label: str, curve: str | None = None,
@@ -299,7 +322,10 @@ def predict_run(run_dir, params: float, normalized_cost: float, label: str, curv
     from analysis.table import load_results
 
     table = load_results(run_dir)
-    res = predict_width(table, params, normalized_cost, label, curve, n_boot, seed)
+    curve = curve or _default_curve(table)
+    fit = fit_joint(table, curve, n_boot, seed)
+    require_fit(fit)
+    res = predict_width(table, params, normalized_cost, label, curve, n_boot, seed, fit=fit)
     out = Path(run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     stem = f"predict-{label}-{res['curve']}".replace("/", "_").replace("+", "p")
@@ -307,7 +333,7 @@ def predict_run(run_dir, params: float, normalized_cost: float, label: str, curv
     figure = plot_prediction(table, res, label, out, stem)
     cross = res["crossovers"].drop(columns=["all_crossings"], errors="ignore")
     summary = {"width": label, "curve": res["curve"], "params": res["params"], "rmse_log": res["rmse_log"],
-               "notes": res["notes"], "crossovers": cross.to_dict(orient="records"),
+               "notes": res["notes"], "gof": res["gof"], "crossovers": cross.to_dict(orient="records"),
                "prediction": res["prediction"].to_dict(orient="records"), "figure": figure["png"],
                "csv": str(out / f"{stem}.csv")}
     write_json(out / f"{stem}.json", summary)

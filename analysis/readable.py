@@ -3,7 +3,9 @@
 A fitted parameter is "not determined by these points" when the fit put it on a search bound
 (`at_bound`), or when its bootstrap interval spans more than two decades (a positive quantity) or
 more than ten times its own size (one that may change sign). Such a number is flagged in
-fits.json and W&B and never printed as if it were a measurement.
+fits.json and W&B and never printed as if it were a measurement. A law that fails its goodness-of-fit
+test (analysis.gof) is a different finding, "the law does not fit these points": none of its numbers
+is printed, and the note names the worst residual.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+
+from analysis.gof import fits, not_fit_text
 
 NOT_DETERMINED = "not determined by these points"
 MAX_RATIO = 100.0  # high / low of a positive quantity's interval: two decades is no estimate
@@ -72,11 +76,11 @@ PREDICTIONS = [
 
 def _row(name: str, what: str, unit: str, q: str, fit: dict, flags: dict[str, str]) -> dict:
     v = fit["params"].get(q) or fit["derived"].get(q)
-    why = flags.get(q)
+    # A law that misses its points is the wrong model: none of its numbers is a measurement.
+    note = (not_fit_text(fit) if not fits(fit) else f"{NOT_DETERMINED} ({flags[q]})" if q in flags else "")
     return {"fit": name, "quantity": q, "what": what, "unit": unit,
-            "value": None if why else v["value"], "low": None if why else v["low"],
-            "high": None if why else v["high"], "determined": why is None,
-            "note": f"{NOT_DETERMINED} ({why})" if why else ""}
+            "value": None if note else v["value"], "low": None if note else v["low"],
+            "high": None if note else v["high"], "determined": not note, "note": note}
 
 
 def prediction_table(fits: dict) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.predict import JointFit, fit_joint
+from analysis.predict import JointFit, fit_joint, require_fit
 
 
 def recommend(fit: JointFit, sizes: pd.DataFrame, target_fid: float, n_images: float, guided: bool = True,
@@ -63,4 +63,5 @@ def recommend_run(table: pd.DataFrame, sizes: pd.DataFrame, target_fid: float, n
 
     curve = curve or _default_curve(table)
     fit = fit_joint(table, curve, n_boot, seed)
+    require_fit(fit)  # a law that misses its cells would recommend from the wrong model
     return {"curve": curve, **recommend(fit, sizes, target_fid, n_images)}

@@ -2,7 +2,8 @@
 the compute-optimal size N_opt = k C^a and the joint law E + A/N^alpha + B/D^beta.
 
 All on FID at the best guidance of one reference sampler and step count (`reference_cell`),
-averaged over seeds. A fit the data cannot support is recorded with the reason instead.
+averaged over seeds. A fit the data cannot support is recorded with the reason instead; every fit
+carries its goodness-of-fit test against the points' own noise (analysis.gof, under "gof").
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pandas as pd
 
 from analysis.bootstrap import bootstrap_fit
 from analysis.frontier import pareto_mask
+from analysis.gof import point_noise
 from analysis.laws import get_law
 from analysis.table import cells, curves, reference_cell, size_label
 
@@ -27,7 +29,7 @@ def training_points(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     c = curves(cells(table, "fid"))
     sampler, steps = reference_cell(c)
     pts = c[(c["curve"] == sampler) & (c["steps"] == steps)]
-    pts = pts[["width", "params", "train_images", "train_flops", "value", "std", "n_seeds"]]
+    pts = pts[["width", "params", "train_images", "train_flops", "value", "std", "n_seeds", "seed_sd"]]
     pts = pts.rename(columns={"value": "fid"}).sort_values(["params", "train_flops"])
     mask = pareto_mask(pts["train_flops"].values, pts["fid"].values, lower_is_better=True)
     pts = pts.assign(envelope=mask).reset_index(drop=True)
@@ -68,10 +70,15 @@ def _skip(reason: str) -> dict:
     return {"skipped": True, "reason": reason}
 
 
+def _labels(pts: pd.DataFrame) -> list[str]:
+    return [f"{size_label(r.params)} at {int(r.train_images):,} images" for r in pts.itertuples()]
+
+
 def _fit(law: str, xs: dict[str, np.ndarray], cols: dict[str, str], y: np.ndarray,
-         y_col: str, n_boot: int, seed: int, derived: dict | None, progress: bool) -> dict:
+         y_col: str, n_boot: int, seed: int, derived: dict | None, progress: bool,
+         pts: pd.DataFrame, sd: np.ndarray) -> dict:
     out = bootstrap_fit(get_law(law), list(xs.values()), y, n_boot=n_boot, seed=seed,
-                        derived=derived, progress=progress)
+                        derived=derived, progress=progress, sd=sd, labels=_labels(pts))
     out.update(variables=cols, y=y_col, skipped=False)
     return out
 
@@ -80,6 +87,7 @@ def fit_training(pts: pd.DataFrame, n_boot: int = 200, seed: int = 0,
                  progress: bool = False) -> dict:
     """All training-compute fits, each with bootstrap intervals or a skip reason."""
     fits: dict = {"per_size": {}}
+    pts = pts.assign(noise=point_noise(pts))
     for width, g in pts.groupby("width"):
         label = size_label(g["params"].iloc[0])
         if g["train_flops"].nunique() < MIN_POWER:
@@ -91,28 +99,32 @@ def fit_training(pts: pd.DataFrame, n_boot: int = 200, seed: int = 0,
         fits["per_size"][str(width)] = _fit(
             "power", {"x": g["train_flops"].values}, {"x": "train_flops"}, g["fid"].values,
             "fid", n_boot, seed, {"fid_at_10x_compute": lambda p, t=top: p["E"] + p["A"] * (
-                10 * t) ** -p["alpha"]}, progress)
+                10 * t) ** -p["alpha"]}, progress, g, g["noise"].values)
         fits["per_size"][str(width)]["label"] = label
     env = pts[pts["envelope"]]
     fits["envelope"] = (_skip(f"{len(env)} compute-optimal point(s), need >= {MIN_POWER}")
                         if len(env) < MIN_POWER else _fit(
         "power", {"x": env["train_flops"].values}, {"x": "train_flops"}, env["fid"].values,
-        "fid", n_boot, seed, None, progress))
-    fits["optimal_size"] = _optimal_size(env, n_boot, seed, progress)
+        "fid", n_boot, seed, None, progress, env, env["noise"].values))
+    fits["optimal_size"] = _optimal_size(env, n_boot, seed, progress, pts["params"].unique())
     fits["chinchilla"] = _joint(pts, n_boot, seed, progress)
     fits["regressions"] = regressions(pts)
     return fits
 
 
-def _optimal_size(env: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
+def _optimal_size(env: pd.DataFrame, n_boot: int, seed: int, progress: bool, ladder: np.ndarray) -> dict:
     # N_opt from the envelope: the size on the frontier at each compute it was evaluated.
     if len(env) < MIN_OPT or env["params"].nunique() < 2:
         return _skip(f"{len(env)} compute-optimal point(s) over {env['params'].nunique()} "
                      f"size(s): N_opt = k C^a needs >= {MIN_OPT} points and >= 2 sizes")
     top = float(env["train_flops"].max())
-    return _fit("optimal_size", {"C": env["train_flops"].values}, {"C": "train_flops"},
-                env["params"].values.astype(float), "params", n_boot, seed,
-                {"n_opt_at_10x_compute": lambda p: p["k"] * (10 * top) ** p["a"]}, progress)
+    # The noise of a compute-optimal size is the ladder's: the best size at a compute lies anywhere within
+    # half a rung of the rung that won, uniform in log size, sd = rung / sqrt(12) (median rung, in log).
+    rung = float(np.median(np.diff(np.log(np.sort(ladder)))))
+    n = env["params"].values.astype(float)
+    return _fit("optimal_size", {"C": env["train_flops"].values}, {"C": "train_flops"}, n, "params",
+                n_boot, seed, {"n_opt_at_10x_compute": lambda p: p["k"] * (10 * top) ** p["a"]}, progress,
+                env, n * rung / np.sqrt(12))
 
 
 def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
@@ -136,7 +148,7 @@ def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
                {"N": "params", "D": "train_images"}, pts["fid"].values, "fid", n_boot, seed,
                {"n_opt_exponent": lambda p: p["beta"] / (p["alpha"] + p["beta"]),
                 "d_opt_exponent": lambda p: p["alpha"] / (p["alpha"] + p["beta"]),
-                "n_opt_at_max_compute": _n_opt}, progress)
+                "n_opt_at_max_compute": _n_opt}, progress, pts, pts["noise"].values)
     out["flops_per_param_image"] = c
     out["max_compute"] = top
     return out

@@ -11,6 +11,7 @@ from analysis.verdicts import (CONTRADICTED, REPRODUCED, UNRESOLVED, Evidence, _
                              claim, cost_tradeoff, size_order,
                              tradeoff_by_sampler, tradeoff_verdict)
 from analysis.findings import bracket, num
+from analysis.gof import fits, gof_summary, not_fit_text
 from analysis.readable import undetermined
 from analysis.table import size_label
 
@@ -37,9 +38,13 @@ def training_compute(ev: Evidence):
              f"{num(last['fid'])}, {num(d)} {bracket(lo, hi)} better over "
              f"{num(last['train_flops'] / first['train_flops'])}x compute)")
     env = ev.fits.get("envelope", {})
-    if not env.get("skipped", True) and "alpha" not in undetermined(env):
+    law = f"the power law E + A C^-alpha on the {env.get('n_points')} compute-optimal points"
+    if not env.get("skipped", True) and not fits(env):
+        found += f"; the compute-optimal envelope ({law}): {not_fit_text(env)}"
+    elif not env.get("skipped", True) and "alpha" not in undetermined(env):
         a = env["params"]["alpha"]
-        found += f"; the compute-optimal envelope falls as C^-alpha, alpha = {num(a['value'])} {bracket(a['low'], a['high'])}"
+        found += (f"; the compute-optimal envelope falls as C^-alpha, alpha = {num(a['value'])} "
+                  f"{bracket(a['low'], a['high'])} ({law}, {gof_summary(env)})")
     rose = ev.fits.get("regressions", [])
     if rose:
         found += "; FID rose late for " + ", ".join(size_label(r["params"]) for r in rose) + " (see the details)"
