@@ -396,8 +396,8 @@ def main() -> None:
     except typer.Abort:  # Ctrl-C at a prompt
         typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
-        typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
+    except KeyboardInterrupt:  # on a line of its own: a progress bar may have the cursor
+        typer.secho("\n" + INTERRUPTED, fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
     except Exception as err:
         line = None if os.environ.get("LDM_SCALING_DEBUG") else report_user_error(err)

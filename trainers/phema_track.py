@@ -63,8 +63,15 @@ class PostHocEMA:
         return True
 
     def _write(self, path: Path) -> None:
-        tensors = pack(self.ema, self.names)
-        write_atomic(path, lambda f: f.write(_bytes(tensors)))
+        from study.errors import disk_full_error, is_disk_full
+
+        data = _bytes(pack(self.ema, self.names))
+        try:
+            write_atomic(path, lambda f: f.write(data))
+        except OSError as err:  # one line naming the folder and the space it needed, as a checkpoint's
+            if is_disk_full(err):
+                raise disk_full_error(path.parent, len(data)) from err
+            raise
 
 
 def _bytes(tensors: dict[str, torch.Tensor]) -> bytes:
