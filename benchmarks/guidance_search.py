@@ -4,6 +4,7 @@ that the paper's full grid (1.5, 2, 3, ..., 8, clipped to the config's range) fi
 Run after a study has trained its sizes (e.g. `study run` on the embedded default):
 
     python benchmarks/guidance_search.py runs/tiny [--cells 12] [--budget 8]
+    python benchmarks/guidance_search.py --tiny   # trains a one-size study for two steps first, in seconds
 
 For each sampled cell (final checkpoint; every size, sampler and step count unless --cells caps it)
 it evaluates every grid point, then replays the Optuna search (same sampler and seeding as the
@@ -18,18 +19,55 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+# --tiny's study: the embedded default cut to one size trained for two steps, one sampler and step count, and
+# 32 evaluation samples; no derived experiments.
+TINY_STUDY = ["name=guidance-tiny", "model.widths=[8]", "train.batch_size=32", "train.total_images=64",
+              "train.milestones=[1.0]", "train.warmup_images=0", "eval.samplers=[ddim]", "eval.steps=[2]",
+              "eval.num_samples=32", "eval.batch_size=32", "superres.enabled=false", "distill.enabled=false",
+              "dreambooth.enabled=false", "tracking.wandb_mode=disabled"]
+
+
+def tiny_study(root: Path) -> Path:
+    """A trained one-size study in ROOT (its data, evaluator and run folder all there): --tiny's input."""
+    from study.config import load_config
+    from study.prepare import prepare
+    from study.runfolder import check_run_folder
+    from trainers import train_size
+
+    cfg = load_config("tiny", [f"runs_dir={root / 'runs'}", f"cache_dir={root / 'cache'}", *TINY_STUDY])
+    out = check_run_folder(cfg)
+    prep = prepare(cfg, progress=False)
+    for width in cfg.model.widths:
+        train_size(cfg, width, cfg.sweep.seeds[0], out, prep.dir, progress=False)
+    return out
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("run_dir", type=Path, nargs="?", help="a study's run folder (with --tiny: none)")
     ap.add_argument("--cells", type=int, default=0, help="at most this many cells (0: all)")
     ap.add_argument("--budget", type=int, default=8, help="search evaluations per cell (the grid has 8)")
+    ap.add_argument("--tiny", action="store_true",
+                    help="train a one-size study in a temporary folder and search one cell (tests/test_benchmarks.py)")
     args = ap.parse_args(argv)
+    if args.tiny == (args.run_dir is not None):
+        ap.error("give a study's run folder (e.g. runs/tiny) or --tiny, one of the two")
+    if args.tiny:
+        ap.set_defaults(cells=1, budget=3)
+        args = ap.parse_args(argv)
+        with tempfile.TemporaryDirectory() as tmp:
+            args.run_dir = tiny_study(Path(tmp))
+            return search(args)
+    return search(args)
 
+
+def search(args) -> int:
+    """Grid and search for each cell of the study in args.run_dir; prints one line a cell and a summary."""
     import optuna
     import torch
 

@@ -74,7 +74,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 400_000])
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "index-sort-bench"))
     ap.add_argument("--one", nargs=3, metavar=("ROOT", "N", "DRIVER_MAX"), help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help="one small set, both sorts, in seconds (tests/test_benchmarks.py)")
     args = ap.parse_args()
+    if args.tiny:  # flags given explicitly still win
+        ap.set_defaults(sizes=[2 * CHUNK])
+        args = ap.parse_args()
     if args.one:
         print(json.dumps(one(args.one[0], int(args.one[1]), int(args.one[2]))))
         return

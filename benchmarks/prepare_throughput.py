@@ -180,7 +180,13 @@ def main() -> None:
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "prepare-bench"))
     ap.add_argument("--fresh", action="store_true", help="measure again the rows results.json already holds")
     ap.add_argument("--one", nargs=5, metavar=("DATA", "PX", "WORKERS", "SPACE", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--tiny", action="store_true", help="two small sets, one configuration, in seconds "
+                                                        "(tests/test_benchmarks.py)")
     args = ap.parse_args()
+    if args.tiny:  # flags given explicitly still win; its own root, so a full matrix's results.json is untouched
+        ap.set_defaults(sizes=[256, 512], px=[16], workers=[1], spaces=["identity"], fresh=True,
+                        root=os.path.join(tempfile.gettempdir(), "prepare-bench-tiny"))
+        args = ap.parse_args()
     if args.one:
         data, px, workers, space, out = args.one
         print(json.dumps(one(data, int(px), int(workers), space, out)))

@@ -22,27 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import config, fake_data, run_trainer  # noqa: E402  (same data, config and timing)
+from train_throughput import config, fake_data, run_trainer, shards_from  # noqa: E402  (same data, config, timing)
 
 
-def shards_from(legacy: Path, out: Path, shard_size: int) -> Path:
-    """The shard set of a legacy prepared folder: the same samples in the same order."""
-    from study.shards.format import UNCOND, shard_name, write_index, write_shard
-    from trainers.data import SHARDS
-
-    lat = np.load(legacy / "latents.npy", mmap_mode="r")
-    table, index = np.load(legacy / "caption_table.npy"), np.load(legacy / "caption_index.npy")
-    folder, records = out / SHARDS, []
-    for k, lo in enumerate(range(0, len(lat), shard_size)):
-        hi = min(lo + shard_size, len(lat))
-        meta = [{"key": str(i), "caption": "", "label": None} for i in range(lo, hi)]
-        records.append(write_shard(folder, shard_name("train", k), lat[lo:hi], table[index[lo:hi]], meta))
-    np.save(folder / UNCOND, np.load(legacy / "uncond.npy"))
-    write_index(folder, shard_size, lat.shape[1:], table.shape[1:], {"train": records}, bad_samples=0)
-    return out
-
-
-def reader_rate(prep: Path, window: int, batch: int, seconds: float = 3.0) -> float:
+def reader_rate(prep: Path, window: int, batch: int, seconds: float) -> float:
     """Images/s of PreparedData.arrays alone (no model), over consecutive batches of the stream."""
     from trainers.data import PreparedData
 
@@ -64,8 +47,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reader-seconds", type=float, default=3.0, help="how long each reader rate reads")
     ap.add_argument("--reader-only", action="store_true", help="only the reader's rates (seconds, no training)")
+    ap.add_argument("--tiny", action="store_true", help="smallest sizes, end to end in seconds (tests/test_benchmarks.py)")
     args = ap.parse_args()
+    if args.tiny:  # flags given explicitly still win; still several shards and windows, so the reader crosses them
+        ap.set_defaults(width=8, size=8, n=256, shard_size=32, window=64, batch=8, steps=12, warmup=2,
+                        reader_seconds=0.3)
+        args = ap.parse_args()
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (others' work skews CPU rates)")
     if args.reader_only:
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,7 +92,7 @@ def print_reader_rates(legacy: Path, shards: Path, args) -> None:
     """The reader alone on both layouts, alternated twice (the machine's drift shows as the spread)."""
     for _ in range(2):
         for name, prep, window in (("in-memory arrays", legacy, 1 << 20), ("streaming shards", shards, args.window)):
-            print(f"reader alone, {name:17s} {reader_rate(prep, window, args.batch):11.0f} images/s "
+            print(f"reader alone, {name:17s} {reader_rate(prep, window, args.batch, args.reader_seconds):11.0f} images/s "
                   f"(batches of {args.batch}, no model)")
 
 

@@ -52,7 +52,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=4, help="sizes in the grid (c = 8, 16, ...)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--tiny", action="store_true", help="smallest grid, end to end in seconds (tests/test_benchmarks.py)")
     args = ap.parse_args()
+    if args.tiny:  # two sizes still run side by side, as the grid runs them
+        ap.set_defaults(runs=2, batch=8, steps=1)
+        args = ap.parse_args()
     import ray
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)

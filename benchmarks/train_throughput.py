@@ -7,8 +7,9 @@
 Steady state only: the first --warmup steps of each loop are left out and the rate is taken at the
 median step time (robust to bursts of other work on a shared machine); the trainer's start-up (Ray,
 worker imports, DeepSpeed init) is printed on its own line. The bare loop does the same work per
-step (the same diffusion loss, AdamW, clipping, EMA) with none of the machinery: no DeepSpeed,
-no Ray, batches gathered from tensors already in memory.
+step with none of the machinery: the trainer's own recipe (the same shard reader and stream order, model and
+diffusion loss), AdamW, clipping and EMA, with no DeepSpeed, no Ray, no logging. Both read the same shard set
+(random latents and captions, written as `study prepare` writes them).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10G
 
 
 def fake_data(root: Path, n: int, c: int, h: int, t: int, d: int, seed: int = 0) -> Path:
-    """A prepared-data folder (the `study prepare` contract) filled with random float16 arrays."""
+    """A prepared folder in the pre-shard layout (one latents.npy, a caption table) of random float16 arrays."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "latents.npy", rng.standard_normal((n, c, h, h), dtype=np.float32).astype(np.float16))
@@ -37,6 +38,28 @@ def fake_data(root: Path, n: int, c: int, h: int, t: int, d: int, seed: int = 0)
     np.save(root / "uncond.npy", rng.standard_normal((1, t, d), dtype=np.float32).astype(np.float16))
     (root / "meta.json").write_text(json.dumps({"n_train": n, "latent_shape": [c, h, h], "context_shape": [t, d]}))
     return root
+
+
+def shards_from(legacy: Path, out: Path, shard_size: int) -> Path:
+    """The shard set (what `study prepare` writes) of a pre-shard folder: the same samples in the same order."""
+    from study.shards.format import UNCOND, shard_name, write_index, write_shard
+    from trainers.data import SHARDS
+
+    lat = np.load(legacy / "latents.npy", mmap_mode="r")
+    table, index = np.load(legacy / "caption_table.npy"), np.load(legacy / "caption_index.npy")
+    folder, records = out / SHARDS, []
+    for k, lo in enumerate(range(0, len(lat), shard_size)):
+        hi = min(lo + shard_size, len(lat))
+        meta = [{"key": str(i), "caption": "", "label": None} for i in range(lo, hi)]
+        records.append(write_shard(folder, shard_name("train", k), lat[lo:hi], table[index[lo:hi]], meta))
+    np.save(folder / UNCOND, np.load(legacy / "uncond.npy"))
+    write_index(folder, shard_size, lat.shape[1:], table.shape[1:], {"train": records}, bad_samples=0)
+    return out
+
+
+def fake_shards(root: Path, n: int, c: int, h: int, t: int, d: int, shard_size: int = 256) -> Path:
+    """A prepared folder holding a shard set of n random samples, as `study prepare` writes one."""
+    return shards_from(fake_data(root / "legacy", n, c, h, t, d), root / "sharded", shard_size)
 
 
 def steady_rate(step_times, batch: int) -> float:
@@ -58,29 +81,27 @@ def run_bare(cfg, width: int, prep: Path, steps: int, warmup: int, device: str, 
     """Steady images/s of a plain loop: same model, batches, loss, AdamW, clipping and EMA."""
     from diffusers.training_utils import EMAModel
 
-    from study.ladder import LADDERS, build_unet
-    from study.schedulers import training_scheduler
-    from trainers.data import PreparedData
-    from trainers.diffusion import diffusion_loss, step_generator
+    from trainers.data import micro_batch_start
+    from trainers.diffusion import step_generator
+    from trainers.recipes import RecipeContext, get_recipe
 
     tc, dev = cfg.train, torch.device(device)
-    data = PreparedData(prep, seed=0)
-    latents = torch.from_numpy(np.asarray(data.latents, dtype=np.float32)).to(dev)
-    table = torch.from_numpy(np.asarray(data.table, dtype=np.float32)).to(dev)
-    caption = torch.from_numpy(np.array(data.caption_index)).to(dev)
-    uncond = data.uncond_embedding(dev)
+    # The trainer's own recipe: the same reader (shards, stream order, float32 batches moved to the device per
+    # step), model and loss, so the ratio is the trainer's machinery (Ray, DeepSpeed, logging) and nothing else.
+    recipe = get_recipe("base")
+    ctx = RecipeContext(cfg, width, 0, prep, dev)
+    data = recipe.data(ctx)
     torch.manual_seed(0)
-    unet = build_unet(LADDERS[cfg.model.ladder], width, data.geometry).to(dev)
+    unet = recipe.model(ctx).to(dev)
     params = list(unet.parameters())
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.adam_beta1, tc.adam_beta2))
     ema = EMAModel([p.detach().float() for p in params], decay=tc.ema_decay, foreach=True)
-    scheduler, B = training_scheduler(cfg.model.prediction_type), tc.batch_size
+    B = tc.batch_size
     times, last = [], time.perf_counter()
     for step in range(steps):
-        idx = torch.from_numpy(data.indices(step * B, B)).to(dev)
+        batch = data.batch(micro_batch_start(step * B, 0, 0, 1, B), B, dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion_loss(unet, scheduler, latents[idx], table[caption[idx]], uncond, tc.cond_drop_prob,
-                                  step_generator(dev, 0, step, 0, 0), torch.float32)
+            loss = recipe.loss(unet, batch, step_generator(dev, 0, step, 0, 0), torch.float32)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
         opt.step()
@@ -90,7 +111,7 @@ def run_bare(cfg, width: int, prep: Path, steps: int, warmup: int, device: str, 
         now = time.perf_counter()
         times.append(now - last)
         last = now
-    del unet, params, opt, ema, latents, table
+    del unet, params, opt, ema, batch, recipe, data
     if dev.type == "cuda":
         torch.cuda.empty_cache()  # hand the memory back: the trainer's worker is another process on this GPU
     return steady_rate(times[warmup:], B)
@@ -125,6 +146,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--size", type=int, default=16)
+    ap.add_argument("--n", type=int, default=4096, help="samples in the prepared set")
+    ap.add_argument("--shard-size", type=int, default=256)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--warmup", type=int, default=20)
@@ -133,15 +156,20 @@ def main() -> None:
     ap.add_argument("--gpu-steps", type=int, default=60)
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--gpu-only", action="store_true", help="skip the CPU comparison")
+    ap.add_argument("--tiny", action="store_true", help="smallest sizes, end to end in seconds (tests/test_benchmarks.py)")
     args = ap.parse_args()
+    if args.tiny:  # flags given explicitly still win
+        ap.set_defaults(width=8, size=8, n=256, shard_size=64, batch=8, steps=12, warmup=2, gpu_batch=4, gpu_steps=6)
+        args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (others' work skews CPU rates)")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if not args.gpu_only:
-            prep = fake_data(tmp / "prep-cpu", 4096, 4, args.size, 16, 384)
+            prep = fake_shards(tmp / "prep-cpu", args.n, 4, args.size, 16, 384, args.shard_size)
             cfg = config("tiny", args.width, args.batch, args.steps, args.threads, use_gpu=False)
-            print(f"CPU: tiny ladder c={args.width}, 4x{args.size}x{args.size} latents, 16x384 context, "
+            print(f"CPU: tiny ladder c={args.width}, {args.n} samples of 4x{args.size}x{args.size} latents and 16x384 "
+                  f"context in shards of {args.shard_size}, "
                   f"batch {args.batch}, fp32, {args.threads} threads, {args.steps} steps ({args.warmup} warm-up)")
             compare("cpu", cfg, args.width, prep, args.steps, args.warmup, "cpu", False, tmp)
         if not torch.cuda.is_available():
@@ -152,7 +180,7 @@ def main() -> None:
 
         name = torch.cuda.get_device_name()
         peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-        prep = fake_data(tmp / "prep-gpu", 4096, 4, 64, 77, 768)  # SD1.5: 64x64x4 latents, 77 CLIP tokens
+        prep = fake_shards(tmp / "prep-gpu", args.n, 4, 64, 77, 768, args.shard_size)  # SD1.5: 64x64x4 latents, 77 CLIP tokens
         rung = ladder("paper", [320], PreparedData(prep, 0).geometry)[0]
         threads = min(8, os.cpu_count() or 1)
         cfg = config("paper", 320, args.gpu_batch, args.gpu_steps, threads, use_gpu=True)  # precision auto: bf16
