@@ -184,7 +184,7 @@ def main() -> None:
                                                         "(tests/test_benchmarks.py)")
     args = ap.parse_args()
     if args.tiny:  # flags given explicitly still win; its own root, so a full matrix's results.json is untouched
-        ap.set_defaults(sizes=[256, 512], px=[16], workers=[1], spaces=["identity"], fresh=True,
+        ap.set_defaults(sizes=[256, 512], px=[64], workers=[1], spaces=["identity"], fresh=True,
                         root=os.path.join(tempfile.gettempdir(), "prepare-bench-tiny"))
         args = ap.parse_args()
     if args.one:

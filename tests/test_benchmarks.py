@@ -35,8 +35,8 @@ FIGURES = {
         (rf"reader alone, streaming shards +{NUM} images/s", 2, (0,)),
     ],
     "train_launch.py": [
-        (rf"Ray Train job +2 runs: +{NUM} s wall, +{NUM} CPU-s in all, +{NUM} CPU-s per run", 1, (0, 1, 2)),
-        (rf"inline \(Tune trial\) +2 runs: +{NUM} s wall, +{NUM} CPU-s in all, +{NUM} CPU-s per run", 1, (0, 1, 2)),
+        (rf"Ray Train job +1 runs: +{NUM} s wall, +{NUM} CPU-s in all, +{NUM} CPU-s per run", 1, (0, 1, 2)),
+        (rf"inline \(Tune trial\) +1 runs: +{NUM} s wall, +{NUM} CPU-s in all, +{NUM} CPU-s per run", 1, (0, 1, 2)),
     ],
     "distill_throughput.py": [
         (rf"base training +{NUM} images/s", 1, (0,)),
@@ -50,8 +50,8 @@ FIGURES = {
         (rf"^ +512 +driver +{NUM} +{NUM} +{NUM}$", 1, (0,)),
         (rf"^ +512 +distributed +{NUM} +{NUM} +{NUM}$", 1, (0,)),
     ],
-    "prepare_throughput.py": [  # images, px, workers, space, img/s, driver MB, private, worker MB, private, store MB
-        (rf"^ +(?:256|512) +16 +1 +identity +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$", 2, (0, 1, 2, 3, 4, 5)),
+    "prepare_throughput.py": [  # images, px, workers, space; img/s, driver MB, private, worker MB, private, store MB
+        (rf"^ +(?:256|512) +64 +1 +identity +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$", 2, (0, 1, 2, 3, 4)),
         (rf"identity, 1 workers, driver_private_mb: 512 vs 256 images = {NUM}x", 1, (0,)),
     ],
     "guidance_search.py": [  # FIDs, the best guidance, the noise; then cells reached / cells
