@@ -38,6 +38,11 @@ FIGURES = {
         (rf"Ray Train job +1 runs: +{NUM} s wall, +{NUM} CPU-s in all, +{NUM} CPU-s per run", 1, (0, 1, 2)),
         (rf"inline \(Tune trial\) +1 runs: +{NUM} s wall, +{NUM} CPU-s in all, +{NUM} CPU-s per run", 1, (0, 1, 2)),
     ],
+    "cpu_options.py": [  # training images/s and the ratio to fp32 batch 64; the sampling rate
+        (rf"^  fp32 +{NUM} img/s +ratio +{NUM}$", 1, (0, 1)),
+        (rf"^  batch128 +{NUM} img/s +ratio +{NUM}$", 1, (0, 1)),
+        (rf"^  sampling batch 64 +{NUM} img/s", 1, (0,)),
+    ],
     "distill_throughput.py": [
         (rf"base training +{NUM} images/s", 1, (0,)),
         (rf"distillation +{NUM} images/s", 1, (0,)),
