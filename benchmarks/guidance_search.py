@@ -81,6 +81,7 @@ def search(args) -> int:
     from study.weights import load_unet
 
     cfg = from_dict(json.loads((args.run_dir / "config.json").read_text()))
+    cfg.eval.sample_grid = 0  # the study's sample grids are the study's to write, not this benchmark's
     torch.set_num_threads(1)
     sizes = trained_sizes(cfg, args.run_dir)
     if not sizes:
