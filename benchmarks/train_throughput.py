@@ -3,6 +3,7 @@
     python benchmarks/train_throughput.py             # CPU: tiny-ladder c=16, 4x16x16 latents; then the
                                                       # GPU comparison if there is one
     python benchmarks/train_throughput.py --gpu-only  # only the GPU: c=320, 64x64x4 latents, bf16, MFU
+    python benchmarks/train_throughput.py --tiny      # seconds: the smallest sizes, CPU then GPU if there is one
 
 Steady state only: the first --warmup steps of each loop are left out and the rate is taken at the
 median step time (robust to bursts of other work on a shared machine); the trainer's start-up (Ray,
