@@ -1,6 +1,7 @@
 """The memory plan's activations against measured CPU training steps at widths and sides the fit never saw.
 
-    python benchmarks/memory_plan_check.py
+    python benchmarks/memory_plan_check.py            # both points, with and without checkpointing
+    python benchmarks/memory_plan_check.py --tiny     # one point without checkpointing: seconds
 
 Each point: one forward + backward of the trainer's loss (bf16, batch 2) on the paper ladder's UNet, its live-tensor
 peak (parameters and gradients excluded, trainers.memory_measure.LiveBytes) against the plan's fitted law
@@ -22,11 +23,16 @@ POINTS = [(64, 40), (160, 16)]  # the two tests/test_memory.py checks
 
 
 def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tiny", action="store_true", help="one point without checkpointing: seconds")
+    tiny = p.parse_args().tiny
     torch.set_num_threads(2)
     print(f"{'width':>5} {'side':>4} {'ckpt':>4} {'measured MB/img':>15} {'plan MB/img':>11} {'error':>7} {'s':>5}")
-    for width, side in POINTS:
+    for width, side in POINTS[:1] if tiny else POINTS:
         geom = Geometry(in_channels=4, sample_size=side, context_dim=768, tokens=77)
-        for ckpt in (False, True):
+        for ckpt in (False,) if tiny else (False, True):
             t0 = time.perf_counter()
             measured = train_step_bytes(LADDERS["paper"], width, geom, 2, torch.bfloat16, ckpt)["peak"] / 2
             plan = activation_bytes(width, side, "train_ckpt" if ckpt else "train")

@@ -59,6 +59,17 @@ FIGURES = {
         (rf"^ +(?:256|512) +64 +1 +identity +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$", 2, (0, 1, 2, 3, 4)),
         (rf"identity, 1 workers, driver_private_mb: 512 vs 256 images = {NUM}x", 1, (0,)),
     ],
+    "crossing_power.py": [  # the worst false-crossing rate, settings below the end-gap test, seconds
+        (rf"worst false-crossing rate {NUM}%; settings below the end-gap test's power: ([0-9]+); {NUM} s", 1, (2,)),
+    ],
+    "gof_level.py": [  # false 'does not fit' rates (may be 0), power against a step, a U and an outlier
+        (rf"^  [46] points: {NUM} \(chi-square alone {NUM}, leave-one-out alone {NUM}\)$", 2, ()),
+        (rf"^  (?:step|U|one outlier \(6 sd\)): {NUM}$", 3, ()),
+    ],
+    "memory_plan_check.py": [  # width, side, ckpt, measured MB/img, plan MB/img, error, seconds
+        (rf"^ +64 +40 +no +{NUM} +{NUM} +[-+0-9.]+% +{NUM}$", 1, (0, 1, 2)),
+        (rf"^  c=(?:64|320|768): +{NUM} without checkpointing, +{NUM} with, +{NUM} per sampling input$", 3, (0, 1, 2)),
+    ],
     "guidance_search.py": [  # FIDs, the best guidance, the noise; then cells reached / cells
         (rf"w8 +ddim +steps 2 +grid best +{NUM} @ g={NUM} +\(noise {NUM}\); search best +{NUM};", 1, (0, 1, 3)),
         (r"search within the FID noise of the grid's best in ([0-9]+)/1 cells", 1, ()),
