@@ -6,6 +6,8 @@ from pathlib import Path
 
 from study.config import ConfigError, StudyConfig
 
+HELDOUT = "heldout"  # eval.reference's default: the held-out split of the training data is the FID reference
+
 
 def run_dir(cfg: StudyConfig) -> Path:
     """The run folder of a study: RUNS_DIR/NAME, absolute (from this process's working directory).
@@ -35,9 +37,22 @@ def require_paths(cfg: StudyConfig, evaluation: bool = True) -> None:
     missing = [f"config key {key!r} = {p!r}: the path does not exist" for key, p in paths
                if p is not None and "://" not in str(p)  # a URL (s3://...): checked before prepare reads it
                and not Path(p).expanduser().exists()]
+    if evaluation and reference_folder(cfg):
+        from study.metrics.reference_set import ReferenceSetError, check_reference
+
+        try:
+            check_reference(reference_folder(cfg))  # exists and holds images (stops at the first one)
+        except ReferenceSetError as err:
+            missing.append(str(err))
     if missing:
         raise ConfigError("\n".join(missing) + "\npoint each at its local copy (nothing is downloaded) or override "
                           "it on the command line (KEY=...)")
+
+
+def reference_folder(cfg: StudyConfig) -> str | None:
+    """The FID reference images eval.reference names (COCO val2014 for the paper), or None: the held-out split."""
+    ref = cfg.eval.reference
+    return None if not ref or ref == HELDOUT else ref
 
 
 def require_evaluator(cfg: StudyConfig) -> None:

@@ -23,6 +23,7 @@ def test_paper_preset_describes_the_replication():
     assert (cfg.eval.guidance_min, cfg.eval.guidance_max) == (1.5, 8.0)
     assert set(cfg.eval.samplers) == {"ddim", "ddpm", "dpmsolver++"}
     assert cfg.text_encoder.kind == "clip" and cfg.autoencoder.kind == "pretrained"
+    assert cfg.eval.reference.endswith("/coco/val2014")  # FID against COCO-2014 val images, as the paper
 
 
 def test_overrides_apply_with_types():
