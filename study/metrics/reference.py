@@ -83,16 +83,18 @@ class ReferenceSums:
         return self.pool_feats[np.argsort(self.pool_pos, kind="stable")]
 
     def save(self, path: str | Path) -> None:
-        """Atomic .npz of the sums and the pool (a finished shard's record)."""
+        """Atomic .npz of the sums and the pool (a finished shard's record; count 0 if it held no image)."""
         s = self.sums
-        write_atomic(Path(path), lambda f: np.savez(f, count=s.count, total=s.total, outer=s.outer,
-                                                    pool_hash=self.pool_hash, pool_pos=self.pool_pos,
-                                                    pool_feats=self.pool_feats))
+        arrays = {} if s is None else dict(total=s.total, outer=s.outer, pool_hash=self.pool_hash,
+                                           pool_pos=self.pool_pos, pool_feats=self.pool_feats)
+        write_atomic(Path(path), lambda f: np.savez(f, count=0 if s is None else s.count, **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> "ReferenceSums":
         """Read what `save` wrote."""
         with np.load(path) as a:
+            if int(a["count"]) == 0:
+                return cls()
             return cls(FeatureSums(int(a["count"]), a["total"], a["outer"]), a["pool_hash"], a["pool_pos"],
                        a["pool_feats"])
 
@@ -139,13 +141,19 @@ def load_reference(path: str | Path) -> ReferenceStats:
                           key_parts=meta["key_parts"])
 
 
+def cached_reference(cache_dir: str | Path, key: str) -> ReferenceStats | None:
+    """The complete cache entry `key` in cache_dir, or None."""
+    stem = Path(cache_dir) / key
+    return load_reference(stem) if all(p.is_file() for p in _paths(stem)) else None
+
+
 def compute_reference(extractor: FeatureExtractor, images, cache_dir: str | Path, key_parts: dict,
                       batch_size: int = 256, floor_images=None, floor_n: int | None = None) -> ReferenceStats:
     """Reference statistics of images (read only on a cache miss), with the noise floor of floor_images."""
     key = reference_key(extractor.name, key_parts, floor_n)
-    stem = Path(cache_dir) / key
-    if all(p.is_file() for p in _paths(stem)):
-        return load_reference(stem)
+    hit = cached_reference(cache_dir, key)
+    if hit is not None:
+        return hit
     feats = extract_features(extractor, images, batch_size)
     acc = ReferenceSums()
     acc.update(feats, [_key_digest(f"kid:{i}") for i in range(len(feats))], np.arange(len(feats)))

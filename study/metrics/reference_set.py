@@ -28,13 +28,11 @@ import torch
 
 from study.errors import ConfigError
 from study.identity import stable_hash
-from study.metrics.reference import ReferenceStats, ReferenceSums, load_reference, merged, reference_key
-from study.metrics.reference import _paths as _entry_paths
-from study.metrics.reference import reference_stats, save_reference
+from study.metrics.reference import (ReferenceStats, ReferenceSums, cached_reference, merged, reference_key,
+                                      reference_stats, save_reference)
 from study.paths import HELDOUT
 from study.shards.format import _key_digest
 from study.shards.readers import IMAGE_EXTS
-
 
 
 @dataclass(frozen=True)
@@ -91,8 +89,8 @@ def check_reference(reference: str, what: str = "eval.reference") -> None:
 def list_reference(reference: str, what: str = "eval.reference") -> list[Part]:
     """The images and .tar files of a folder (recursive), one file, or a glob, sorted by path inside the set."""
     base, files = _files(reference, what)
-    parts = [Part("tar" if p.suffix.lower() == ".tar" else "image", str(p), p.relative_to(base).as_posix(), file_stamp(p))
-             for p in files]
+    parts = [Part("tar" if p.suffix.lower() == ".tar" else "image", str(p), p.relative_to(base).as_posix(),
+                  file_stamp(p)) for p in files]
     if not parts:
         raise _none_there(reference, what)
     return sorted(parts, key=lambda p: p.key)
@@ -192,10 +190,7 @@ def shard_sums(parts: list[Part], first: int, make_extractor: Callable, batch_si
 
 def _run_shard(parts, first, make_extractor, batch_size, threads, out: str) -> str:
     torch.set_num_threads(max(1, threads))
-    acc = shard_sums(parts, first, make_extractor, batch_size, threads)
-    if acc.sums is None:
-        raise ReferenceSetError(f"no images in {parts[0].path} .. {parts[-1].path}: the reference .tar files are empty")
-    acc.save(out)
+    shard_sums(parts, first, make_extractor, batch_size, threads).save(out)  # empty .tar files: an empty record
     return out
 
 
@@ -244,8 +239,9 @@ def compute_set_reference(parts: list[Part], make_extractor: Callable, name: str
     key_parts = {**key_parts, "set": set_identity(parts)}
     key = reference_key(name, key_parts)
     cache_dir = Path(cache_dir)
-    if all(p.is_file() for p in _entry_paths(cache_dir / key)):
-        return load_reference(cache_dir / key)
+    hit = cached_reference(cache_dir, key)
+    if hit is not None:
+        return hit
     done_dir = cache_dir / f"{key}.shards"
     acc = accumulate(parts, make_extractor, done_dir, batch_size, shards, workers, resources,
                      f"reference statistics ({len(parts)} files)", progress)
