@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from standins import inception_file, sd_folder as sd_folder_standin
+from standins import coco as coco_standin, inception_file, sd_folder as sd_folder_standin
 
 
 @pytest.fixture(scope="module")
@@ -92,11 +92,7 @@ def test_eval_reference_folder_is_the_fid_reference(real_cfg, tmp_path):
     from study.metrics import InceptionExtractor
     from study.prepare import prepare
 
-    rng = np.random.default_rng(1)
-    coco = tmp_path / "val2014"
-    coco.mkdir()
-    for i in range(10):
-        Image.fromarray(rng.integers(0, 255, (30 + i, 40, 3), dtype=np.uint8)).save(coco / f"COCO_val2014_{i:012d}.jpg")
+    _, coco = coco_standin(tmp_path, n=10)
     raw = to_dict(real_cfg)
     raw["eval"].update(reference=str(coco), reference_shards=3, reference_workers=2)
     cfg = from_dict(raw)

@@ -8,10 +8,10 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from cleanfid import fid as cleanfid
 from PIL import Image
+
+from standins import rowwise_inception_file
 
 from study.metrics import INCEPTION_FILE, InceptionExtractor, evaluate_images
 from study.metrics.reference_set import (Part, ReferenceSetError, accumulate, check_reference,
@@ -21,37 +21,9 @@ N_IMAGES = 40
 CPU = torch.device("cpu")
 
 
-class _RowwiseLayers(nn.Module):
-    """A stand-in for Inception's layers whose features of an image do not depend on the batch around it
-    (no matrix product, whose float32 rounding does): features then match clean-fid's bit for bit."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.randn(2048) / 2)
-        self.shift = nn.Parameter(torch.randn(2048) / 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = F.adaptive_avg_pool2d(x, 4).flatten(1)  # 48 values per image
-        return torch.tanh(pooled.repeat(1, 43)[:, :2048] * self.scale + self.shift)
-
-
-class _RowwiseInception(nn.Module):
-    """The call interface of clean-fid's inception-2015-12-05.pt (base(x, return_features) and .layers)."""
-
-    def __init__(self):
-        super().__init__()
-        self.layers = _RowwiseLayers()
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return self.layers(x)
-
-
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("inception") / INCEPTION_FILE
-    torch.jit.script(_RowwiseInception()).save(str(path))
-    return path
+    return rowwise_inception_file(tmp_path_factory.mktemp("inception") / INCEPTION_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -172,8 +144,8 @@ def test_missing_or_empty_reference_is_one_line_naming_the_key(tmp_path):
         require_paths(cfg, evaluation=False)  # training does not read the reference
         with pytest.raises(ConfigError) as err:
             require_paths(cfg)
-        msg = str(err.value)
-        assert msg.startswith(f"eval.reference={path}: ") and why in msg and "\n" not in msg
+        lines = [line for line in str(err.value).splitlines() if "eval.reference" in line]
+        assert len(lines) == 1 and lines[0].startswith(f"eval.reference={path}: ") and why in lines[0]
     with pytest.raises(ReferenceSetError, match="no images"):
         check_reference(str(tmp_path / "empty" / "*.tar"))
     require_paths(load_config("tiny", ["eval.reference=heldout"]))  # the default reads the data's own split
