@@ -199,6 +199,9 @@ class TrainConfig:
     seed: int = 0  # kept for the record: each run's seed is its sweep.seeds entry
 
 
+HELDOUT = "heldout"  # eval.reference's default: the held-out split of the training data is the FID reference
+
+
 @dataclass
 class EvalConfig:
     # the paper's three (Sec. 4.3): names from study.schedulers
@@ -244,7 +247,7 @@ class EvalConfig:
     # The FID reference images: "heldout" (the held-out split of the data) or a local folder of images
     # (.jpg/.jpeg/.png/.webp, recursive) or of WebDataset .tar shards, one .tar, or a glob of them: the
     # paper's COCO-2014 val. Read as clean-fid reads a folder (each image at its own size, clean resize).
-    reference: str = "heldout"
+    reference: str = HELDOUT
     # The reference statistics are summed over this many pieces of the set, one Ray task each (cpus_per_eval /
     # gpus_per_eval), at most reference_workers at once; a killed prepare redoes only the unfinished pieces.
     reference_shards: int = 64

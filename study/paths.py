@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study.config import ConfigError, StudyConfig
-
-HELDOUT = "heldout"  # eval.reference's default: the held-out split of the training data is the FID reference
+from study.config import HELDOUT, ConfigError, StudyConfig
 
 
 def run_dir(cfg: StudyConfig) -> Path:
@@ -31,19 +29,22 @@ def require_paths(cfg: StudyConfig, evaluation: bool = True) -> None:
     if evaluation:
         require_evaluator(cfg)
         paths += [("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)]
+        if reference_folder(cfg) and "*" not in reference_folder(cfg):  # a glob is checked for matches below
+            paths.append(("eval.reference", reference_folder(cfg)))
     for exp in SPECS.values():
         if exp.inputs is not None and exp.enabled(cfg):
             paths += exp.inputs(cfg)
     missing = [f"config key {key!r} = {p!r}: the path does not exist" for key, p in paths
                if p is not None and "://" not in str(p)  # a URL (s3://...): checked before prepare reads it
                and not Path(p).expanduser().exists()]
-    if evaluation and reference_folder(cfg):
+    folder = reference_folder(cfg) if evaluation else None
+    if folder and not any("'eval.reference'" in line for line in missing):
         from study.metrics.reference_set import ReferenceSetError, check_reference
 
         try:
-            check_reference(reference_folder(cfg))  # exists and holds images (stops at the first one)
+            check_reference(folder)  # holds images or .tar files (stops at the first one)
         except ReferenceSetError as err:
-            missing.append(str(err))
+            missing.append(f"config key 'eval.reference' = {folder!r}: {str(err).split(': ', 1)[1]}")
     if missing:
         raise ConfigError("\n".join(missing) + "\npoint each at its local copy (nothing is downloaded) or override "
                           "it on the command line (KEY=...)")

@@ -145,7 +145,8 @@ def test_missing_or_empty_reference_is_one_line_naming_the_key(tmp_path):
         with pytest.raises(ConfigError) as err:
             require_paths(cfg)
         lines = [line for line in str(err.value).splitlines() if "eval.reference" in line]
-        assert len(lines) == 1 and lines[0].startswith(f"eval.reference={path}: ") and why in lines[0]
+        assert len(lines) == 1 and lines[0].startswith(f"config key 'eval.reference' = {str(path)!r}: ")
+        assert why in lines[0]
     with pytest.raises(ReferenceSetError, match="no images"):
         check_reference(str(tmp_path / "empty" / "*.tar"))
     require_paths(load_config("tiny", ["eval.reference=heldout"]))  # the default reads the data's own split

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from study.config import HELDOUT
 from study.errors import ConfigError
 from study.identity import stable_hash
 from study.metrics.reference import (ReferenceStats, ReferenceSums, cached_reference, merged, reference_key,
                                       reference_stats, save_reference)
-from study.paths import HELDOUT
 from study.shards.format import _key_digest
 from study.shards.readers import IMAGE_EXTS
 
@@ -101,7 +101,7 @@ def heldout_parts(shards_folder: str | Path) -> list[Part]:
     from study.shards.format import ShardIndex
 
     index = ShardIndex.load(shards_folder)
-    return [Part("shard", str(Path(shards_folder)), s["name"], s["sha256"]) for s in index.shards(HELDOUT)]
+    return [Part("shard", str(Path(shards_folder)), s["name"], s["sha256"]) for s in index.shards("heldout")]
 
 
 def array_parts(path: str | Path, rows_per_part: int = 1024) -> list[Part]:
