@@ -208,6 +208,9 @@ class TrainConfig:
     seed: int = 0  # kept for the record: each run's seed is its sweep.seeds entry
 
 
+HELDOUT = "heldout"  # eval.reference's default: the held-out split of the training data is the FID reference
+
+
 @dataclass
 class EvalConfig:
     # the paper's three (Sec. 4.3): names from study.schedulers
@@ -253,6 +256,14 @@ class EvalConfig:
     feature_extractor: FeatureExtractor = FeatureExtractor.classifier
     inception_path: Optional[str] = None  # clean-fid's inception-2015-12-05.pt, local (never downloaded)
     clip_path: Optional[str] = None  # local CLIP folder for the CLIP score (real data)
+    # The FID reference images: "heldout" (the held-out split of the data) or a local folder of images
+    # (.jpg/.jpeg/.png/.webp, recursive) or of WebDataset .tar shards, one .tar, or a glob of them: the
+    # paper's COCO-2014 val. Read as clean-fid reads a folder (each image at its own size, clean resize).
+    reference: str = HELDOUT
+    # The reference statistics are summed over this many pieces of the set, one Ray task each (cpus_per_eval /
+    # gpus_per_eval), at most reference_workers at once; a killed prepare redoes only the unfinished pieces.
+    reference_shards: int = 64
+    reference_workers: int = 8
     cpus_per_eval: float = 1.0  # CPUs each evaluation task reserves (and torch threads it uses)
     gpus_per_eval: float = 0.0  # GPUs each evaluation task reserves (1 on a GPU cluster)
     max_retries: int = 2  # Ray retries of an evaluation task that crashed
@@ -528,6 +539,8 @@ def validate(cfg: StudyConfig) -> None:
     _check(e.batch_size > 0, "eval.batch_size", "a positive integer", e.batch_size)
     _check(e.decode_batch_size > 0, "eval.decode_batch_size", "a positive integer", e.decode_batch_size)
     # eval.inception_path is checked by study.prepare.require_evaluator: training does not need it.
+    _check(e.reference_shards > 0, "eval.reference_shards", "a positive number of pieces", e.reference_shards)
+    _check(e.reference_workers > 0, "eval.reference_workers", "a positive number of tasks", e.reference_workers)
     _check(e.feature_extractor != "classifier" or dataset(d.name).classifier, "eval.feature_extractor",
            f"'inception' for data.name={d.name} (the domain classifier exists for digits only)",
            e.feature_extractor)

@@ -15,7 +15,9 @@ import json
 # that changes one of them would mix incomparable numbers into one table. Widths, seeds, samplers and steps may
 # grow between reruns.
 STUDY_EVAL_KEYS = ("num_samples", "seed", "guidance_min", "guidance_max", "search", "timestep_spacing",
-                   "checkpoint", "feature_extractor")
+                   "checkpoint", "feature_extractor", "reference")
+# The value of a study key in a folder recorded before the key existed: the behaviour it had then.
+STUDY_EVAL_DEFAULTS = {"reference": "heldout"}
 
 # Data settings that change how prepare runs (workers, GPUs, batches, memory bounds, debugging), not what it
 # computes, so neither caches nor run folders key on them: the shards are the same bytes whatever the workers,
@@ -71,5 +73,7 @@ def study_identity(cfg_dict: dict) -> dict:
     of its cost axis and the evaluation settings its rows were measured with."""
     ident = training_identity({k: v for k, v in cfg_dict.items() if k != "recipe"})
     ident["model"]["reference_width"] = cfg_dict["model"]["reference_width"]
-    ident["eval"] = {k: cfg_dict["eval"][k] for k in STUDY_EVAL_KEYS}
+    ev = cfg_dict["eval"]
+    ident["eval"] = {k: ev.get(k, STUDY_EVAL_DEFAULTS[k]) if k in STUDY_EVAL_DEFAULTS else ev[k]
+                     for k in STUDY_EVAL_KEYS}
     return ident

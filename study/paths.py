@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from study.config import ConfigError, StudyConfig
+from study.config import HELDOUT, ConfigError, StudyConfig
 
 
 def run_dir(cfg: StudyConfig) -> Path:
@@ -29,15 +29,31 @@ def require_paths(cfg: StudyConfig, evaluation: bool = True) -> None:
     if evaluation:
         require_evaluator(cfg)
         paths += [("eval.inception_path", e.inception_path), ("eval.clip_path", e.clip_path)]
+        if reference_folder(cfg) and "*" not in reference_folder(cfg):  # a glob is checked for matches below
+            paths.append(("eval.reference", reference_folder(cfg)))
     for exp in SPECS.values():
         if exp.inputs is not None and exp.enabled(cfg):
             paths += exp.inputs(cfg)
     missing = [f"config key {key!r} = {p!r}: the path does not exist" for key, p in paths
                if p is not None and "://" not in str(p)  # a URL (s3://...): checked before prepare reads it
                and not Path(p).expanduser().exists()]
+    folder = reference_folder(cfg) if evaluation else None
+    if folder and not any("'eval.reference'" in line for line in missing):
+        from study.metrics.reference_set import ReferenceSetError, check_reference
+
+        try:
+            check_reference(folder)  # holds images or .tar files (stops at the first one)
+        except ReferenceSetError as err:
+            missing.append(f"config key 'eval.reference' = {folder!r}: {str(err).split(': ', 1)[1]}")
     if missing:
         raise ConfigError("\n".join(missing) + "\npoint each at its local copy (nothing is downloaded) or override "
                           "it on the command line (KEY=...)")
+
+
+def reference_folder(cfg: StudyConfig) -> str | None:
+    """The FID reference images eval.reference names (COCO val2014 for the paper), or None: the held-out split."""
+    ref = cfg.eval.reference
+    return None if not ref or ref == HELDOUT else ref
 
 
 def require_evaluator(cfg: StudyConfig) -> None:

@@ -6,6 +6,7 @@ sets stream through the Ray Data pipeline of study/shards/pipeline.py."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -65,8 +66,12 @@ def prepared_paths(cfg: StudyConfig) -> Prepared:
                        "autoencoder": _section(cfg, "autoencoder")})
     # The reference set depends on the data and the features, and on the sample count through the
     # noise floor; not on the text encoder or the latent space.
+    from study.paths import reference_folder
+
+    folder = reference_folder(cfg)  # a reference set of its own: keyed in (the held-out default keeps its old keys)
     dkey = stable_hash({"data": _data_identity(cfg), "extractor": cfg.eval.feature_extractor,
-                        "inception": cfg.eval.inception_path, "n": cfg.eval.num_samples, "layout": LAYOUT})
+                        "inception": cfg.eval.inception_path, "n": cfg.eval.num_samples, "layout": LAYOUT,
+                        **({"reference": folder} if folder else {})})
     return Prepared(dir=root / f"prepared-{key}-v{LAYOUT}", data_dir=root / f"data-{dkey}")
 
 
@@ -105,8 +110,8 @@ class _Sets:
 
     held_captions: list[str]
     held_labels: np.ndarray | None
-    held_images: np.ndarray  # the FID reference set
-    floor_images: np.ndarray | None  # training images for the real-vs-real noise floor
+    held_images: np.ndarray | None  # the embedded set's FID reference (a streamed set's stays in its shards)
+    floor_images: np.ndarray | None  # training images for the real-vs-real noise floor (memory-mapped if streamed)
     train_images: np.ndarray | None = None  # embedded sets only: the domain classifier trains on them
     train_labels: np.ndarray | None = None
 
@@ -185,7 +190,8 @@ def _sample_images(cfg: StudyConfig, limit: int) -> np.ndarray:
 
 
 def _write_streamed(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
-    """A real data set: the Ray Data pipeline writes the shards; only held-out data is read back."""
+    """A real data set: the Ray Data pipeline writes the shards; only held-out captions are read back (the
+    held-out images are read a shard at a time by the reference statistics' tasks)."""
     from study.shards.format import ShardIndex
     from study.shards.pipeline import FLOOR_FILE, prepare_shards
     from study.shards.readers import list_sources
@@ -202,16 +208,16 @@ def _write_streamed(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
         report = prepare_shards(cfg, folder, prep.autoencoder_dir, uncond, entry.channels, progress)
         _say(f"{report['good']} samples in shards, {report['bad']} bad (see prepare_report.json)", progress)
     index = ShardIndex.load(folder)
-    captions, labels, images = [], [], []
+    captions, labels = [], []
     for s in index.shards("heldout"):
+        if len(captions) >= d.max_eval_prompts:
+            break
         rows = index.meta(s["name"])
-        if len(captions) < d.max_eval_prompts:
-            captions += [r["caption"] for r in rows]
-            labels += [r["label"] for r in rows]
-        images.append(np.asarray(index.images(s["name"])))
-    floor = np.load(folder / FLOOR_FILE) if (folder / FLOOR_FILE).exists() else None
+        captions += [r["caption"] for r in rows]
+        labels += [r["label"] for r in rows]
+    floor = np.load(folder / FLOOR_FILE, mmap_mode="r") if (folder / FLOOR_FILE).exists() else None
     has_labels = bool(labels) and all(v is not None for v in labels)
-    return _Sets(captions, np.asarray(labels) if has_labels else None, np.concatenate(images), floor)
+    return _Sets(captions, np.asarray(labels) if has_labels else None, None, floor)
 
 
 SMALL_VAE_IMAGES = 4096  # images the small autoencoder trains on for a streamed set: a bounded sample
@@ -236,8 +242,8 @@ def _prepare_text(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool)
 
 
 def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool) -> None:
-    from study.metrics import (ClassifierExtractor, InceptionExtractor, compute_reference, load_classifier,
-                               save_classifier, train_digit_classifier)
+    from study.metrics import InceptionExtractor, compute_reference, save_classifier, train_digit_classifier
+    from study.paths import reference_folder
 
     if prep.reference_path().exists():
         return
@@ -248,17 +254,81 @@ def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: 
             clf = train_digit_classifier(sets.train_images, sets.train_labels, seed=cfg.data.split_seed,
                                          progress=progress)
             save_classifier(clf, prep.evaluator_dir)
-        extractor = ClassifierExtractor(load_classifier(prep.evaluator_dir))
+        make = functools.partial(_classifier_extractor, str(prep.evaluator_dir))
     else:
-        extractor = InceptionExtractor.from_file(cfg.eval.inception_path, device=_device())
-    _say(f"reference statistics of the {len(sets.held_images)} held-out images ({extractor.name})", progress)
-    floor = sets.floor_images
+        make = functools.partial(InceptionExtractor.from_file, cfg.eval.inception_path)
+    extractor = make(device=_device())
+    folder, floor = reference_folder(cfg), sets.floor_images
     floor_n = 0 if floor is None else len(floor)
-    ref = compute_reference(extractor, torch.from_numpy(sets.held_images).float(), prep.data_dir,
-                            key_parts={"data": _data_identity(cfg)}, batch_size=cfg.eval.batch_size,
-                            floor_images=None if floor is None else torch.from_numpy(floor).float(), floor_n=floor_n)
+    if folder is None and sets.held_images is not None:  # the embedded digits: a few hundred images in memory
+        _say(f"reference statistics of the {len(sets.held_images)} held-out images ({extractor.name})", progress)
+        ref = compute_reference(extractor, torch.from_numpy(sets.held_images).float(), prep.data_dir,
+                                key_parts={"data": _data_identity(cfg)}, batch_size=cfg.eval.batch_size,
+                                floor_images=None if floor is None else torch.from_numpy(floor).float(),
+                                floor_n=floor_n)
+    else:
+        ref = _set_reference(cfg, prep, make, extractor, folder, floor, progress)
     save_json(prep.reference_path(), {"stats": str(prep.data_dir / ref.key), "name": ref.name,
-                                       "num_images": ref.num_images, "floor_fid": ref.floor_fid, "floor_n": floor_n})
+                                       "num_images": ref.num_images, "floor_fid": ref.floor_fid,
+                                       "floor_n": ref.floor_n or 0, "reference": folder or "heldout"})
+
+
+def _classifier_extractor(folder: str, device=None):
+    """The domain classifier's features (a picklable maker for the reference tasks)."""
+    from study.metrics import ClassifierExtractor, load_classifier
+
+    return ClassifierExtractor(load_classifier(folder, device=device or "cpu"))
+
+
+def _set_reference(cfg: StudyConfig, prep: Prepared, make, extractor, folder: str | None, floor, progress: bool):
+    """Reference statistics of eval.reference's images or of the held-out shards, summed by Ray tasks a shard
+    at a time (nothing holds the set), with the real-vs-real noise floor of the floor images."""
+    from study.metrics.fid import FeatureSums, fid_from_sums, merge_sums
+    from study.metrics.reference import reference_key, save_reference
+    from study.metrics.reference_set import (file_stamp, accumulate, array_parts, compute_set_reference, heldout_parts,
+                                             list_reference)
+
+    e = cfg.eval
+    parts = list_reference(folder) if folder else heldout_parts(prep.shards_dir)
+    res = _task_resources(cfg)
+    _say(f"reference statistics of {folder or 'the held-out split'} ({len(parts)} files, {extractor.name}) in "
+         f"{min(e.reference_shards, len(parts))} tasks", progress)
+    # a named folder's statistics depend on it and the features only: every study naming it shares them
+    cache = Path(cfg.cache_dir).expanduser() / "reference" if folder else prep.data_dir
+    weights = {"weights": file_stamp(Path(e.inception_path).expanduser())} if e.feature_extractor == "inception" else {}
+    ref = compute_set_reference(parts, make, extractor.name, cache, weights, e.batch_size, e.reference_shards,
+                                e.reference_workers, res, progress)
+    if isinstance(floor, np.memmap):  # a streamed set's floor images: on disk, summed by tasks as the reference
+        done = prep.data_dir / "floor.shards"
+        sums = accumulate(array_parts(floor.filename), make, done, e.batch_size, e.reference_shards,
+                          e.reference_workers, res, "noise floor", progress).sums
+        shutil.rmtree(done, ignore_errors=True)
+    elif floor is not None:
+        sums = merge_sums(FeatureSums.of(extractor.features(torch.from_numpy(floor[a:a + e.batch_size]).float())
+                                         .detach().cpu().double().numpy()) for a in range(0, len(floor), e.batch_size))
+    if floor is not None:  # the FID of all floor images against the reference (noise_floor's n = all of them)
+        ref.floor_fid, ref.floor_n = fid_from_sums(sums, ref.mu, ref.sigma), sums.count
+    # this data's entry: the set's statistics with this data's floor
+    ref.key = reference_key(ref.name, {"set": ref.key, "data": _data_identity(cfg)}, ref.floor_n)
+    save_reference(ref, prep.data_dir)
+    return ref
+
+
+def _task_resources(cfg: StudyConfig) -> dict:
+    """What each reference task reserves: eval.cpus_per_eval / gpus_per_eval (on a local Ray, at most its CPUs)."""
+    import ray
+
+    from study.config import ConfigError
+    from study.raycluster import ensure_ray
+
+    cpus, gpus = cfg.eval.cpus_per_eval, cfg.eval.gpus_per_eval
+    if ensure_ray(cfg):  # a fixed machine: a task reserving more than it has would wait forever
+        have = ray.cluster_resources()
+        if gpus > have.get("GPU", 0):
+            raise ConfigError(f"eval.gpus_per_eval={gpus:g}, this machine's Ray has {have.get('GPU', 0):g} GPUs: "
+                              f"set eval.gpus_per_eval=0 to compute the FID reference on the CPU")
+        cpus = min(cpus, have.get("CPU", 1))
+    return {"num_cpus": cpus, "num_gpus": gpus}
 
 
 def _device() -> torch.device:

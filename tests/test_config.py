@@ -23,6 +23,7 @@ def test_paper_preset_describes_the_replication():
     assert (cfg.eval.guidance_min, cfg.eval.guidance_max) == (1.5, 8.0)
     assert set(cfg.eval.samplers) == {"ddim", "ddpm", "dpmsolver++"}
     assert cfg.text_encoder.kind == "clip" and cfg.autoencoder.kind == "pretrained"
+    assert cfg.eval.reference.endswith("/coco/val2014")  # FID against COCO-2014 val images, as the paper
 
 
 def test_overrides_apply_with_types():
@@ -76,7 +77,8 @@ def test_missing_path_fails_before_work(tmp_path):
 def test_every_missing_input_of_every_enabled_experiment_is_named_before_work(tmp_path, monkeypatch):
     from study.paths import require_paths
 
-    for var in ("LDM_SHARED", "LDM_DATA", "LDM_SD15", "LDM_COCO_CAPTIONS", "LDM_INCEPTION", "LDM_CLIP"):
+    for var in ("LDM_SHARED", "LDM_DATA", "LDM_SD15", "LDM_COCO_CAPTIONS", "LDM_COCO_IMAGES", "LDM_INCEPTION",
+                "LDM_CLIP"):
         monkeypatch.setenv(var, str(tmp_path / var.lower()))  # nothing staged there
     cfg = load_config("paper", ["distill.enabled=true", "superres.enabled=true", "superres.data=div2k",
                                 f"superres.root={tmp_path / 'div2k'}", f"superres.lpips_backbone={tmp_path / 'a.pth'}",
@@ -87,7 +89,7 @@ def test_every_missing_input_of_every_enabled_experiment_is_named_before_work(tm
     lines = str(err.value).splitlines()
     named = [line.split("'")[1] for line in lines[:-1]]
     assert named == ["data.root", "data.eval_captions", "text_encoder.path", "autoencoder.path", "eval.inception_path",
-                     "eval.clip_path", "dreambooth.root", "dreambooth.dino_path", "superres.root",
+                     "eval.clip_path", "eval.reference", "dreambooth.root", "dreambooth.dino_path", "superres.root",
                      "superres.lpips_backbone"]
     assert lines[-1].startswith("point each at its local copy")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from standins import inception_file, sd_folder as sd_folder_standin
+from standins import coco as coco_standin, inception_file, sd_folder as sd_folder_standin
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def real_cfg(sd_folder, tmp_path_factory):
         "data.eval_fraction=0.25", f"data.eval_captions={coco}", f"text_encoder.path={sd_folder}",
         "text_encoder.max_length=8", f"autoencoder.path={sd_folder}", f"eval.inception_path={inception}",
         "eval.clip_path=null", "eval.num_samples=6", "eval.batch_size=6", "model.widths=[8]", "model.ladder=tiny",
-        "model.reference_width=8", "eval.gpus_per_eval=0",
+        "model.reference_width=8", "eval.gpus_per_eval=0", "eval.reference=heldout",
         # The base study's real-data path; the derived experiments' inputs are the paper rehearsal's.
         "distill.enabled=false", "superres.enabled=false", "dreambooth.enabled=false"])
 
@@ -79,6 +79,35 @@ def test_prepare_and_evaluate_on_real_data(real_cfg):
     assert np.isfinite(res["fid"]) and res["num_samples"] == 6 and res["extractor"].startswith("cleanfid-")
     images, _ = ev.generate(unet, "ddim", 2, 2.0)
     assert images.shape == (6, 3, 16, 16) and 0 <= float(images.min()) and float(images.max()) <= 255
+
+
+def test_eval_reference_folder_is_the_fid_reference(real_cfg, tmp_path):
+    """eval.reference names a folder (COCO val2014 in paper.yaml): its statistics, not the held-out split's,
+    are what the evaluation compares against, with the training images' noise floor."""
+    from cleanfid import fid as cleanfid
+
+    from study.config import from_dict, to_dict
+    from study.evaluator import Evaluator
+    from study.ladder import LADDERS, build_unet, geometry
+    from study.metrics import InceptionExtractor
+    from study.prepare import prepare
+
+    _, coco = coco_standin(tmp_path, n=10)
+    raw = to_dict(real_cfg)
+    raw["eval"].update(reference=str(coco), reference_shards=3, reference_workers=2)
+    cfg = from_dict(raw)
+    prep = prepare(cfg, progress=False)  # the shards are the held-out test's; only the reference is new
+    ev = Evaluator(cfg, prep)
+    ext = InceptionExtractor.from_file(cfg.eval.inception_path)
+    feats = cleanfid.get_folder_features(str(coco), ext.embed, num_workers=0, device=torch.device("cpu"),
+                                         verbose=False)
+    assert ev.reference.num_images == 10 and ev.reference.floor_fid > 0
+    # the stand-in's matrix product rounds float32 features differently by batch: float32 tolerance
+    np.testing.assert_allclose(ev.reference.mu, feats.astype(np.float64).mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ev.reference.sigma, np.cov(feats, rowvar=False), rtol=1e-4, atol=1e-6)
+    torch.manual_seed(0)
+    res = ev.evaluate(build_unet(LADDERS["tiny"], 8, geometry(cfg)), "ddim", 2, 2.0)
+    assert res["reference"] == ev.reference.key and np.isfinite(res["fid"])
 
 
 def test_a_user_without_inception_can_prepare_and_train_and_evaluation_says_what_to_set(real_cfg, tmp_path,

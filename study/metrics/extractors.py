@@ -135,14 +135,20 @@ class InceptionExtractor:
             model = _load_inception_v3w(path)
         return cls(model, name=f"cleanfid-{path.stem}-clean", device=device, batch_size=batch_size)
 
-    def _resize(self, images: torch.Tensor) -> torch.Tensor:
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image (any size) to RGB 299 x 299 float on the CPU: clean-fid's per-image step before the model."""
         # as clean-fid's get_model_features: each image HWC float -> PIL bicubic 299x299 without quantising
-        arrays = to_rgb(images).detach().cpu().float().numpy().transpose(0, 2, 3, 1)
+        arrays = to_rgb(as_images(images)).detach().cpu().float().numpy().transpose(0, 2, 3, 1)
         resized = np.stack([self.resize(np.ascontiguousarray(a)) for a in arrays])
         return torch.from_numpy(resized.transpose(0, 3, 1, 2).copy())
+
+    @torch.no_grad()
+    def embed(self, prepared: torch.Tensor) -> torch.Tensor:
+        """N x 2048 features of images already through `prepare` (the model alone, in batches)."""
+        return torch.cat([self.model(b.to(self.device)) for b in prepared.split(self.batch_size)])
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """N x 2048 features on the model's device."""
         x = as_images(images)
-        return torch.cat([self.model(self._resize(b).to(self.device)) for b in x.split(self.batch_size)])
+        return torch.cat([self.embed(self.prepare(b)) for b in x.split(self.batch_size)])
