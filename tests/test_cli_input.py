@@ -4,24 +4,13 @@ or model is built, with the traceback logged in the run folder the command was g
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from cli import main as cli
+from cli_helpers import run_cli as _cli
 from study.config import load_config, to_dict
-
-
-def _cli(monkeypatch, capsys, tmp_path, *argv) -> tuple[int, list[str]]:
-    """Run the real entry point in-process; (exit code, stderr lines)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("LDM_SCALING_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["study", *argv])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    return done.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 @pytest.fixture()

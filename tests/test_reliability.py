@@ -15,23 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from cli import main as cli
+from cli_helpers import run_cli as _cli
 from study.config import ConfigError, load_config, to_dict
 from study.errors import UserError, reading, user_message
 from study.lock import FolderLockedError, folder_lock, holder, lock_path
 from study.redact import MASK, redact, redact_text
 
 URL = "postgresql://optuna:s3cr3t-PW@db.example:5432/optuna"
-
-
-def _cli(monkeypatch, capsys, tmp_path, *argv) -> tuple[int, list[str]]:
-    """Run the real entry point in-process; (exit code, stderr lines)."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.delenv("LDM_SCALING_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["study", *argv])
-    with pytest.raises(SystemExit) as done:
-        cli.main()
-    return done.value.code, capsys.readouterr().err.strip().splitlines()
 
 
 # --- one error path --------------------------------------------------------------------------------
