@@ -352,14 +352,19 @@ def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and
 def run(config: Optional[str] = typer.Argument(None, help="Config (default: configs/tiny.yaml)."),
         overrides: Optional[List[str]] = OVERRIDES,
         fresh: bool = typer.Option(False, "--fresh", help="Archive the run folder and start over."),
-        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit.")) -> None:
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config, check its inputs and exit.")
+        ) -> None:
     """The whole study: prepare, train grid, guidance search, analysis, report. Rerun to resume."""
     from study.config import to_yaml
     from cli.runner import run_study
 
     cfg = _load(config or "tiny", overrides)
-    if dry_run:
+    if dry_run:  # the resolved config, then every input of every enabled stage checked (one line each if missing)
+        from study.paths import require_paths
+
         typer.echo(to_yaml(cfg), nl=False)
+        require_paths(cfg)
+        typer.echo("every input of every enabled stage is in place", err=True)
         return
     result = run_study(cfg, fresh=fresh)
     if result["failed"]:  # everything else finished and was reported; the exit code says a size is missing

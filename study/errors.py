@@ -130,8 +130,8 @@ def user_message(exc: BaseException) -> str | None:
             continue  # Ray's wrapper (an instance of the cause's class too): judge the worker's exception itself
         msg = redact_text(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
         name = type(e).__name__
-        if isinstance(e, UserError):
-            return msg
+        if isinstance(e, UserError):  # ours: one line, or one line per item where it lists several (missing paths)
+            return redact_text(str(e).strip())
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             return _disk_full(e.filename or _run_dir)
         if any(t in str(e) for t in _DISK_FULL_TEXT):  # a library's or a worker's wording, errno lost
