@@ -10,6 +10,7 @@ sessions, other agents or other users of the machine carry another id or none, a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -87,3 +88,23 @@ def stop_processes(procs: list[psutil.Process], timeout_s: float = 20.0) -> list
         if not (procs := wait_gone(procs, timeout_s)):
             break
     return procs
+
+
+@contextlib.contextmanager
+def loopback_cluster(*nodes: dict):
+    """A Ray cluster on this machine: a head that takes no work (as cluster.yaml's) and one node per dict of
+    add_node arguments; this process joined to it. Stopped however far the set-up got: a raylet or GCS left
+    running outlives the session."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        added = [c.add_node(**kw) for kw in nodes]
+        ray.init(address=c.address)
+        yield c, added
+    finally:
+        ray.shutdown()
+        c.shutdown()

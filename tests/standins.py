@@ -66,18 +66,18 @@ class _InceptionLayers(nn.Module):
 class InceptionStandIn(nn.Module):
     """The call interface of clean-fid's inception-2015-12-05.pt (base(x, return_features) and .layers)."""
 
-    def __init__(self):
+    def __init__(self, layers: nn.Module | None = None):
         super().__init__()
-        self.layers = _InceptionLayers()
+        self.layers = layers if layers is not None else _InceptionLayers()
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         return self.layers(x)
 
 
-def inception_file(path: Path) -> Path:
+def inception_file(path: Path, layers=None) -> Path:
     """A TorchScript file with Inception's interface (the real one is a 100 MB download)."""
     torch.manual_seed(0)
-    torch.jit.script(InceptionStandIn()).save(str(path))
+    torch.jit.script(InceptionStandIn(layers() if layers else None)).save(str(path))
     return path
 
 
@@ -95,20 +95,9 @@ class _RowwiseLayers(nn.Module):
         return torch.tanh(pooled.repeat(1, 43)[:, :2048] * self.scale + self.shift)
 
 
-class _RowwiseInception(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.layers = _RowwiseLayers()
-
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
-        return self.layers(x)
-
-
 def rowwise_inception_file(path: Path) -> Path:
     """An Inception-interface TorchScript file whose features are exact per image (see _RowwiseLayers)."""
-    torch.manual_seed(0)
-    torch.jit.script(_RowwiseInception()).save(str(path))
-    return path
+    return inception_file(path, _RowwiseLayers)
 
 
 def clip_folder(root: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pytest
+from process_helpers import loopback_cluster
 from ray.tune import Callback
 
 pytestmark = pytest.mark.slow
@@ -14,17 +15,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def a100_cluster():
     """A head that takes no work and one node of fake 40 GB GPUs, labelled as cluster.yaml labels them."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    node = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_a100_40gb": 1})
-    ray.init(address=c.address)
-    yield c, node
-    ray.shutdown()
-    c.shutdown()
+    with loopback_cluster({"num_cpus": 2, "num_gpus": 1, "resources": {"gpu_a100_40gb": 1}}) as (c, (node,)):
+        yield c, node
 
 
 _STATE: dict = {}  # the running test's cluster and findings: Tune pickles its callbacks, which must not hold them

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from process_helpers import loopback_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -10,19 +11,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def cluster():
     """A head that takes no work (as cluster.yaml's) and two 1-CPU worker nodes, on loopback."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
-    try:  # stopped however far the set-up got: a raylet or GCS left running outlives the session
-        nodes = [c.add_node(num_cpus=1) for _ in range(2)]
-        ray.init(address=c.address)
+    with loopback_cluster({"num_cpus": 1}, {"num_cpus": 1}) as (c, nodes):
         yield c, nodes
-    finally:
-        ray.shutdown()
-        c.shutdown()
 
 
 def test_train_and_eval_grid_spread_over_nodes(cluster, smoke_prepared, smoke_overrides, tmp_path):
