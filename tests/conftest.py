@@ -25,6 +25,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 from process_helpers import SESSION_VAR, leftovers  # noqa: E402
+from train_helpers import SMOKE_TEST_OVERRIDES  # noqa: E402  (the smoke config shrunk for the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,8 +35,6 @@ def shared_cache(tmp_path_factory) -> Path:
     """One cache folder for the session, so prepared artefacts are built once across tests."""
     return tmp_path_factory.mktemp("cache")
 
-# The smoke study's settings, shrunk further for unit tests that need real prepared data.
-SMOKE_TEST_OVERRIDES = ["autoencoder.train_steps=30", "eval.num_samples=32", "eval.batch_size=32"]
 
 
 @pytest.fixture(scope="session")

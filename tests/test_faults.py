@@ -14,7 +14,7 @@ import pytest
 from process_helpers import running
 from test_smoke_study import _crash, _study
 
-from conftest import SMOKE_TEST_OVERRIDES
+from train_helpers import SMOKE_TEST_OVERRIDES
 
 pytestmark = pytest.mark.slow
 

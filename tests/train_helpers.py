@@ -10,6 +10,9 @@ import numpy as np
 from study.config import load_config
 
 
+# The smoke config shrunk for the tests that run it (the smoke fixtures and the fault tests share it).
+SMOKE_TEST_OVERRIDES = ["autoencoder.train_steps=30", "eval.num_samples=32", "eval.batch_size=32"]
+
 def fake_prepared(root: Path, n: int = 256, c: int = 1, h: int = 8, t: int = 4, d: int = 16,
                   captions: int = 10, seed: int = 0) -> Path:
     """A prepared-data folder as `study prepare` writes it, filled with random float16 arrays."""
