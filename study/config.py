@@ -397,6 +397,14 @@ def to_dict(cfg: StudyConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
 
 
+def with_train(cfg: StudyConfig, overrides: dict | None) -> StudyConfig:
+    """The study config with an experiment's TrainConfig overrides (budget, lr, batch, workers...) merged in."""
+    if not overrides:
+        return cfg
+    d = to_dict(cfg)
+    return from_dict({**d, "train": {**d["train"], **overrides}})
+
+
 def from_dict(d: dict) -> StudyConfig:
     """Rebuild a typed config from to_dict's output (e.g. one shipped to a Ray worker)."""
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(StudyConfig), d))

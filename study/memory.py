@@ -31,7 +31,8 @@ import numpy as np
 
 from study.errors import ConfigError
 
-# As trainers.phema_track.FOREACH_MAX_PARAMS (core may not import trainers).
+# Above this many parameters the training EMA updates tensor by tensor, with no model-sized temporary
+# (trainers.phema_track.ema_foreach decides by it, and the plan counts the temporary by it).
 FOREACH_MAX_PARAMS = 1e9
 GB = 1e9
 TABLE = Path(__file__).with_name("memory_table.json")  # measured by trainers/memory_measure.py
@@ -213,7 +214,7 @@ def train_bytes(cfg, job: Job, width: int, params: int, side: int, mb: int, ckpt
     act = images * activation_bytes(width, side, "train_ckpt" if ckpt else "train", prec) + inputs
     act += images * job.nograd_forwards * activation_bytes(width, side, "eval", prec)
     # The EMA's foreach update holds a model-sized temporary after the backward; large models update tensor by
-    # tensor instead (trainers.phema_track.FOREACH_MAX_PARAMS).
+    # tensor instead (FOREACH_MAX_PARAMS).
     temporary = 4 * params if params < FOREACH_MAX_PARAMS else 0
     return {"states": states, "ema": ema, "activations": act, "total": states + ema + max(act, temporary)}
 
@@ -258,6 +259,7 @@ def choose(cfg, job: Job, width: int, params: int, side: int, kind: GpuKind) -> 
 
 def memory_plan(cfg, kinds: tuple[GpuKind, ...] | None = None, experiments=None, widths=None) -> list[PlanRow]:
     """The plan of every (experiment, width, GPU kind) of the config: choices, GB per GPU, whether it fits."""
+    from study.config import with_train
     from study.ladder import geometry, ladder
 
     kinds = kinds if kinds is not None else cluster_kinds(cfg)
@@ -269,7 +271,7 @@ def memory_plan(cfg, kinds: tuple[GpuKind, ...] | None = None, experiments=None,
         if experiments is not None and job.experiment not in experiments:
             continue
         side = job.side or side0
-        jcfg = _with_train(cfg, job.train)  # its runs' own workers and batch
+        jcfg = with_train(cfg, job.train)  # its runs' own workers and batch
         for width in widths:
             params = rungs[width].params
             for kind in kinds:
@@ -281,16 +283,6 @@ def memory_plan(cfg, kinds: tuple[GpuKind, ...] | None = None, experiments=None,
                                     b["activations"] / GB, b["total"] / GB, cfg.eval.batch_size, ev / GB,
                                     b["total"] <= cap, ev <= cap))
     return rows
-
-
-def _with_train(cfg, overrides: dict):
-    """The config with an experiment's train overrides merged in (as trainers.run.with_train)."""
-    if not overrides:
-        return cfg
-    from study.config import from_dict, to_dict
-
-    d = to_dict(cfg)
-    return from_dict({**d, "train": {**d["train"], **overrides}})
 
 
 def chosen(rows: list[PlanRow], experiment: str, width: int) -> PlanRow | None:

@@ -79,7 +79,8 @@ def trial_resources(train_cfg, inline: bool, placement: dict | None = None) -> d
 def grid_placements(cfg: StudyConfig, jobs: dict, sizes: dict) -> dict:
     """(experiment, width) -> the GPU kind resource each run asks for (its memory plan's; {} without a cluster
     file or on CPU). A width that fits no GPU kind is refused here, before any trial starts."""
-    from trainers.run import run_plan, use_gpu, with_train
+    from study.config import with_train
+    from trainers.run import run_plan, use_gpu
 
     out = {}
     for name, job in jobs.items():
@@ -143,7 +144,7 @@ def run_train_wave(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: l
 
     parts: (experiment, sources) pairs, as run_train_grid takes them. Experiments whose trials need different
     resources or launchers (inline or Ray Train) are trained one grid after the other."""
-    from trainers.run import with_train
+    from study.config import with_train
 
     parts = [(e, s, _job(cfg, e, s)) for e, s in parts if s is None or s]  # sources {}: nothing to derive from
     launch = {}
@@ -167,7 +168,7 @@ def _fit_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: list[t
     """One Tune grid over every (experiment, width, seed) of parts [(experiment, sources, job)], resumable."""
     from ray import tune
 
-    from trainers.run import with_train
+    from study.config import with_train
 
     names = [e.name if e is not None else "base" for e, _, _ in parts]
     sizes = {n: sorted(s) if s is not None else [(w, sd) for w in cfg.model.widths for sd in cfg.sweep.seeds]

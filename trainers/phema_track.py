@@ -11,10 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from study.atomic import write_atomic
+from study.memory import FOREACH_MAX_PARAMS
 from study.phema import STATE_FILE, PowerEMA, pack, snapshot_path, unpack
-
-
-FOREACH_MAX_PARAMS = 1e9  # above this, the EMA updates tensor by tensor (no model-sized temporary)
 
 
 def ema_foreach(params) -> bool:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from study.config import ConfigError, from_dict, to_dict
+from study.config import ConfigError, to_dict, with_train
 from study.raycluster import ensure_ray
 from trainers.budget import plan
 from trainers.checkpoint import STATE, complete
@@ -66,14 +66,6 @@ def run_plan(cfg, recipe: str, width: int, gpu: bool):
     rows = memory_plan(cfg, kinds, experiments=[experiment], widths=[width])
     refuse_unfit(rows, (experiment,))
     return chosen(rows, experiment, width)
-
-
-def with_train(cfg, overrides: dict | None):
-    """The study config with an experiment's TrainConfig overrides (budget, lr, batch...) merged in."""
-    if not overrides:
-        return cfg
-    d = to_dict(cfg)
-    return from_dict({**d, "train": {**d["train"], **overrides}})
 
 
 def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool = True, callbacks=None,
