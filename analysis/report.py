@@ -22,7 +22,8 @@ body{font:14px/1.4 system-ui,sans-serif;max-width:1180px;margin:0 auto;padding:.
 h1{font-size:1.35em;margin:.2em 0}h2{font-size:1.15em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
 .sub{color:#555;margin:0 0 .3em}nav{font-size:.9em;margin:.2em 0 .6em}nav a{margin-right:.9em}
 table{border-collapse:collapse;font-size:.88em}td,th{border:1px solid #ccc;padding:3px 6px;vertical-align:top}
-th{background:#f4f4f4;text-align:left}#findings table{font-size:.85em}#findings td{max-width:300px}#findings td:nth-child(2){min-width:240px}#findings td.found{max-width:none}
+th{background:#f4f4f4;text-align:left}#findings table{font-size:.82em;line-height:1.3;table-layout:fixed;width:100%}
+#findings td.claim a{font-weight:600}
 .v{display:inline-block;padding:1px 6px;border-radius:3px;font-weight:600;white-space:nowrap}
 .reproduced{background:#d6f5d6;color:#155724}.contradicted{background:#f8d0d0;color:#721c24}
 .unresolved{background:#fff0c2;color:#6b4e00}.why{color:#555;font-size:.9em}
@@ -78,9 +79,10 @@ def findings_html(claims: list[dict]) -> str:
         why = f"<div class='why'>to resolve: {_e(c['resolve'])}</div>" if c.get("resolve") else ""
         if c.get("advice"):  # the planner's first-ranked next run (analysis/advice.py)
             why += f"<div class='why'>next run: {_e(c['advice'])}</div>"
-        rows.append(f"<tr><td><a href='#{_e(c['anchor'])}'>{_e(c['title'])}</a></td><td>{_e(c['paper'])}</td>"
+        rows.append(f"<tr><td class='claim'><a href='#{_e(c['anchor'])}'>{_e(c['title'])}</a>: {_e(c['paper'])}</td>"
                     f"<td class='found'>{_e(c['found'])}</td><td>{verdict_badge(c['verdict'])}{why}</td></tr>")
-    return ("<table><thead><tr><th>experiment</th><th>the paper's claim</th><th>this run found (95% interval)"
+    return ("<table><colgroup><col style='width:36%'><col style='width:48%'><col style='width:16%'></colgroup>"
+            "<thead><tr><th>the paper's claim</th><th>this run found (95% interval)"
             "</th><th>verdict</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
@@ -133,7 +135,7 @@ def _section(sec: dict) -> str:
 
 
 def write_report(path: str | Path, page: dict) -> str:
-    """Write the HTML report: findings first, then a table of contents and the sections."""
+    """Write the HTML report: the findings on the first screen, then a table of contents and the sections."""
     toc = [("findings", "Findings"), ("numbers", "Numbers")] + [(s["id"], s["title"]) for s in page["sections"]]
     toc.append(("about", "About this run"))
     nav = "<nav>" + "".join(f"<a href='#{_e(i)}'>{_e(t)}</a>" for i, t in toc) + "</nav>"
@@ -141,8 +143,8 @@ def write_report(path: str | Path, page: dict) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>{_e(page['title'])}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{_e(page['title'])}</h1><p class='sub'>{_e(page['subtitle'])}</p>{nav}",
-        f"<section id='findings'><h2>Findings</h2>{findings_html(page['claims'])}</section>",
+        f"<h1>{_e(page['title'])}</h1><p class='sub'>{_e(page['subtitle'])}</p>",
+        f"<section id='findings'><h2>Findings</h2>{findings_html(page['claims'])}</section>{nav}",
         "<section id='numbers'><h2>Numbers</h2><p>What the fitted laws predict, with 95% intervals. "
         "A number the points do not pin down is marked, not printed.</p>"
         f"{table_html(numbers_view(page['numbers']))}</section>",

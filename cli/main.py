@@ -399,7 +399,7 @@ def main() -> None:
         typer.secho(f"error: {err.format_message()} (see `{command} --help`)", fg=typer.colors.RED, err=True)
         sys.exit(err.exit_code)
     except typer.Abort:  # Ctrl-C at a prompt
-        typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
+        typer.secho("\n" + INTERRUPTED, fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
     except KeyboardInterrupt:  # on a line of its own: a progress bar may have the cursor
         typer.secho("\n" + INTERRUPTED, fg=typer.colors.YELLOW, err=True)
@@ -410,8 +410,8 @@ def main() -> None:
             raise
         typer.secho(f"error: {line}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    if code == 130:  # typer turns Ctrl-C into exit code 130 without a word
-        typer.secho(INTERRUPTED, fg=typer.colors.YELLOW, err=True)
+    if code == 130:  # typer turns Ctrl-C into exit code 130 without a word (a progress bar may have the cursor)
+        typer.secho("\n" + INTERRUPTED, fg=typer.colors.YELLOW, err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

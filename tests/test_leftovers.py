@@ -65,12 +65,13 @@ PLANTED = textwrap.dedent("""
 
 @pytest.mark.parametrize("mode", [["-p", "no:xdist"], ["-n", "2"]], ids=["one-process", "xdist"])
 def test_a_session_that_leaves_a_process_fails_naming_it(tmp_path, mode):
-    for name in ("conftest.py", "process_helpers.py"):
+    for name in ("conftest.py", "process_helpers.py", "train_helpers.py"):  # conftest.py and what it imports
         shutil.copy(TESTS / name, tmp_path / name)
     (tmp_path / "test_planted.py").write_text(PLANTED)
     env = {**os.environ, "PLANTED_PID_FILE": str(tmp_path / "pid")}
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--leftover-grace=1",
                           *mode, str(tmp_path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert (tmp_path / "pid").exists(), res.stdout + res.stderr  # the planted test ran
     planted = psutil.Process(int((tmp_path / "pid").read_text()))
     try:
         assert "1 passed" in res.stdout and res.returncode == pytest.ExitCode.TESTS_FAILED, res.stdout + res.stderr
