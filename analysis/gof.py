@@ -136,19 +136,25 @@ def goodness_of_fit(model: LogModel, theta: np.ndarray, y: np.ndarray, sd: np.nd
     out.update(chi2=c2, gof_statistic=c2 / (n - k), p_chi2=float(chi2.sf(c2, n - k)))
     worst = int(np.argmax(np.abs(r)))
     z = _loo(model, best.x, ly, s, (lo, hi)) if n <= loo_max else np.full(n, np.nan)
+    loo_worst = False
     if np.isfinite(z).any():
         j = int(np.nanargmax(np.abs(z)))
         out["p_loo"] = float(min(1.0, n * 2 * norm.sf(abs(z[j]))))
         out["gof_p"] = float(min(1.0, 2 * min(out["p_chi2"], out["p_loo"])))
         if out["p_loo"] < out["p_chi2"]:  # the outlier the leave-one-out singles out
-            worst = j
+            worst, loo_worst = j, True
     else:
         out["gof_p"] = out["p_chi2"]
-    out["worst_z"] = float(r[worst])
     # Named in y's units, as a reader sees the point and the curve: how many noise sds apart.
     fitted = math.exp(pred[worst])
-    out["worst"] = (f"{labels[worst]}: {y[worst]:.3g} against the law's {fitted:.3g}, "
-                    f"{abs(y[worst] - fitted) / sd[worst]:.1f} times its noise sd {sd[worst]:.2g}")
+    if loo_worst:  # a point the full fit bends to: near the full law, far from the law fitted without it
+        out["worst_z"] = float(z[worst])
+        out["worst"] = (f"{labels[worst]}: {y[worst]:.3g} (the law through every point: {fitted:.3g}), "
+                        f"{abs(z[worst]):.1f} sds (its noise and the fit's) from the law fitted without it")
+    else:
+        out["worst_z"] = float(r[worst])
+        out["worst"] = (f"{labels[worst]}: {y[worst]:.3g} against the law's {fitted:.3g}, "
+                        f"{abs(y[worst] - fitted) / sd[worst]:.1f} times its noise sd {sd[worst]:.2g}")
     out["fits"] = YES if out["gof_p"] >= level else NO
     return out
 

@@ -65,6 +65,18 @@ def test_a_step_a_u_shape_and_one_outlier_are_flagged():
     assert _test(smooth, 0.02 * smooth, x)["fits"] == YES  # the same law without the outlier, exact
 
 
+def test_a_point_the_fit_bends_to_is_named_by_its_distance_from_the_law_fitted_without_it():
+    # The last of 5 points 40 % low: the full fit passes through it (a residual of ~0 sds), so the reason names
+    # how far it lies from the law the other points give (it read "0.0 times its noise sd" before).
+    x = np.geomspace(1e15, 1e18, 5)
+    y = 5.0 + 30.0 * (x / 1e15) ** -0.5
+    y[-1] *= 0.6
+    g = _test(y, 0.02 * y, x, labels=[f"p{i}" for i in range(5)])
+    assert g["fits"] == NO and g["worst"].startswith("p4: 3.57")
+    sds = float(re.search(r"([0-9.]+) sds \(its noise and the fit's\) from the law fitted without it", g["worst"])[1])
+    assert sds > 5 and abs(g["worst_z"]) == pytest.approx(sds, abs=0.05)
+
+
 def test_untested_without_noise_or_degrees_of_freedom():
     assert _test([10, 8, 7, 6.5], [np.nan] * 4)["fits"] == UNTESTED
     assert "no degree of freedom" in _test([10, 8, 7], [0.1] * 3)["reason"]
