@@ -26,6 +26,18 @@ def test_paper_preset_describes_the_replication():
     assert cfg.eval.reference.endswith("/coco/val2014")  # FID against COCO-2014 val images, as the paper
 
 
+def test_tiny_preset_states_what_it_runs():
+    """The demo's CPU choices are explicit keys, the precision in the run's identity; its budgets give a size's
+    power law (three parameters) a spare point, each a whole number of optimizer steps."""
+    from study.identity import training_identity
+
+    cfg = load_config("tiny")
+    assert training_identity(to_dict(cfg))["train"]["precision"] == "fp32"
+    assert cfg.train.torch_threads == 1
+    budgets = [f * cfg.train.total_images for f in cfg.train.milestones]
+    assert len(budgets) >= 4 and all(b % cfg.train.batch_size == 0 for b in budgets)
+
+
 def test_overrides_apply_with_types():
     cfg = load_config("tiny", ["train.batch_size=128", "model.widths=[8,16]", "eval.guidance_max=5"])
     assert cfg.train.batch_size == 128 and list(cfg.model.widths) == [8, 16] and cfg.eval.guidance_max == 5.0
@@ -138,4 +150,4 @@ def test_the_shipped_configs_keep_their_training_identity():
     from study.identity import stable_hash, training_identity
 
     got = {name: stable_hash(training_identity(to_dict(load_config(name)))) for name in ("tiny", "smoke", "paper")}
-    assert got == {"tiny": "ba7a4cd03251", "smoke": "72e7170cb0ae", "paper": "de54d4cacf63"}
+    assert got == {"tiny": "26f525bf4e0c", "smoke": "72e7170cb0ae", "paper": "de54d4cacf63"}
