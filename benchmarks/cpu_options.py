@@ -1,6 +1,7 @@
 """What buys the embedded study more work per CPU-second, at the shapes `make demo` uses (configs/tiny.yaml):
-training-step images/s by batch size, precision (fp32, bf16 autocast), memory format and torch.compile; one
-process with 2 threads against 2 processes with 1 thread each; and the sampling batch of an evaluation.
+training-step images/s by batch size, precision (fp32, bf16 autocast), memory format and torch.compile (with
+its one-off compile time); one process with 2 threads against 2 processes with 1 thread each; and the sampling
+batch of an evaluation, eager and compiled.
 
     python benchmarks/cpu_options.py            # the full table (a few minutes on 2 cores)
     python benchmarks/cpu_options.py --tiny     # seconds: one width, two options, few steps
@@ -32,6 +33,9 @@ def demo_unet(width: int):
     return build_unet(LADDERS[cfg.model.ladder], width, geom), geom
 
 
+FIRST_STEPS_S: dict = {}  # (width, batch, compiled) -> seconds of the two warm-up steps (torch.compile's cost)
+
+
 def train_rate(width: int, batch: int, steps: int, bf16: bool = False, channels_last: bool = False,
                compiled: bool = False) -> float:
     """Images/s of AdamW training steps on the diffusion loss (the median step after two warm-up steps)."""
@@ -47,7 +51,7 @@ def train_rate(width: int, batch: int, steps: int, bf16: bool = False, channels_
     sched = training_scheduler()
     x = torch.randn(batch, geom.in_channels, geom.sample_size, geom.sample_size)
     ctx = torch.randn(batch, geom.tokens, geom.context_dim)
-    times = []
+    times, t_start = [], time.perf_counter()
     for i in range(steps + 2):
         t0 = time.perf_counter()
         noise, t = torch.randn_like(x), torch.randint(0, 1000, (batch,))
@@ -58,19 +62,23 @@ def train_rate(width: int, batch: int, steps: int, bf16: bool = False, channels_
         opt.step()
         if i >= 2:
             times.append(time.perf_counter() - t0)
+        elif i == 1:
+            FIRST_STEPS_S[(width, batch, compiled)] = time.perf_counter() - t_start
     return batch / float(np.median(times))
 
 
-def sample_rate(width: int, batch: int, steps: int = 4) -> float:
+def sample_rate(width: int, batch: int, steps: int = 4, compiled: bool = False) -> float:
     """Images/s of DDIM sampling with classifier-free guidance (the evaluation's inner loop)."""
     from study.sampling import sample
 
     unet, geom = demo_unet(width)
     unet.eval()
+    if compiled:
+        unet = torch.compile(unet)
     cond = torch.randn(batch, geom.tokens, geom.context_dim)
     uncond = torch.randn(1, geom.tokens, geom.context_dim)
     noise = torch.randn(batch, geom.in_channels, geom.sample_size, geom.sample_size)
-    sample(unet, "ddim", 1, 3.0, cond[:2], uncond, noise[:2])  # warm-up
+    sample(unet, "ddim", 1, 3.0, cond, uncond, noise)  # warm-up (and compilation, at this batch)
     t0 = time.perf_counter()
     sample(unet, "ddim", steps, 3.0, cond, uncond, noise)
     return batch / (time.perf_counter() - t0)
@@ -92,7 +100,7 @@ def side_by_side(width: int, batch: int, steps: int) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="seconds: one width, two options, few steps")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per option (median reported)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds per option (median reported)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--width", type=int, default=16, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
@@ -100,7 +108,8 @@ def main() -> None:
     args = p.parse_args()
     if args.child:
         return _one(args)
-    widths, steps, rounds = ([16], 3, 1) if args.tiny else ([16, 32], 8, args.rounds)
+    # The ladder's two ends (configs/tiny.yaml): the smallest is the most overhead-bound.
+    widths, steps, rounds = ([16], 3, 1) if args.tiny else ([8, 32], 8, args.rounds)
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", 2)))
     options = {"fp32": {}, "batch128": {"batch": 128}, "batch256": {"batch": 256}, "bf16": {"bf16": True},
                "channels_last": {"channels_last": True}, "compile": {"compiled": True}}
@@ -117,14 +126,19 @@ def main() -> None:
         print(f"width {width}: training images/s (median of {rounds} round(s)) and ratio to fp32 batch 64")
         for name, r in rates.items():
             print(f"  {name:<14} {np.median(r):8.1f} img/s  ratio {np.median(r) / base:5.2f}")
+        if "compile" in options:  # what the compiled rate costs up front, per run (each trial compiles anew)
+            print(f"  compile: first two steps {FIRST_STEPS_S[(width, 64, True)]:.1f} s against "
+                  f"{FIRST_STEPS_S[(width, 64, False)]:.1f} s eager")
         if not args.tiny:
             together = side_by_side(width, 64, steps)
             torch.set_num_threads(2)
             alone = train_rate(width, 64, steps)
             print(f"  2 trials x 1 thread: {together:.1f} img/s in total; 1 trial x 2 threads: {alone:.1f} img/s "
                   f"(ratio {together / alone:.2f})")
-        for batch in ([64] if args.tiny else [64, 256, 1024]):
+        for batch in ([64] if args.tiny else [32, 64, 128, 256, 512]):
             print(f"  sampling batch {batch:<5} {sample_rate(width, batch):8.1f} img/s (DDIM 4 steps, guided)")
+        if not args.tiny:
+            print(f"  sampling batch 128 compiled {sample_rate(width, 128, compiled=True):8.1f} img/s")
 
 
 if __name__ == "__main__":
