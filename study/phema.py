@@ -15,6 +15,8 @@ dt, and snapshots of runs with different batches are combined alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 
@@ -91,18 +93,35 @@ class PowerEMA:
                 a.copy_(state[f"{s:.3f}"][n])
 
 
-def reconstruct(snapshots: list[tuple[int, float, dict[str, torch.Tensor]]], target_images: int,
-                target_sigma: float) -> dict[str, torch.Tensor]:
-    """The weights of a power-function EMA of width target_sigma at target_images, from snapshots
-    (images, sigma_rel, state dict) taken at or before target_images."""
+def combine(tensors, weights) -> torch.Tensor:
+    """sum_i weights[i] tensors[i] in float64, returned as float32; `tensors` may be a generator, so that only one
+    snapshot's tensor is in memory at a time (the sum adds them in order, as Python's sum would)."""
+    acc = None
+    for w, t in zip(weights, tensors):
+        term = float(w) * t.double()
+        acc = term if acc is None else acc + term
+    return acc.float()
+
+
+def reconstruct_tensors(snapshots: list[tuple[int, float, "Mapping[str, torch.Tensor]"]], target_images: int,
+                        target_sigma: float):
+    """(name, tensor) pairs of a power-function EMA of width target_sigma at target_images, one parameter tensor at
+    a time, from snapshots (images, sigma_rel, name -> tensor) taken at or before target_images. With lazy
+    snapshots (load_snapshots) a tensor is read from each snapshot file only when it is combined: memory is one
+    tensor and its sum however many snapshots there are (at width 768, 32 snapshots of 5B fp32 parameters are
+    0.6 TB). Bad input is refused here, before any tensor is read."""
     used = [s for s in snapshots if s[0] <= target_images]
     if not used:
         raise ValueError(f"no snapshot at or before {target_images} images: reconstruct at a later budget")
     x = coefficients([s[0] for s in used], [s[1] for s in used], target_images, target_sigma)
-    out = {}
-    for name in used[0][2]:
-        out[name] = sum(float(w) * s[2][name].double() for w, s in zip(x, used)).float()
-    return out
+    return ((name, combine((s[2][name] for s in used), x)) for name in used[0][2])
+
+
+def reconstruct(snapshots: list[tuple[int, float, "Mapping[str, torch.Tensor]"]], target_images: int,
+                target_sigma: float) -> dict[str, torch.Tensor]:
+    """The weights of a power-function EMA of width target_sigma at target_images, all in one dict (a small model;
+    reconstruct_checkpoint streams instead)."""
+    return dict(reconstruct_tensors(snapshots, target_images, target_sigma))
 
 
 SNAPSHOTS = "phema"  # a training run's snapshot folder (RUN_DIR/train/wW-sS/phema/)
@@ -129,28 +148,85 @@ def snapshot_path(size_dir, images: int, part: str = ""):
     return Path(size_dir) / SNAPSHOTS / f"{int(images):012d}{part}.safetensors"
 
 
-def load_snapshots(size_dir) -> list[tuple[int, float, dict[str, torch.Tensor]]]:
-    """Every snapshot of a training run: (images, sigma_rel, state dict), in order."""
+class LazyState(Mapping):
+    """A snapshot's state dict whose tensors stay on disk: name -> tensor, read on access (safetensors' safe_open
+    reads that one tensor), from whichever rank's file holds it."""
+
+    def __init__(self):
+        self.where: dict[str, tuple[str, str]] = {}  # name -> (file, key in it)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        path, key = self.where[name]
+        with safe_open(path, framework="pt") as f:
+            return f.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self.where)
+
+    def __len__(self) -> int:
+        return len(self.where)
+
+
+def load_snapshots(size_dir) -> list[tuple[int, float, LazyState]]:
+    """Every snapshot of a training run: (images, sigma_rel, state dict), in order; the tensors are read only when
+    used (each file's header is read here)."""
     from pathlib import Path
 
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    merged: dict[tuple[int, float], dict[str, torch.Tensor]] = {}
+    merged: dict[tuple[int, float], LazyState] = {}
     for path in sorted((Path(size_dir) / SNAPSHOTS).glob("*.safetensors")):
         images = int(path.stem.split("-")[0])  # NNN or NNN-rankRofW: each rank's share of the tensors
-        for s, d in unpack(load_file(path)).items():
-            merged.setdefault((images, float(s)), {}).update(d)
+        with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+        for key in keys:
+            s, name = key.split("/", 1)
+            merged.setdefault((images, float(s)), LazyState()).where[name] = (str(path), key)
     return [(i, s, d) for (i, s), d in sorted(merged.items())]
+
+
+# safetensors' dtype names (its format spec); a tensor's bytes are written as they lie in memory (little-endian).
+_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+_TORCH = {v: k for k, v in _DTYPES.items()}
+
+
+def write_streaming(path, specs: dict[str, tuple[torch.dtype, list[int]]], tensors) -> None:
+    """Write a safetensors file one tensor at a time: specs (name -> (dtype, shape)) fix the header, then
+    `tensors` yields (name, tensor) in the order of specs. safetensors' own writer needs every tensor at once."""
+    import json
+    import struct
+
+    header, offset = {}, 0
+    for name, (dtype, shape) in specs.items():
+        size = int(np.prod(shape, dtype=np.int64)) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": _DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the header padded to 8 bytes, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for (name, t), want in zip(tensors, specs):
+            dtype, shape = specs[want]
+            if name != want or t.dtype != dtype or list(t.shape) != list(shape):
+                raise RuntimeError(f"write_streaming: got {name} {t.dtype} {list(t.shape)}, expected {want} "
+                                   f"{dtype} {list(shape)}")
+            f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def reconstruct_checkpoint(size_dir, sigma_rel: float, images: int | None = None):
     """An evaluable checkpoint folder of a training run's weights under a post-hoc EMA of width sigma_rel at a
     milestone (default: the last): SIZE_DIR/phema/sigma-S/milestone-N/, its ema.safetensors the reconstruction
     (buffers from the milestone), loadable by study.weights.load_unet. Rerunning returns the existing folder."""
+    import itertools
     import json
     from pathlib import Path
 
-    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
 
     from study.atomic import write_json
     from study.weights import FILES, STATE, manifest, verify
@@ -172,11 +248,20 @@ def reconstruct_checkpoint(size_dir, sigma_rel: float, images: int | None = None
     if not snaps:
         raise ValueError(f"{size_dir}: no post-hoc EMA snapshots (train.phema_snapshots was 0 when it trained)")
     state = verify(source, ["unet.json", "ema.safetensors"])
-    weights = load_file(source / "ema.safetensors")
-    weights.update(reconstruct(snaps, int(row["train_images"]), sigma_rel))
     tmp = out.with_name(f".tmp-{out.name}")
     tmp.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "ema.safetensors")
+    # One tensor at a time: each reconstructed parameter from every snapshot, then the milestone's buffers as they
+    # are (what the milestone's weights hold beyond the parameters the snapshots track).
+    pairs = reconstruct_tensors(snaps, int(row["train_images"]), sigma_rel)  # checks the snapshots first
+    recon = list(next(s for s in snaps if s[0] <= int(row["train_images"]))[2])
+    with safe_open(str(source / "ema.safetensors"), framework="pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        dtypes = {k: _TORCH[f.get_slice(k).get_dtype()] for k in f.keys()}
+        specs = {k: (torch.float32, shapes[k] if k in shapes else list(snaps[0][2][k].shape)) for k in recon}
+        specs.update({k: (dtypes[k], shapes[k]) for k in shapes if k not in specs})
+        buffers = ((k, f.get_tensor(k)) for k in specs if k not in recon)
+        write_streaming(tmp / "ema.safetensors", specs,
+                        itertools.chain(pairs, buffers))
     (tmp / "unet.json").write_text((source / "unet.json").read_text())
     write_json(tmp / STATE, {"train_images": state["train_images"], "phema_sigma_rel": sigma_rel,
                              "source": str(source), FILES: manifest(tmp)})

@@ -60,3 +60,62 @@ def test_coefficients_are_a_mean_and_bad_inputs_are_named():
         coefficients([100, 100], [0.05, 0.05], 100, 0.05)
     with pytest.raises(ValueError, match="no snapshot at or before 10 images"):
         reconstruct([(100, 0.05, {"w": torch.zeros(1)})], 10, 0.05)
+
+
+def _size_dir(tmp_path, snaps, ranks: int = 2):
+    """A training run's folder as the trainer leaves it: snapshots split over `ranks` files (each rank its share
+    of the tensors), a milestone whose ema.safetensors holds the parameters and a buffer, milestones.json."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from study.phema import snapshot_path
+    from study.weights import FILES, STATE, manifest
+
+    (tmp_path / "phema").mkdir(parents=True)
+    names = sorted(snaps[0][2])
+    for images in sorted({i for i, _, _ in snaps}):
+        for r in range(ranks):
+            mine = names[r::ranks]
+            flat = {f"{s:.3f}/{n}": d[n] for i, s, d in snaps if i == images for n in mine}
+            save_file(flat, snapshot_path(tmp_path, images, f"-rank{r}of{ranks}"))
+    end = max(i for i, _, _ in snaps)
+    ckpt = tmp_path / "checkpoints" / f"images-{end}"
+    ckpt.mkdir(parents=True)
+    last = {n: t.clone() for n, t in snaps[-1][2].items()}
+    save_file({**last, "buffer.running": torch.arange(3, dtype=torch.int64)}, ckpt / "ema.safetensors")
+    (ckpt / "unet.json").write_text("{}")
+    (ckpt / STATE).write_text(json.dumps({"train_images": end, FILES: manifest(ckpt)}))
+    (tmp_path / "milestones.json").write_text(json.dumps([{"train_images": end, "path": f"checkpoints/images-{end}"}]))
+    return end
+
+
+def test_a_streamed_checkpoint_equals_the_all_at_once_reconstruction(tmp_path):
+    """reconstruct_checkpoint reads one tensor at a time from each snapshot file (lazy snapshots, a streamed
+    safetensors file): its weights equal, bit for bit, the reconstruction from every snapshot loaded at once."""
+    from safetensors.torch import load_file
+
+    from study.phema import load_snapshots, reconstruct_checkpoint
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (2, 2, 3, 3), "c.scale": ()}
+    ws = {n: torch.zeros(s) for n, s in shapes.items()}
+    ema, snaps = PowerEMA(list(ws.values()), (0.05, 0.10)), []
+    for i in range(1, 401):
+        for w in ws.values():
+            w += torch.randn(w.shape, generator=gen) * 0.1
+        ema.update(i * 16, 16)
+        if i % 50 == 0:
+            snaps += [(i * 16, float(s), d) for s, d in ema.state(list(ws)).items()]
+    end = _size_dir(tmp_path, snaps)
+    lazy = load_snapshots(tmp_path)
+    assert [(i, s) for i, s, _ in lazy] == [(i, s) for i, s, _ in snaps]
+    out = reconstruct_checkpoint(tmp_path, 0.07)
+    got = load_file(out / "ema.safetensors")
+    want = reconstruct(snaps, end, 0.07)  # every snapshot in memory at once
+    assert set(got) == set(shapes) | {"buffer.running"}
+    for n in shapes:
+        assert got[n].dtype == torch.float32 and torch.equal(got[n], want[n]), n
+    assert torch.equal(got["buffer.running"], torch.arange(3))  # the milestone's buffers as they were
+    # The lazy snapshots read a tensor only when asked: a reconstruction from them is the same too.
+    assert all(torch.equal(a, want[n]) for n, a in reconstruct(lazy, end, 0.07).items())
