@@ -124,7 +124,12 @@ class _Loaded:
         e = self.cfg.eval
         key = stable_hash({"n": e.heldout_samples, "buckets": e.heldout_buckets, "seed": e.seed,
                            "weights": e.checkpoint, "prediction": self.cfg.model.prediction_type})
-        path = Path(self.checkpoint).parent.parent / "heldout" / f"{Path(self.checkpoint).name}-{key}.json"
+        ckpt = Path(self.checkpoint)
+        # A checkpoint as trained (RUN/train/wW-sS/checkpoints/milestone-N) or in another form of the same milestone
+        # (.../phema/sigma-S/milestone-N, one folder per EMA length): the form's folder is part of the name, or
+        # every EMA length would read the first one's loss.
+        form = "" if ckpt.parent.name == "checkpoints" else f"{ckpt.parent.name}-"
+        path = ckpt.parent.parent / "heldout" / f"{form}{ckpt.name}-{key}.json"
         if path.exists():
             return json.loads(path.read_text())
         res = scorer(self.unet)

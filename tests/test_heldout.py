@@ -40,3 +40,23 @@ def test_a_zero_predictor_scores_the_noise_power_with_its_standard_error():
 def test_too_few_samples_is_named():
     with pytest.raises(ValueError, match="needs >= 2"):
         heldout_loss(_Zero(), training_scheduler(), torch.randn(1, 4, 8, 8), torch.randn(1, 3, 16))
+
+
+def test_each_form_of_a_milestone_keeps_its_own_cached_loss(tmp_path):
+    """The evaluation caches a checkpoint's held-out loss beside its run; the post-hoc EMA lengths of one milestone
+    (phema/sigma-S/milestone-N) are different weights and must not read each other's loss (they did: the cache was
+    named by the milestone alone)."""
+    from study.config import load_config
+    from sweeps.eval_grid import _Loaded
+
+    cfg = load_config("smoke")
+    size = tmp_path / "train" / "w8-s0"
+    scored = []
+    for ckpt in [size / "checkpoints" / "milestone-1", size / "phema" / "sigma-0.050" / "milestone-1",
+                 size / "phema" / "sigma-0.100" / "milestone-1", size / "phema" / "sigma-0.050" / "milestone-1"]:
+        loaded = object.__new__(_Loaded)  # the cache alone: no evaluator or model needed
+        loaded.cfg, loaded.checkpoint, loaded.unet = cfg, str(ckpt), None
+        scored.append(loaded._cached(lambda unet, c=str(ckpt): {"heldout_loss": len(c), "from": c})["from"])
+    assert scored[:3] == [str(size / "checkpoints" / "milestone-1"), str(size / "phema" / "sigma-0.050" / "milestone-1"),
+                          str(size / "phema" / "sigma-0.100" / "milestone-1")]
+    assert scored[3] == scored[1]  # the same form again reads its own cache
