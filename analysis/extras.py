@@ -28,6 +28,7 @@ def experiment_sections(done: dict[str, dict], claims: list[dict]) -> list[dict]
         sections.append({
             "id": f"exp_{name}", "title": res.get("title", name),
             "figures": [{"png": p, "caption": captions.get(k, "")} for k, p in res.get("figures", {}).items()],
+            "side": res.get("side"),  # a table shown beside the figures (the ema experiment's best length per size)
             "lines": [f"{c['paper']} This run: {c['found']} Verdict: {c['verdict']}."
                       + (f" To resolve: {c['resolve']}" if c.get("resolve") else "")
                       for c in claims if c["experiment"] == name],

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.gof import goodness_of_fit
+
 MIN_SIZES = 3  # a parabola needs three points; a minimum needs them to bracket it
 
 
@@ -36,19 +38,28 @@ def _at_level(pts: pd.DataFrame, values: np.ndarray, level: float) -> tuple[np.n
 WINDOW = 3  # sizes around the lowest one that the parabola is fitted to
 
 
-def _vertex(params: np.ndarray, values: np.ndarray, window: int = WINDOW) -> float:
-    """log N at the minimum of the parabola through (log N, value) of the `window` sizes nearest the lowest
-    point (a parabola matches a profile near its minimum, not across a 100x range of sizes); NaN when it
-    opens downward or has fewer than MIN_SIZES points."""
+def window(params: np.ndarray, values: np.ndarray, width: int = WINDOW) -> np.ndarray:
+    """Indices (into params) of the `width` sizes nearest the lowest point, in order of size: the points a profile's
+    parabola is fitted to (a parabola matches a profile near its minimum, not across a 100x range of sizes)."""
+    order = np.argsort(params)
+    j = int(np.argmin(values[order]))
+    lo = max(0, min(j - width // 2, len(order) - width))
+    return order[lo:lo + width]
+
+
+def _vertex(params: np.ndarray, values: np.ndarray, window_size: int = WINDOW) -> float:
+    """log N at the minimum of the parabola through (log N, value) of the window's sizes; NaN when it opens
+    downward or has fewer than MIN_SIZES points."""
     if len(params) < MIN_SIZES:
         return np.nan
-    order = np.argsort(params)
-    u, v = np.log(params[order]), values[order]
-    j = int(np.argmin(v))
-    lo = max(0, min(j - window // 2, len(u) - window))
-    u, v = u[lo:lo + window], v[lo:lo + window]
-    a, b, _ = np.polyfit(u, v, 2)
+    a, b, _ = parabola(params, values, window_size)
     return float(-b / (2 * a)) if a > 0 else np.nan
+
+
+def parabola(params: np.ndarray, values: np.ndarray, window_size: int = WINDOW) -> np.ndarray:
+    """(a, b, c) of value = a u^2 + b u + c, u = log N, through the window's points."""
+    idx = window(params, values, window_size)
+    return np.polyfit(np.log(params[idx]), values[idx], 2)
 
 
 def levels_of(pts: pd.DataFrame, n_levels: int = 5) -> np.ndarray:
@@ -85,12 +96,15 @@ def isoflop(pts: pd.DataFrame, value: str = "fid", n_levels: int = 5, n_boot: in
     # The parabola's own error: how far the minimum moves when two more sizes enter the fit. It is added to the
     # bootstrap's spread (in quadrature, on log N), so an interval also covers the profile's departure from a
     # parabola where the noise alone is small.
-    wide = np.array([_vertex(*_at_level(pts, y, c), window=WINDOW + 2) for c in levels])
+    wide = np.array([_vertex(*_at_level(pts, y, c), window_size=WINDOW + 2) for c in levels])
     shape = np.nan_to_num(np.abs(wide - point), nan=0.0)
     sizes = [float(np.log(pts["params"].min())), float(np.log(pts["params"].max()))]
-    rows = []
+    rows, profiles = [], []
     for k, c in enumerate(levels):
         params, vals = _at_level(pts, y, c)
+        fitted = set(window(params, vals).tolist()) if len(params) >= MIN_SIZES else set()
+        profiles += [{"compute": float(c), "params": float(p), "value": float(v), "in_fit": i in fitted}
+                     for i, (p, v) in enumerate(zip(params, vals))]
         b = boots[:, k]
         ok = np.isfinite(b)
         lo, hi = np.nan, np.nan
@@ -104,14 +118,18 @@ def isoflop(pts: pd.DataFrame, value: str = "fid", n_levels: int = 5, n_boot: in
                      "shape_error_log": float(shape[k]), "inside_sizes": bool(inside)})
     table = pd.DataFrame(rows)
     # Each resample of the law also draws each level's shape error, so its interval carries it too.
-    law = _law(levels, point, boots + rng.normal(0.0, 1.0, boots.shape) * shape, table["inside_sizes"].to_numpy())
-    return {"levels": table, "law": law, "value": value,
+    law = _law(levels, point, boots + rng.normal(0.0, 1.0, boots.shape) * shape, table["inside_sizes"].to_numpy(),
+               float(pts["train_flops"].max()), table)
+    return {"levels": table, "law": law, "value": value, "profiles": pd.DataFrame(profiles),
             "method": "isoFLOP profiles (Chinchilla approach 2): a parabola in log size per compute level; "
                       f"percentile bootstrap over every point's noise, {n_boot} resamples"}
 
 
-def _law(levels: np.ndarray, point: np.ndarray, boots: np.ndarray, usable: np.ndarray) -> dict:
-    """N_opt = k C^a by least squares in log-log over the levels whose minimum lies inside the sizes."""
+def _law(levels: np.ndarray, point: np.ndarray, boots: np.ndarray, usable: np.ndarray, top: float,
+         table: pd.DataFrame) -> dict:
+    """N_opt = k C^a by least squares in log-log over the levels whose minimum lies inside the sizes, with the
+    compute-optimal size at the largest training compute `top` (as the joint law quotes it) and a goodness-of-fit
+    test of the line against each level's own interval (analysis.gof; sd = the interval's width in log / 3.92)."""
     if usable.sum() < 2:
         return {"skipped": True, "reason": f"{int(usable.sum())} level(s) with a minimum inside the trained sizes: "
                                            "the law needs >= 2"}
@@ -126,9 +144,22 @@ def _law(levels: np.ndarray, point: np.ndarray, boots: np.ndarray, usable: np.nd
     a, logk = fit(point[usable])
     draws = np.array([fit(b[usable]) for b in boots])
     ok = np.isfinite(draws).all(axis=1)
-    out = {"a": {"value": a}, "k": {"value": float(np.exp(logk))}, "levels_used": int(usable.sum()),
-           "share_resamples_used": float(ok.mean())}
+    at_top = lambda a_, lk: float(np.exp(lk + a_ * np.log(top)))  # noqa: E731
+    out = {"params": {"a": {"value": a, "low": np.nan, "high": np.nan},
+                      "k": {"value": float(np.exp(logk)), "low": np.nan, "high": np.nan}},
+           "derived": {"n_opt_at_max_compute": {"value": at_top(a, logk), "low": np.nan, "high": np.nan}},
+           "max_compute": top, "levels_used": int(usable.sum()), "share_resamples_used": float(ok.mean()),
+           "skipped": False}
     if ok.mean() >= 0.5:
-        out["a"].update(dict(zip(("low", "high"), np.percentile(draws[ok, 0], [2.5, 97.5]).tolist())))
-        out["k"].update(dict(zip(("low", "high"), np.exp(np.percentile(draws[ok, 1], [2.5, 97.5])).tolist())))
+        d = draws[ok]
+        for name, col in (("a", d[:, 0]), ("k", np.exp(d[:, 1]))):
+            out["params"][name].update(zip(("low", "high"), np.percentile(col, [2.5, 97.5]).tolist()))
+        tops = np.exp(d[:, 1] + d[:, 0] * np.log(top))
+        out["derived"]["n_opt_at_max_compute"].update(zip(("low", "high"), np.percentile(tops, [2.5, 97.5]).tolist()))
+    lv = table[usable]
+    sd_log = (np.log(lv["high"]) - np.log(lv["low"])).to_numpy(float) / 3.92
+    n_opt = lv["n_opt"].to_numpy(float)
+    out["gof"] = goodness_of_fit(lambda t: t[0] + t[1] * x, np.array([logk, a]), n_opt, n_opt * sd_log,
+                                 [f"level {c:.3g} FLOPs" for c in lv["compute"]])
+    out["a"], out["k"] = out["params"]["a"], out["params"]["k"]  # the short names the tests read
     return out

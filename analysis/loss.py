@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.table import cells
+from analysis.gof import goodness_of_fit
+from analysis.table import cells, size_label
 
 MIN_POINTS = 4  # a line and its residual spread need a few more points than parameters
 
@@ -36,13 +37,15 @@ def loss_points(table: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["params", "train_flops"]).reset_index(drop=True)
 
 
-def loss_to_fid(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (curve, steps): the fit log FID = a + k log loss over the checkpoints that have both, its
-    leave-one-checkpoint-out error (RMS of log FID, and relative) and the coverage of its 95 % prediction
-    intervals on those held-out checkpoints."""
+def loss_to_fid(table: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per (curve, steps): the fit log FID = a + k log loss over the checkpoints that have both (k with its 95 %
+    interval), its goodness of fit against the cells' own noise (FID's and the loss's, analysis.gof), its
+    leave-one-checkpoint-out error (RMS of log FID; mean relative error with a 95 % bootstrap interval over the
+    held-out checkpoints) and the coverage of its 95 % prediction intervals on them (with a Wilson interval)."""
     if "heldout_loss" not in table or table["heldout_loss"].isna().all():
         return pd.DataFrame()
     c = cells(table.assign(heldout_loss=pd.to_numeric(table["heldout_loss"], errors="coerce")), "fid")
+    rng = np.random.default_rng(seed)
     rows = []
     for (curve, steps), g in c.dropna(subset=["heldout_loss"]).groupby(["curve", "steps"]):
         x, y = np.log(g["heldout_loss"].to_numpy(float)), np.log(g["value"].to_numpy(float))
@@ -56,12 +59,40 @@ def loss_to_fid(table: pd.DataFrame) -> pd.DataFrame:
             pred, half = _predict(f, x[i])
             errs.append(y[i] - pred)
             inside.append(abs(y[i] - pred) <= half)
-        errs = np.asarray(errs)
-        rows.append({"curve": curve, "steps": int(steps), "n": len(x), "slope": fit["k"], "intercept": fit["a"],
-                     "r2": fit["r2"], "loo_rms_log": float(np.sqrt(np.mean(errs ** 2))),
-                     "loo_rel_error": float(np.mean(np.abs(np.expm1(errs)))),
-                     "loo_coverage": float(np.mean(inside))})
+        log_errs = np.asarray(errs)
+        errs = np.abs(np.expm1(log_errs))  # relative errors of the held-out FIDs
+        boot = errs[rng.integers(0, len(errs), (n_boot, len(errs)))].mean(axis=1)
+        k_half = float(stats.t.ppf(0.975, fit["dof"]) * np.sqrt(fit["s2"] / fit["sxx"]))
+        cov_lo, cov_hi = wilson(int(np.sum(inside)), len(inside))
+        gof = _gof(g, fit)
+        rows.append({"curve": curve, "steps": int(steps), "n": len(x), "slope": fit["k"],
+                     "slope_low": fit["k"] - k_half, "slope_high": fit["k"] + k_half, "intercept": fit["a"],
+                     "r2": fit["r2"], "loo_rms_log": float(np.sqrt(np.mean(log_errs ** 2))),
+                     "loo_rel_error": float(errs.mean()), "loo_rel_error_low": float(np.percentile(boot, 2.5)),
+                     "loo_rel_error_high": float(np.percentile(boot, 97.5)),
+                     "loo_coverage": float(np.mean(inside)), "loo_coverage_low": cov_lo, "loo_coverage_high": cov_hi,
+                     "fits": gof["fits"], "gof_p": gof["gof_p"], "gof_note": gof["worst"] or gof["reason"]})
     return pd.DataFrame(rows)
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % interval of a share hits / n (a coverage measured on few checkpoints)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    mid, half = (p + z * z / (2 * n)), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return float((mid - half) / (1 + z * z / n)), float((mid + half) / (1 + z * z / n))
+
+
+def _gof(g: pd.DataFrame, fit: dict) -> dict:
+    """The line against each checkpoint's own noise: FID's evaluation noise and the loss's standard error carried
+    through the slope, both in log FID."""
+    x, fid = np.log(g["heldout_loss"].to_numpy(float)), g["value"].to_numpy(float)
+    rel = np.hypot(g["std"].to_numpy(float) / fid,
+                   fit["k"] * g["heldout_loss_se"].to_numpy(float) / g["heldout_loss"].to_numpy(float)) \
+        if "heldout_loss_se" in g else g["std"].to_numpy(float) / fid
+    return goodness_of_fit(lambda t: t[0] + t[1] * x, np.array([fit["a"], fit["k"]]), fid, rel * fid,
+                           [f"{size_label(r.params)} at {int(r.train_images):,} images" for r in g.itertuples()])
 
 
 def predict_fid(table: pd.DataFrame, loss: float, curve: str, steps: int) -> dict:
@@ -92,3 +123,51 @@ def _predict(f: dict, x0: float) -> tuple[float, float]:
     """The line's prediction at x0 and the half-width of its 95 % prediction interval (a new point's)."""
     se = np.sqrt(f["s2"] * (1 + 1 / f["n"] + (x0 - f["xbar"]) ** 2 / f["sxx"]))
     return f["a"] + f["k"] * x0, float(stats.t.ppf(0.975, f["dof"]) * se)
+
+
+def loss_only(table: pd.DataFrame) -> pd.DataFrame:
+    """The checkpoints (width, seed, train_images) evaluated by their held-out loss alone: a finite heldout_loss
+    and no finite FID on any of their rows (a budget scored by a few forward passes instead of an FID)."""
+    if "heldout_loss" not in table:
+        return pd.DataFrame()
+    t = table.assign(heldout_loss=pd.to_numeric(table["heldout_loss"], errors="coerce"),
+                     fid=pd.to_numeric(table["fid"], errors="coerce"))
+    key = ["width", "seed", "train_images"]
+    g = t.groupby(key)
+    ck = g.agg(params=("params", "first"), normalized_cost=("normalized_cost", "first"),
+               train_flops=("train_flops", "first"), heldout_loss=("heldout_loss", "first"),
+               heldout_loss_se=("heldout_loss_se", "first") if "heldout_loss_se" in t else ("heldout_loss", "size"),
+               has_fid=("fid", lambda v: bool(np.isfinite(v).any()))).reset_index()
+    if "heldout_loss_se" not in t:
+        ck["heldout_loss_se"] = np.nan
+    return ck[~ck["has_fid"] & ck["heldout_loss"].notna()].drop(columns="has_fid").reset_index(drop=True)
+
+
+def loss_cells(table: pd.DataFrame, curve: str | None = None) -> pd.DataFrame:
+    """Cells (as analysis.table.cells shapes them) of the loss-only checkpoints: at every (curve, steps) whose
+    loss-to-FID map has >= MIN_POINTS checkpoints, the FID predicted from the checkpoint's loss (predict_fid), its
+    95 % prediction interval (low, high) and `std` = FID x the interval's half-width in log / 1.96, so that a fit
+    weighs it by its uncertainty as it does an evaluation noise. `from_loss` = True marks them."""
+    only = loss_only(table)
+    if only.empty:
+        return pd.DataFrame()
+    c = cells(table, "fid").dropna(subset=["heldout_loss"]) if "heldout_loss" in table else pd.DataFrame()
+    if c.empty:
+        return pd.DataFrame()
+    rows = []
+    for (cv, steps), g in c.groupby(["curve", "steps"]):
+        if (curve is not None and cv != curve) or len(g) < MIN_POINTS:
+            continue
+        spacing = g["timestep_spacing"].iloc[0] if "timestep_spacing" in g else ""
+        f = _line(np.log(g["heldout_loss"].to_numpy(float)), np.log(g["value"].to_numpy(float)))
+        for r in only.itertuples():
+            pred, half = _predict(f, float(np.log(r.heldout_loss)))  # as predict_fid, the map fitted once
+            p = {"fid": float(np.exp(pred)), "low": float(np.exp(pred - half)), "high": float(np.exp(pred + half))}
+            rows.append({"width": r.width, "seed": r.seed, "train_images": r.train_images, "curve": cv,
+                         "steps": int(steps), "timestep_spacing": spacing, "params": r.params,
+                         "normalized_cost": r.normalized_cost, "train_flops": r.train_flops,
+                         "sampling_cost": r.normalized_cost * steps, "unet_calls": np.nan, "guidance": np.nan,
+                         "value": p["fid"], "low": p["low"], "high": p["high"], "std": p["fid"] * half / 1.96,
+                         "floor": np.nan, "heldout_loss": r.heldout_loss, "heldout_loss_se": r.heldout_loss_se,
+                         "from_loss": True})
+    return pd.DataFrame(rows)

@@ -14,6 +14,7 @@ from analysis.export import crossover_table, fits_table, write_csv, write_json
 from analysis.findings import frame_of, inference_findings, training_findings
 from analysis.frontier import winner_ranges
 from analysis.inference import FINAL, analyze_metric, optimal_guidance
+from analysis.loss_report import loss_sections
 from analysis.extras import backtest_section, experiment_analyses, experiment_sections
 from analysis.page import sections
 from analysis.plot_best import plot_best_size, segment_table
@@ -113,6 +114,12 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
                                    results=results, experiments=experiments, analyses=derived))
     claims = add_planner_advice(claims, table, str(run_dir), seed)  # what the planner would run next
     numbers = prediction_table(fits)
+    # Beyond the paper's method: isoFLOP profiles beside the joint law, the held-out loss and its map to FID.
+    beyond, beyond_numbers, beyond_tables = loss_sections(base, pts, fits, n_boot, seed, out)
+    iso_rows = beyond_numbers[beyond_numbers["fit"].str.startswith(("isoflop/", "joint/FID", "joint/held-out"))]
+    if len(iso_rows):  # the compute-optimal sizes by both approaches join the Numbers table
+        numbers = pd.DataFrame(numbers.to_dict(orient="records") + iso_rows.to_dict(orient="records"),
+                               columns=numbers.columns)
     bands = segment_table(fid)
     pairs = pd.concat([r.pairs for r in [*results.values(), *(e["fid"] for e in experiments.values())]],
                       ignore_index=True)
@@ -137,13 +144,15 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
             [r.curves for r in results.values()], ignore_index=True)),
         "guidance": write_csv(out / "optimal_guidance.csv", guidance),
     }
+    paths.update({k: write_csv(out / f"{k}.csv", t) for k, t in beyond_tables.items()})
     paths["curves_json"] = write_json(out / "curves.json", {
         m: {"curves": r.curves, "frontier": r.frontier, "best_size": r.best_size,
             "pairs": r.pairs, "findings": found[m]} for m, r in results.items()})
     method = getattr(fid, "method", None)  # how crossings, ties and intervals were computed
     page = {"title": f"ldm-scaling: {run.name}", "subtitle": _subtitle(base, claims, fid.noisy),
             "claims": claims, "numbers": numbers,
-            "sections": sections(figs, results, found, fits, pts, guidance, bands, experiments, exp_tables, paths)
+            "sections": _after(sections(figs, results, found, fits, pts, guidance, bands, experiments, exp_tables,
+                                        paths), "training", beyond)
             + experiment_sections(derived, claims)
             + [s for s in [backtest_section(base, n_boot, seed, out)] if s],
             "about": _about(base, source, ref, fid.noisy, n_boot, method),
@@ -163,7 +172,7 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
         run, wandb_project, wandb_mode, group=wandb_group or run.name,
         tables={"claims": pd.DataFrame(claims), "numbers": numbers, "crossovers": pairs,
                 "best_size": bands, "frontier": pd.read_csv(paths["frontier"]), "fits": fits_table(fits),
-                "training_points": pts, "findings": frame_of({"training": train_text, **{
+                "training_points": pts, **beyond_tables, "findings": frame_of({"training": train_text, **{
                     f"{m}/{k}": v for m, f in found.items() for k, v in f.items()}}),
                 **{f"{name}/{k}": t for name, res in derived.items() for k, t in res.get("tables", {}).items()
                    if isinstance(t, pd.DataFrame)}},
@@ -176,6 +185,12 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
                        artifact=_artifact_files(source, paths),
                        grids=_grids(run, derived), best_size=fid.best_size[fid.best_size["budget"] == FINAL]))
     return summary
+
+
+def _after(secs: list[dict], anchor: str, more: list[dict]) -> list[dict]:
+    """The sections with `more` inserted after the one whose id is `anchor` (at the end without it)."""
+    at = next((i + 1 for i, s in enumerate(secs) if s["id"] == anchor), len(secs))
+    return secs[:at] + more + secs[at:]
 
 
 def _artifact_files(source: Path, paths: dict) -> dict[str, str]:

@@ -283,4 +283,5 @@ def plan_run(table: pd.DataFrame, target: str, sizes: pd.DataFrame, num_samples:
     curve = curve or _default_curve(table)
     fit = fit_joint(table, curve, n_boot, seed)
     require_fit(fit)  # a law that misses its cells has no interval worth shrinking
-    return {"curve": curve, "target": target, "ranking": plan(fit, target, sizes, num_samples, seed=seed)}
+    return {"curve": curve, "target": target, "ranking": plan(fit, target, sizes, num_samples, seed=seed),
+            "from_loss": int(fit.points["from_loss"].sum())}

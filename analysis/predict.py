@@ -32,6 +32,7 @@ import pandas as pd
 from scipy.optimize import least_squares
 
 from analysis.gof import fits as law_fits, goodness_of_fit, not_fit_text, point_noise
+from analysis.loss import loss_cells
 from analysis.table import cells, curves, headline, size_label
 
 LEVEL = 0.95
@@ -123,8 +124,15 @@ def _inits(logy: np.ndarray, has_budget: bool) -> list[np.ndarray]:
 
 def fit_joint(table: pd.DataFrame, curve: str, n_boot: int = 200, seed: int = 0,
               exclude_widths=()) -> JointFit:
-    """Fit the joint law of one sampler's cells (each at its FID-best guidance, averaged over seeds)."""
-    pts = curves(cells(table, "fid"))
+    """Fit the joint law of one sampler's cells (each at its FID-best guidance, averaged over seeds). Checkpoints
+    evaluated by their held-out loss alone enter with the FID their loss predicts (analysis.loss.loss_cells), weighed
+    by its interval in the goodness-of-fit test and the planner; `points.from_loss` marks them."""
+    extra = loss_cells(table, curve)
+    measured = cells(table, "fid")
+    pts = curves(pd.concat([measured, extra.drop(columns=["low", "high", "from_loss"])], ignore_index=True)
+                 if len(extra) else measured)
+    by_loss = set(zip(extra["width"], extra["train_images"])) if len(extra) else set()
+    pts["from_loss"] = [(w, d) in by_loss for w, d in zip(pts["width"], pts["train_images"])]
     pts = pts[(pts["curve"] == curve) & np.isfinite(pts["value"]) & (pts["value"] > 0)]
     pts = pts[~pts["width"].isin(list(exclude_widths))]
     n_sizes = pts["width"].nunique()
@@ -144,7 +152,8 @@ def fit_joint(table: pd.DataFrame, curve: str, n_boot: int = 200, seed: int = 0,
                    np.zeros(n_par), np.empty((0, n_par)), scale,
                    # n_seeds, num_samples, std ride along: the planner weighs a point by the evaluations behind it.
                    pts.reindex(columns=["width", "params", "normalized_cost", "steps", "train_images", "value",
-                                        "n_seeds", "num_samples", "std", "seed_sd"]).reset_index(drop=True), np.nan,
+                                        "n_seeds", "num_samples", "std", "seed_sd", "from_loss"]).reset_index(drop=True),
+                   np.nan,
                    has_budget)
     u = fit._u(pts["params"].to_numpy(), pts["steps"].to_numpy(), pts["train_images"].to_numpy())
     logy = np.log(pts["value"].to_numpy(float))
@@ -336,5 +345,10 @@ def predict_run(run_dir, params: float, normalized_cost: float, label: str, curv
                "notes": res["notes"], "gof": res["gof"], "crossovers": cross.to_dict(orient="records"),
                "prediction": res["prediction"].to_dict(orient="records"), "figure": figure["png"],
                "csv": str(out / f"{stem}.csv")}
+    # Budgets scored by their held-out loss alone: the FID each predicts through the loss-to-FID map, with its 95 %
+    # prediction interval (they are in the joint law's points too).
+    only = loss_cells(table, res["curve"])
+    summary["from_loss"] = only[["width", "seed", "train_images", "curve", "steps", "heldout_loss", "value", "low",
+                                 "high"]].rename(columns={"value": "fid"}).to_dict(orient="records") if len(only) else []
     write_json(out / f"{stem}.json", summary)
     return jsonable(summary)

@@ -74,7 +74,9 @@ PREDICTIONS = [
 ]
 
 
-def _row(name: str, what: str, unit: str, q: str, fit: dict, flags: dict[str, str]) -> dict:
+def number_row(name: str, what: str, unit: str, q: str, fit: dict, flags: dict[str, str]) -> dict:
+    """One row of the Numbers table: the quantity q of a fit with its interval, or blank with why (a law that does
+    not fit, a number the points do not determine)."""
     v = fit["params"].get(q) or fit["derived"].get(q)
     # A law that misses its points is the wrong model: none of its numbers is a measurement.
     note = (not_fit_text(fit) if not fits(fit) else f"{NOT_DETERMINED} ({flags[q]})" if q in flags else "")
@@ -90,7 +92,7 @@ def prediction_table(fits: dict) -> pd.DataFrame:
         fit = fits.get(name, {})
         if fit.get("skipped", True) or q not in {**fit["params"], **fit["derived"]}:
             continue
-        rows.append(_row(name, what, unit, q, fit, undetermined(fit)))
+        rows.append(number_row(name, what, unit, q, fit, undetermined(fit)))
     for w, fit in fits["per_size"].items():
         if fit.get("skipped", True):
             continue
@@ -99,6 +101,6 @@ def prediction_table(fits: dict) -> pd.DataFrame:
         for q, what in (("fid_at_10x_compute", f"{label}: FID at 10x its largest training compute"),
                         ("alpha", f"{label}: exponent of FID - E in training compute")):
             if q in {**fit["params"], **fit["derived"]}:
-                rows.append(_row(f"power/width={w}", what, "FID" if q.startswith("fid") else "", q, fit, flags))
+                rows.append(number_row(f"power/width={w}", what, "FID" if q.startswith("fid") else "", q, fit, flags))
     return pd.DataFrame(rows, columns=["fit", "quantity", "what", "unit", "value", "low", "high",
                                        "determined", "note"])

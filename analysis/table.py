@@ -27,6 +27,7 @@ NUMERIC = ("width", "params", "normalized_cost", "train_images", "train_flops", 
            "guidance", "fid")
 OPTIONAL_NUMERIC = ("seed", "sampling_cost", "fid_std", "kid", "kid_std", "alignment",
                     "alignment_std", "fid_floor")
+LOSS_ONLY_FREE = ("steps", "guidance")  # coordinates a loss-only row may leave empty
 MAX_BAD_SHARE = 0.2  # above this share of bad rows the table is refused, not patched
 
 
@@ -67,6 +68,11 @@ def validate(df: pd.DataFrame, source: str = "the results table", numeric: tuple
     df = df.copy()
     bad = pd.Series(False, index=df.index)
     reasons: dict[int, str] = {}
+    # A checkpoint evaluated by its held-out loss alone (analysis.loss.loss_only) has no sampler, steps or guidance.
+    loss_only = pd.Series(False, index=df.index)
+    if {"fid", "heldout_loss"} <= set(df.columns):
+        loss_only = (pd.to_numeric(df["fid"], errors="coerce").isna()
+                     & pd.to_numeric(df["heldout_loss"], errors="coerce").notna())
     for col in NUMERIC + OPTIONAL_NUMERIC if numeric is None else numeric:
         if col not in df:
             continue
@@ -74,7 +80,7 @@ def validate(df: pd.DataFrame, source: str = "the results table", numeric: tuple
         num = pd.to_numeric(raw, errors="coerce")
         broken = (raw.notna() & num.isna()) | np.isinf(num.astype(float))
         if col in required:  # the grid's coordinates cannot be missing either
-            broken |= num.isna()
+            broken |= num.isna() & ~(loss_only & (col in LOSS_ONLY_FREE))
         for i in df.index[broken & ~bad]:
             reasons[i] = f"{col}={raw[i]!r}"
         bad |= broken

@@ -277,6 +277,10 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder with results 
         iv = f" [{num(row['low'])}, {num(row['high'])}]" if row["low"] is not None else ""
         typer.echo(f"{row['smaller']:>7} vs {row['larger']:<7} crossover at cost {num(row['crossover_cost'])}{iv}: "
                    f"{row['verdict']} (share of resamples crossing {num(row['p_cross'])})")
+    for r in summary["from_loss"]:  # budgets scored by their held-out loss alone (analysis.loss)
+        typer.echo(f"width {r['width']} seed {r['seed']} at {r['train_images']:.3g} images (held-out loss "
+                   f"{r['heldout_loss']:.4g}, no FID): predicted FID {num(r['fid'])} [{num(r['low'])}, {num(r['high'])}] "
+                   f"at {r['curve']}, {r['steps']} steps")
     typer.echo(f"figure: {summary['figure']}\ncurve: {summary['csv']}")
 
 
@@ -343,6 +347,9 @@ def plan(run_dir: Path = typer.Argument(..., help="A run folder with results and
     rk = res["ranking"]
     typer.echo(f"{res['curve']}, target {target}: 95% interval now {rk['interval_now'].iloc[0]:.3g} "
                "(delta method on the joint law)")
+    if res["from_loss"]:
+        typer.echo(f"  {res['from_loss']} of the law's cells are budgets scored by their held-out loss alone, at the "
+                   "FID their loss predicts (its interval counted as its noise)")
     for r in rk.head(top).itertuples():
         typer.echo(f"  {r.kind:<12} width {r.width:>4} ({r.note}): interval -> {r.interval_after:.3g}, "
                    f"{r.flops:.3g} FLOPs, shrinkage per PFLOP {r.shrinkage_per_pflop:.3g}")

@@ -39,8 +39,10 @@ def lengths_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def best_table(lengths: pd.DataFrame) -> pd.DataFrame:
-    """Per size: the EMA length with the lowest held-out loss, the lengths within noise of it, the FID there, the
-    FID-best length, and the fixed EMA's FID and loss."""
+    """Per size: the EMA length with the lowest held-out loss, the lengths within noise of it, the loss and FID there
+    and at the fixed EMA, each with its 95 % interval (+-1.96 of the evaluation's standard error: the held-out
+    samples' for the loss, the FID bootstrap over generated samples for FID; not training-seed variance), and the
+    FID-best length."""
     out = []
     for width, g in lengths.groupby("width"):
         swept, fixed = g[g["sigma_rel"].notna()], g[g["sigma_rel"].isna()]
@@ -49,12 +51,42 @@ def best_table(lengths: pd.DataFrame) -> pd.DataFrame:
         b = swept.loc[swept["loss"].idxmin()]
         near = swept[swept["loss"] - Z * np.hypot(swept["loss_se"], b["loss_se"]) <= b["loss"]]
         f = swept.loc[swept["fid"].idxmin()]
-        out.append({"width": int(width), "params": float(b["params"]), "best_sigma_rel": float(b["sigma_rel"]),
-                    "plausible": sorted(near["sigma_rel"].tolist()), "loss_at_best": float(b["loss"]),
-                    "fid_at_best": float(b["fid"]), "fid_best_sigma_rel": float(f["sigma_rel"]),
-                    "fixed_fid": float(fixed["fid"].iloc[0]) if len(fixed) else np.nan,
-                    "fixed_loss": float(fixed["loss"].iloc[0]) if len(fixed) else np.nan})
+        fx = fixed.iloc[0] if len(fixed) else pd.Series({"fid": np.nan, "fid_std": np.nan, "loss": np.nan,
+                                                         "loss_se": np.nan})
+        row = {"width": int(width), "params": float(b["params"]), "best_sigma_rel": float(b["sigma_rel"]),
+               "plausible": sorted(near["sigma_rel"].tolist()), "fid_best_sigma_rel": float(f["sigma_rel"])}
+        for name, r in (("at_best", b), ("fixed", fx)):
+            for col, err, label in (("loss", "loss_se", "loss"), ("fid", "fid_std", "fid")):
+                v, e = float(r[col]), float(r[err]) if np.isfinite(r[err]) else np.nan
+                key = f"{label}_{name}" if name == "at_best" else f"fixed_{label}"
+                row.update({key: v, f"{key}_low": v - Z * e, f"{key}_high": v + Z * e, f"{key}_std": e})
+        out.append(row)
     return pd.DataFrame(out)
+
+
+def comparison_table(best: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of sizes: the FID gap (smaller minus larger) at the fixed EMA and at each size's best length, with
+    95 % intervals (evaluation noise of both FIDs), and whether the comparison changes: "reversed" when both gaps
+    are resolved (their interval excludes 0) with opposite signs, "unchanged" when both are resolved alike,
+    otherwise which one is not resolved."""
+    rows = []
+    b = best.sort_values("params").reset_index(drop=True)
+    for i in range(len(b)):
+        for j in range(i + 1, len(b)):
+            s, lg = b.iloc[i], b.iloc[j]
+            row = {"smaller": size_label(s["params"]), "larger": size_label(lg["params"])}
+            signs = {}
+            for name, col in (("fixed EMA", "fixed_fid"), ("each size's best EMA", "fid_at_best")):
+                gap = float(s[col] - lg[col])
+                half = Z * float(np.hypot(s[f"{col}_std"], lg[f"{col}_std"]))
+                row.update({f"gap at {name}": gap, f"low ({name})": gap - half, f"high ({name})": gap + half})
+                signs[name] = np.sign(gap) if np.isfinite(half) and abs(gap) > half else 0.0
+            f, o = signs["fixed EMA"], signs["each size's best EMA"]
+            row["comparison"] = ("reversed" if f * o < 0 else "unchanged" if f == o != 0 else
+                                 "not resolved at either EMA" if f == o == 0 else
+                                 "resolved at the fixed EMA only" if o == 0 else "resolved at each size's best only")
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _figure(lengths: pd.DataFrame, out: Path) -> str:
@@ -84,13 +116,30 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 200, seed: int = 0) ->
     if lengths.empty:
         return {"title": "Post-hoc EMA per size", "figures": {}, "captions": {}, "tables": {}}
     best = best_table(lengths)
+    pairs = comparison_table(best) if "fixed_fid" in best else pd.DataFrame()
     lengths.to_csv(out / "ema_lengths.csv", index=False)
     best.to_csv(out / "ema_best.csv", index=False)
+    pairs.to_csv(out / "ema_comparisons.csv", index=False)
     return {"title": "Post-hoc EMA: the best EMA length per size", "figures": {"ema_per_size": _figure(lengths, out)},
             "captions": {"ema_per_size": "Held-out loss (left) and FID (right) of each size's final weights against "
                                          "the EMA length reconstructed after training; dotted: the training's fixed "
                                          "EMA. Bars: 95 % of the evaluation noise."},
-            "tables": {"lengths": lengths, "best": best}}
+            "side": best_view(best),  # the best EMA length per size, beside the figure
+            "tables": {"size comparisons at the fixed and at each size's best EMA": pairs, "best": best,
+                       "lengths": lengths}}
+
+
+def best_view(best: pd.DataFrame) -> pd.DataFrame:
+    """The best-length table as a reader wants it: each number with its 95 % interval."""
+    from analysis.report import interval_text
+
+    def iv(r, key):
+        return interval_text(r[key], r[f"{key}_low"], r[f"{key}_high"])
+    return pd.DataFrame([{"size": size_label(r["params"]), "best sigma_rel (held-out loss)": r["best_sigma_rel"],
+                          "within noise of it": ", ".join(f"{x:g}" for x in r["plausible"]),
+                          "loss there [95%]": iv(r, "loss_at_best"), "FID there [95%]": iv(r, "fid_at_best"),
+                          "FID-best sigma_rel": r["fid_best_sigma_rel"], "fixed EMA: loss [95%]": iv(r, "fixed_loss"),
+                          "fixed EMA: FID [95%]": iv(r, "fixed_fid")} for _, r in best.iterrows()])
 
 
 def _order(values: dict[int, float], params: dict[int, float]) -> str:
@@ -116,6 +165,10 @@ def ema_per_size(ev: Evidence):
         same = _order(fixed, params) == _order(own, params)
         found += (f"; FID order at the fixed EMA {_order(fixed, params)}, at each size's best "
                   f"{_order(own, params)}: {'unchanged' if same else 'changed'}")
+    pairs = a["tables"].get("size comparisons at the fixed and at each size's best EMA")
+    if pairs is not None and len(pairs):
+        found += "; FID gaps, fixed EMA vs each size's best (95% intervals of evaluation noise): " + ", ".join(
+            f"{r['smaller']} vs {r['larger']} {r['comparison']}" for _, r in pairs.iterrows())
     sets = [set(p) for p in best["plausible"]]
     disjoint = any(not (x & y) for i, x in enumerate(sets) for y in sets[i + 1:])
     if disjoint:

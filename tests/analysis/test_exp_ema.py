@@ -3,6 +3,7 @@ it, the size order at the fixed EMA against each size's best, and EDM2's claim."
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.claims import judge_experiment
 
@@ -37,3 +38,20 @@ def test_sizes_with_different_best_lengths_reproduce_edm2(tmp_path):
 def test_lengths_within_noise_of_each_other_do_not_resolve(tmp_path):
     _, claims = judge_experiment("ema", _table({8: 0.05, 32: 0.08}, se=0.05), tmp_path)
     assert claims["ema_per_size"]["verdict"] == "not resolved at this scale"
+
+
+def test_the_best_length_table_gives_intervals_and_each_pair_says_whether_it_changed(tmp_path):
+    res, _ = judge_experiment("ema", _table({8: 0.03, 32: 0.18}), tmp_path)
+    best = res["tables"]["best"].set_index("width")
+    # Each number with its 95 % interval of the evaluation noise: loss +-1.96 se, FID +-1.96 fid_std.
+    assert best.loc[8, "loss_at_best_high"] - best.loc[8, "loss_at_best"] == pytest.approx(1.96 * 0.001)
+    assert best.loc[32, "fixed_fid_low"] == pytest.approx(best.loc[32, "fixed_fid"] - 1.96 * 0.1)
+    assert "[" in res["side"]["FID there [95%]"].iloc[0]
+    pairs = res["tables"]["size comparisons at the fixed and at each size's best EMA"]
+    assert pairs.iloc[0]["comparison"] == "reversed", pairs  # resolved both ways, opposite signs
+    # Wide FID noise: neither gap is resolved, and the table says so instead of calling it reversed.
+    noisy = _table({8: 0.03, 32: 0.18}).assign(fid_std=50.0)
+    res, claims = judge_experiment("ema", noisy, tmp_path / "noisy")
+    assert res["tables"]["size comparisons at the fixed and at each size's best EMA"].iloc[0]["comparison"] == \
+        "not resolved at either EMA"
+    assert "0.5M vs 6M not resolved at either EMA" in claims["ema_per_size"]["found"]

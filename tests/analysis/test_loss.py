@@ -47,3 +47,42 @@ def test_loss_points_and_prediction_for_a_loss_only_checkpoint():
     assert p["low"] < p["fid"] < p["high"]
     with pytest.raises(ValueError, match="needs >= 4"):
         predict_fid(t.iloc[:2], 0.5, curve, steps)
+
+
+def _loss_only(t: pd.DataFrame, width: int, images: float) -> tuple[pd.DataFrame, float]:
+    """The table with one checkpoint evaluated by its held-out loss alone: its FID rows replaced by one row with
+    the loss and no sampler, steps, guidance or FID. Returns it and the checkpoint's removed best FID at 30 DDIM steps."""
+    mine = (t["width"] == width) & (t["train_images"] == images)
+    truth = t[mine & t["best"] & (t["sampler"] == "ddim") & (t["steps"] == 30)]["fid"].iloc[0]
+    row = t[mine].iloc[[0]].assign(fid=np.nan, sampler=np.nan, steps=np.nan, guidance=np.nan, best=False)
+    return pd.concat([t[~mine], row], ignore_index=True), float(truth)
+
+
+def test_a_budget_scored_by_its_loss_alone_gets_its_fid_with_an_interval(tmp_path):
+    from analysis.loss import loss_cells, loss_only
+    from analysis.predict import fit_joint, predict_run
+
+    t, truth = _loss_only(_table(0.001), 128, 8e6)
+    t = normalize(t)  # a loss-only row may leave sampler, steps and guidance empty
+    only = loss_only(t)
+    assert list(zip(only["width"], only["train_images"])) == [(128, 8e6)]
+    c = loss_cells(t, "ddim")
+    at30 = c[c["steps"] == 30].iloc[0]
+    assert at30["from_loss"] and at30["low"] <= truth <= at30["high"], (at30.to_dict(), truth)
+    fit = fit_joint(t, "ddim", n_boot=20)
+    assert fit.points[fit.points["from_loss"]][["width", "train_images"]].drop_duplicates().values.tolist() == [[128, 8e6]]
+    # `study predict`'s library call prints and stores the budget's predicted FID with its interval.
+    run = tmp_path / "run"
+    run.mkdir()
+    t.to_parquet(run / "results.parquet", index=False)
+    summary = predict_run(run, 5e8, 1.5, "big", "ddim", n_boot=20)
+    got = [r for r in summary["from_loss"] if r["steps"] == 30]
+    assert len(got) == 1 and got[0]["low"] < got[0]["fid"] < got[0]["high"]
+
+
+def test_only_a_loss_only_row_may_leave_its_steps_empty():
+    t = _table(0.001)
+    bad = t.copy()
+    bad.loc[bad.index[0], "steps"] = np.nan  # an FID row without steps is corrupt
+    with pytest.warns(UserWarning, match="skipping 1 corrupt row"):
+        assert len(normalize(bad)) == len(t) - 1
