@@ -89,8 +89,9 @@ def isoflop_part(label: str, pts: pd.DataFrame, joint: dict, n_boot: int, seed: 
         out["lines"].append(f"{label}: no isoFLOP profile ({iso['reason']}).")
         return out
     law = iso["law"]
-    iso_rows = _rows(f"isoflop/{label}", law, ISO_QUANTITIES)
-    joint_rows = _rows(f"joint/{label}", joint, JOINT_QUANTITIES)
+    named = lambda qs: [(q, f"{label}, {what}", unit) for q, what, unit in qs]  # noqa: E731 (FID or loss)
+    iso_rows = _rows(f"isoflop/{label}", law, named(ISO_QUANTITIES))
+    joint_rows = _rows(f"joint/{label}", joint, named(JOINT_QUANTITIES))
     out["rows"] = iso_rows + joint_rows
     if law.get("skipped"):
         out["lines"].append(f"{label}: the optimal-size law is not fitted ({law['reason']}).")

@@ -116,8 +116,9 @@ def analyze(run_dir: str | Path, n_boot: int = 200, seed: int = 0,
     numbers = prediction_table(fits)
     # Beyond the paper's method: isoFLOP profiles beside the joint law, the held-out loss and its map to FID.
     beyond, beyond_numbers, beyond_tables = loss_sections(base, pts, fits, n_boot, seed, out)
-    iso_rows = beyond_numbers[beyond_numbers["fit"].str.startswith(("isoflop/", "joint/FID", "joint/held-out"))]
-    if len(iso_rows):  # the compute-optimal sizes by both approaches join the Numbers table
+    # The isoFLOP (approach 2) numbers join the Numbers table, beside the joint law's (approach 3) already there.
+    iso_rows = beyond_numbers[beyond_numbers["fit"].str.startswith("isoflop/")]
+    if len(iso_rows):
         numbers = pd.DataFrame(numbers.to_dict(orient="records") + iso_rows.to_dict(orient="records"),
                                columns=numbers.columns)
     bands = segment_table(fid)
