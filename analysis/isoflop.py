@@ -152,10 +152,12 @@ def _law(levels: np.ndarray, point: np.ndarray, boots: np.ndarray, usable: np.nd
            "skipped": False}
     if ok.mean() >= 0.5:
         d = draws[ok]
-        for name, col in (("a", d[:, 0]), ("k", np.exp(d[:, 1]))):
-            out["params"][name].update(zip(("low", "high"), np.percentile(col, [2.5, 97.5]).tolist()))
-        tops = np.exp(d[:, 1] + d[:, 0] * np.log(top))
-        out["derived"]["n_opt_at_max_compute"].update(zip(("low", "high"), np.percentile(tops, [2.5, 97.5]).tolist()))
+        # Percentiles of log k and log N_opt, then exp (a resample with a steep exponent has a log k beyond exp's range).
+        with np.errstate(over="ignore"):
+            for name, col, back in (("a", d[:, 0], float), ("k", d[:, 1], np.exp),
+                                    ("n_opt_at_max_compute", d[:, 1] + d[:, 0] * np.log(top), np.exp)):
+                where = out["derived"] if name == "n_opt_at_max_compute" else out["params"]
+                where[name].update(zip(("low", "high"), (float(back(q)) for q in np.percentile(col, [2.5, 97.5]))))
     lv = table[usable]
     sd_log = (np.log(lv["high"]) - np.log(lv["low"])).to_numpy(float) / 3.92
     n_opt = lv["n_opt"].to_numpy(float)
