@@ -152,7 +152,7 @@ def _law(levels: np.ndarray, point: np.ndarray, boots: np.ndarray, usable: np.nd
            "skipped": False}
     if ok.mean() >= 0.5:
         d = draws[ok]
-        # Percentiles of log k and log N_opt, then exp (a resample with a steep exponent has a log k beyond exp's range).
+        # Percentiles of log k and log N_opt, then exp (a steep resample's log k is beyond exp's range).
         with np.errstate(over="ignore"):
             for name, col, back in (("a", d[:, 0], float), ("k", d[:, 1], np.exp),
                                     ("n_opt_at_max_compute", d[:, 1] + d[:, 0] * np.log(top), np.exp)):

@@ -231,8 +231,7 @@ def loss_law_section(lp: pd.DataFrame, lfits: dict, out: Path) -> tuple[dict, li
                        ("fid_at_10x_compute", f"{label}: loss at 10x its largest training compute", "loss")])
     lines = [f"joint law of the loss: {gof_summary(joint)}" if not joint.get("skipped", True)
              else f"joint law of the loss: not fitted ({joint.get('reason')})"]
-    lines += [f"{f.get('label', w)}: not fitted ({f['reason']})" for w, f in lfits["per_size"].items()
-              if f.get("skipped")]
+    lines += [f"not fitted: {f['reason']}" for f in lfits["per_size"].values() if f.get("skipped")]
     if laws["not_fit"]:
         lines.append("laws that do not fit their points (not drawn): " + ", ".join(laws["not_fit"]))
     return ({"id": "loss_laws", "title": "Held-out loss vs training compute",

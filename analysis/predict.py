@@ -152,7 +152,8 @@ def fit_joint(table: pd.DataFrame, curve: str, n_boot: int = 200, seed: int = 0,
                    np.zeros(n_par), np.empty((0, n_par)), scale,
                    # n_seeds, num_samples, std ride along: the planner weighs a point by the evaluations behind it.
                    pts.reindex(columns=["width", "params", "normalized_cost", "steps", "train_images", "value",
-                                        "n_seeds", "num_samples", "std", "seed_sd", "from_loss"]).reset_index(drop=True),
+                                        "n_seeds", "num_samples", "std", "seed_sd", "from_loss"]
+                               ).reset_index(drop=True),
                    np.nan,
                    has_budget)
     u = fit._u(pts["params"].to_numpy(), pts["steps"].to_numpy(), pts["train_images"].to_numpy())
@@ -348,7 +349,8 @@ def predict_run(run_dir, params: float, normalized_cost: float, label: str, curv
     # Budgets scored by their held-out loss alone: the FID each predicts through the loss-to-FID map, with its 95 %
     # prediction interval (they are in the joint law's points too).
     only = loss_cells(table, res["curve"])
-    summary["from_loss"] = only[["width", "seed", "train_images", "curve", "steps", "heldout_loss", "value", "low",
-                                 "high"]].rename(columns={"value": "fid"}).to_dict(orient="records") if len(only) else []
+    cols = ["width", "seed", "train_images", "curve", "steps", "heldout_loss", "value", "low", "high"]
+    summary["from_loss"] = (only[cols].rename(columns={"value": "fid"}).to_dict(orient="records")
+                            if len(only) else [])
     write_json(out / f"{stem}.json", summary)
     return jsonable(summary)

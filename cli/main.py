@@ -279,8 +279,8 @@ def predict(run_dir: Path = typer.Argument(..., help="A run folder with results 
                    f"{row['verdict']} (share of resamples crossing {num(row['p_cross'])})")
     for r in summary["from_loss"]:  # budgets scored by their held-out loss alone (analysis.loss)
         typer.echo(f"width {r['width']} seed {r['seed']} at {r['train_images']:.3g} images (held-out loss "
-                   f"{r['heldout_loss']:.4g}, no FID): predicted FID {num(r['fid'])} [{num(r['low'])}, {num(r['high'])}] "
-                   f"at {r['curve']}, {r['steps']} steps")
+                   f"{r['heldout_loss']:.4g}, no FID): predicted FID {num(r['fid'])} "
+                   f"[{num(r['low'])}, {num(r['high'])}] at {r['curve']}, {r['steps']} steps")
     typer.echo(f"figure: {summary['figure']}\ncurve: {summary['csv']}")
 
 

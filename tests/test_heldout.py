@@ -57,6 +57,7 @@ def test_each_form_of_a_milestone_keeps_its_own_cached_loss(tmp_path):
         loaded = object.__new__(_Loaded)  # the cache alone: no evaluator or model needed
         loaded.cfg, loaded.checkpoint, loaded.unet = cfg, str(ckpt), None
         scored.append(loaded._cached(lambda unet, c=str(ckpt): {"heldout_loss": len(c), "from": c})["from"])
-    assert scored[:3] == [str(size / "checkpoints" / "milestone-1"), str(size / "phema" / "sigma-0.050" / "milestone-1"),
+    assert scored[:3] == [str(size / "checkpoints" / "milestone-1"),
+                          str(size / "phema" / "sigma-0.050" / "milestone-1"),
                           str(size / "phema" / "sigma-0.100" / "milestone-1")]
     assert scored[3] == scored[1]  # the same form again reads its own cache

@@ -51,7 +51,8 @@ def test_loss_points_and_prediction_for_a_loss_only_checkpoint():
 
 def _loss_only(t: pd.DataFrame, width: int, images: float) -> tuple[pd.DataFrame, float]:
     """The table with one checkpoint evaluated by its held-out loss alone: its FID rows replaced by one row with
-    the loss and no sampler, steps, guidance or FID. Returns it and the checkpoint's removed best FID at 30 DDIM steps."""
+    the loss and no sampler, steps, guidance or FID. Returns it and the checkpoint's removed best FID at 30 DDIM
+    steps."""
     mine = (t["width"] == width) & (t["train_images"] == images)
     truth = t[mine & t["best"] & (t["sampler"] == "ddim") & (t["steps"] == 30)]["fid"].iloc[0]
     row = t[mine].iloc[[0]].assign(fid=np.nan, sampler=np.nan, steps=np.nan, guidance=np.nan, best=False)
@@ -70,7 +71,8 @@ def test_a_budget_scored_by_its_loss_alone_gets_its_fid_with_an_interval(tmp_pat
     at30 = c[c["steps"] == 30].iloc[0]
     assert at30["from_loss"] and at30["low"] <= truth <= at30["high"], (at30.to_dict(), truth)
     fit = fit_joint(t, "ddim", n_boot=20)
-    assert fit.points[fit.points["from_loss"]][["width", "train_images"]].drop_duplicates().values.tolist() == [[128, 8e6]]
+    by_loss = fit.points[fit.points["from_loss"]]
+    assert by_loss[["width", "train_images"]].drop_duplicates().values.tolist() == [[128, 8e6]]
     # `study predict`'s library call prints and stores the budget's predicted FID with its interval.
     run = tmp_path / "run"
     run.mkdir()
