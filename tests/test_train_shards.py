@@ -93,6 +93,31 @@ def test_a_fresh_reader_resumes_mid_stream_identically(shards):
     assert not np.array_equal(PreparedData(shards, seed=8, window_images=64).indices(0, 256), stream[:256])
 
 
+def test_windows_are_read_whole_in_the_background_one_window_ahead(shards):
+    data = PreparedData(shards, seed=5, window_images=128)  # 2 windows of 2 shards
+    order, prefetch = data.order, data.source.prefetch
+    for start in range(0, 3 * 256, 8):  # a position's shard is one of its window's shards
+        shard, _ = order.locate(start, 1)
+        assert int(shard[0]) in order.window_shards(*order.window_of(start))
+
+    def read_so_far() -> int:
+        for job in prefetch._jobs.values():
+            job.result()
+        return prefetch.bytes_read
+
+    size = lambda shards: sum(os.path.getsize(p) for s in shards for p in prefetch.files[s])  # noqa: E731
+    lat, _ = data.arrays(0, 16)
+    # the first window's files were read whole before the batch, and the next window's started behind it
+    assert read_so_far() == size(order.window_shards(0, 0)) + size(order.window_shards(0, 1))
+    data.arrays(16, 100)  # inside the first window: nothing more read
+    assert read_so_far() == size(order.window_shards(0, 0)) + size(order.window_shards(0, 1))
+    data.arrays(120, 16)  # into the second window: the first of the next epoch is read ahead (unless the
+    # same two shards were just read: a window is remembered by its shards)
+    windows = {tuple(sorted(order.window_shards(e, w))) for e, w in ((0, 0), (0, 1), (1, 0))}
+    assert read_so_far() == sum(size(w) for w in windows)
+    assert np.array_equal(lat, PreparedData(shards, seed=5, window_images=128).arrays(0, 16)[0])
+
+
 def test_order_state_does_not_grow_with_the_data_set():
     # 10M and 1M samples in shards of 10,000: the order holds the shard list and a few windows of 4 shards,
     # never a permutation of all samples (80 MB at 10M).

@@ -10,9 +10,14 @@ Engine: shards read by index through memory maps, chosen over the two libraries 
   our checkpoint, and ties the order to its "canonical nodes" setting.
 - Index + mmap: `batch(start, count)` maps stream positions to (shard, row) with a few integer
   operations and reads those rows from memory-mapped float16 files. The order needs no state beyond
-  the position, so resume and rank slicing are arithmetic; the OS page cache holds what is read, and
-  nothing is copied through an object store. benchmarks/train_input.py measures it against the
-  in-memory arrays of the embedded default (`python benchmarks/train_input.py`).
+  the position, so resume and rank slicing are arithmetic; nothing is copied through an object store.
+  benchmarks/train_input.py measures it against the in-memory arrays of the embedded default.
+
+Reads: the shards of a window are read whole, one after the other, by a background thread (`_Prefetch`)
+before the first batch of the window gathers its rows, and the next window's while this one trains.
+So the storage sees large sequential reads of whole files (what network storage serves well), and the
+rows a batch gathers come from the OS page cache, which the ranks of a node share (they read the same
+windows) instead of each holding a copy. A window should fit the node's page cache.
 
 Order (bounded memory, from (seed, epoch) alone): each epoch permutes the order of the shards, cuts
 that order into windows of `window_shards` consecutive shards and permutes the samples inside each
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +106,21 @@ class StreamOrder:
                 shard[at], row[at] = order[t], k - starts[t]
         return shard, row
 
+    def window_of(self, position: int) -> tuple[int, int]:
+        """(epoch, window) of a stream position."""
+        epoch, off = divmod(int(position), self.n)
+        _, starts = self._epoch(epoch)
+        return epoch, int(np.searchsorted(starts[:: self.window], off, side="right") - 1)
+
+    def next_window(self, epoch: int, window: int) -> tuple[int, int]:
+        """The window after (epoch, window) in the stream."""
+        return (epoch, window + 1) if window + 1 < self.n_windows else (epoch + 1, 0)
+
+    def window_shards(self, epoch: int, window: int) -> list[int]:
+        """The shards of a window, in the epoch's shard order."""
+        order, _ = self._epoch(epoch)
+        return [int(s) for s in order[window * self.window:(window + 1) * self.window]]
+
     def indices(self, start: int, count: int) -> np.ndarray:
         """Data-set indices (shards concatenated in their written order) at positions [start, start + count)."""
         shard, row = self.locate(start, count)
@@ -120,6 +141,7 @@ class _ShardFiles:
         records = index.shards("train")
         self.names, self.sizes = [r["name"] for r in records], [int(r["n"]) for r in records]
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.prefetch = _Prefetch([[index.paths(n)["latents"], index.paths(n)["context"]] for n in self.names])
 
     def arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._open:
@@ -141,6 +163,44 @@ class _ShardFiles:
         return lat[rows], ctx[rows]
 
 
+class _Prefetch:
+    """Whole-shard sequential reads in a background thread: a window's files are read from start to end, in
+    large blocks, so the rows gathered from their memory maps afterwards come from the page cache."""
+
+    BLOCK = 8 << 20
+    KEEP = 4  # windows remembered: one window that is the whole set (the digits) is read once, not every epoch
+
+    def __init__(self, files: list[list[Path]]):
+        self.files = files
+        self._pool: ThreadPoolExecutor | None = None
+        self._jobs: OrderedDict[tuple[int, ...], Future] = OrderedDict()
+        self.bytes_read = 0
+
+    def _read(self, shards: tuple[int, ...]) -> None:
+        buf = bytearray(self.BLOCK)
+        for s in shards:
+            for path in self.files[s]:
+                with open(path, "rb", buffering=0) as f:  # readinto releases the GIL: training goes on meanwhile
+                    while n := f.readinto(buf):
+                        self.bytes_read += n
+
+    def request(self, shards: list[int], wait: bool) -> None:
+        """Read these shards whole (once per window, in the background); `wait` until they are read."""
+        key = tuple(sorted(shards))
+        if key not in self._jobs:
+            if self._pool is None:  # started on first use: a reader that is never read holds no thread
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch")
+            self._jobs[key] = self._pool.submit(self._read, key)
+            while len(self._jobs) > self.KEEP:
+                self._jobs.popitem(last=False)
+        self._jobs.move_to_end(key)
+        if wait:
+            self._jobs[key].result()  # a read error surfaces here, in the training step
+
+    def __getstate__(self):  # a reader sent to a Ray worker starts its own thread there
+        return {**self.__dict__, "_pool": None, "_jobs": OrderedDict()}
+
+
 class _LegacyArrays:
     """The pre-shard layout (one latents.npy, a caption table and index), read as a single shard."""
 
@@ -159,6 +219,7 @@ class _LegacyArrays:
         if n == 0 or int(np.max(self.caption_index)) >= len(self.table):
             raise ValueError(f"{root}/caption_index.npy points past caption_table.npy; rerun `study prepare`")
         self.sizes = [n]
+        self.prefetch = None  # one file, read by its memory map
 
     def read(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.latents[rows], self.table[np.asarray(self.caption_index[rows])]
@@ -210,8 +271,22 @@ class PreparedData:
         """Training-set indices at positions [start, start + count) of the endless shuffled stream."""
         return self.order.indices(start, count)
 
+    def _read_ahead(self, start: int, count: int) -> None:
+        """Have the windows of [start, start + count) read whole (wait for them) and the next one started."""
+        prefetch = self.source.prefetch
+        if prefetch is None:
+            return
+        window, last = self.order.window_of(start), self.order.window_of(start + count - 1)
+        while True:
+            prefetch.request(self.order.window_shards(*window), wait=True)
+            if window == last:
+                break
+            window = self.order.next_window(*window)
+        prefetch.request(self.order.window_shards(*self.order.next_window(*last)), wait=False)
+
     def arrays(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Latents [count, C, H, W] and caption embeddings [count, T, D], float16, at stream positions."""
+        self._read_ahead(start, count)
         shard, row = self.order.locate(start, count)
         lat = np.empty((count, *self.latent_shape), np.float16)
         ctx = np.empty((count, *self.context_shape), np.float16)
