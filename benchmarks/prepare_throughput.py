@@ -7,8 +7,7 @@ worker counts and latent spaces. Memory must not grow with the set: peak at 100K
 
 Each configuration runs in a fresh subprocess with its own local Ray (workers = encoder actors; Ray
 gets one more CPU for the read-and-decode tasks), so peaks are not carried from one to the next.
-The shard index is sorted by Ray Data (the path of sets above data.prepare_driver_sort_max), so the
-driver's figure is the one that holds at any size. Per process it prints the resident set and the
+Per process it prints the resident set and the
 private memory (resident minus shared pages); "store" is Ray's object store in /dev/shm. A worker's
 resident set also counts the object-store pages it has mapped: shared, and counted once in "store".
 Rows already in ROOT/results.json are kept (rerun to resume a long matrix; --fresh to remeasure);
@@ -78,6 +77,20 @@ def _shm_used() -> int:
     return shutil.disk_usage("/dev/shm").used if os.path.isdir("/dev/shm") else 0
 
 
+def _disk_used(out: Path, skip: Path) -> int:
+    """Bytes of every file under `out` (shards and the staging folder parts/), less the autoencoder's."""
+    total = 0
+    for dirpath, _, files in os.walk(out):
+        if Path(dirpath).is_relative_to(skip):
+            continue
+        for f in files:
+            try:
+                total += os.stat(os.path.join(dirpath, f)).st_size
+            except FileNotFoundError:  # deleted meanwhile (a source's chunks, once in its shards)
+                pass
+    return total
+
+
 def _by_mapping(p) -> str:
     """A process's resident memory by what is mapped (MB): the object store's shared memory, other
     files (libraries, memory-mapped arrays) and anonymous memory (its own heap). Slow: trace only."""
@@ -103,10 +116,7 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
 
     overrides = ["data.name=webdataset", f"data.root={data}", f"data.resolution={px}", "data.eval_fraction=0.01",
                  "data.shard_size=1024", f"data.prepare_actors={workers}", "data.prepare_writers=2",
-                 "eval.feature_extractor=inception", f"eval.inception_path={data}", "eval.num_samples=64",
-                 # The path of sets past data.prepare_driver_sort_max (1M), whose memory must not grow: the shard
-                 # index sorted by Ray Data, not in the driver. PREPARE_DRIVER_SORT=1 measures the default instead.
-                 f"data.prepare_driver_sort_max={1_000_000 if os.environ.get('PREPARE_DRIVER_SORT') else 0}"]
+                 "eval.feature_extractor=inception", f"eval.inception_path={data}", "eval.num_samples=64"]
     ae_dir = Path(out_dir) / "autoencoder"
     if space == "small-vae":
         overrides += ["autoencoder.kind=train"]
@@ -120,12 +130,13 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
     trace = open(os.environ["PREPARE_TRACE"], "w") if os.environ.get("PREPARE_TRACE") else None
     stop = threading.Event()
 
-    shm_base, shm_peak = _shm_used(), [0]
+    shm_base, shm_peak, disk_peak = _shm_used(), [0], [0]
 
     def sample():  # the driver and every process Ray started for it (raylet, GCS, workers)
         me, t_start = psutil.Process(), time.time()
         while not stop.is_set():
             shm_peak[0] = max(shm_peak[0], _shm_used() - shm_base)
+            disk_peak[0] = max(disk_peak[0], _disk_used(Path(out_dir), ae_dir))
             for p in [me, *me.children(recursive=True)]:
                 try:
                     m, name = p.memory_info(), " ".join(p.cmdline()[:1])[-40:]
@@ -161,7 +172,14 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
     workers_ = {pid: pk for pid, pk in peaks.items() if pk["rss_role"].startswith("ray::")}
     top = max(workers_.values(), key=lambda pk: pk["rss"], default={"rss": 0, "rss_role": ""})
     top_private = max(workers_.values(), key=lambda pk: pk["private"], default={"private": 0, "private_role": ""})
+    shards = [p for p in (Path(out_dir) / "shards").iterdir() if p.is_file()]
+    shard_bytes = sum(p.stat().st_size for p in shards)
     return {"images": report["good"], "seconds": round(seconds, 1), "images_per_s": round(report["good"] / seconds, 1),
+            # storage: the shards' bytes per sample and files per 1M samples, and the peak of all prepare wrote
+            # (shards + staging) against the shards it ends with (1.0: the set is never on disk twice)
+            "bytes_per_sample": round(shard_bytes / report["good"]),
+            "files_per_1m": round(len(shards) * 1e6 / report["good"]),
+            "disk_peak_mb": mb(disk_peak[0]), "disk_final_mb": mb(shard_bytes),
             "driver_peak_mb": mb(peaks[os.getpid()]["rss"]), "driver_private_mb": mb(peaks[os.getpid()]["private"]),
             "worker_peak_mb": mb(top["rss"]), "worker_peak_role": top["rss_role"],
             "worker_private_mb": mb(top_private["private"]), "worker_private_role": top_private["private_role"],
@@ -195,7 +213,8 @@ def main() -> None:
     # Rows already measured are kept (a long matrix resumes by rerunning); --fresh measures them again.
     saved = root / "results.json"
     rows = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
-    head = ("images", "px", "workers", "space", "img/s", "driver MB", "private", "worker MB", "private", "store MB")
+    head = ("images", "px", "workers", "space", "img/s", "driver MB", "private", "worker MB", "private", "store MB",
+            "B/sample", "files/1M", "disk peak", "disk end")
     print(" ".join(f"{h:>9}" for h in head))
     for px in args.px:
         for n in (args.sizes if px == 64 else [args.big_px_size]):
@@ -210,7 +229,10 @@ def main() -> None:
                         saved.write_text(json.dumps(rows, indent=1))
                     print(" ".join(f"{v:>9}" for v in (n, px, w, space, r["images_per_s"], r["driver_peak_mb"],
                                                         r["driver_private_mb"], r["worker_peak_mb"],
-                                                        r["worker_private_mb"], r["object_store_mb"])), flush=True)
+                                                        r["worker_private_mb"], r["object_store_mb"],
+                                                        r.get("bytes_per_sample", "-"), r.get("files_per_1m", "-"),
+                                                        r.get("disk_peak_mb", "-"), r.get("disk_final_mb", "-"))),
+                          flush=True)
     sizes = sorted({r["n"] for r in rows if r["px"] == 64 and r["n"] in args.sizes})
     if len(sizes) > 1:
         # The target is on each process's own memory (private) and the object store's; a worker's resident

@@ -117,14 +117,15 @@ class DataConfig:
     prepare_encode_batch: int = 32
     prepare_actors: int = 1  # encoder actors (each holds the VAE and text encoder; one per GPU on a cluster)
     prepare_gpus_per_actor: float = 0.0  # 1.0 on GPU nodes; 0 encodes on CPU
-    prepare_writers: int = 4  # shard-writing tasks in flight (spread over the cluster's nodes)
+    prepare_writers: int = 4  # shard-writing tasks in flight, one source each (spread over the cluster's nodes)
     # Decoded chunks per encoder actor that reading may hold ahead of encoding (Ray Data's object-store
     # budget for prepare); unbounded, reading runs ahead until a share of the whole object store is full.
     prepare_readahead: int = 8
-    # Sets up to this many samples sort their shard index in the driver (about 0.5 KB a sample); larger
-    # ones with Ray Data's distributed sort (about 7 s of fixed cost), so the driver's memory stays flat.
-    prepare_driver_sort_max: int = 1_000_000
-    keep_parts: bool = False  # keep the encoded chunk files after the shards are written (debugging)
+    # Tries after a failed read of a source (S3, HTTP: a dropped connection), with exponential backoff from
+    # read_retry_backoff_s; a source whose every try fails is a bad source in prepare_report.json.
+    read_retries: int = 4
+    read_retry_backoff_s: float = 1.0
+    keep_parts: bool = False  # keep parts/ (source records, floor images) after index.json (debugging)
     resolution: int = 8  # digits are natively 8x8; upsampling adds cost, not information
     eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
     # COCO-2014 caption annotations (captions_val2014.json) for evaluation prompts on real data.

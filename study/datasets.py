@@ -40,10 +40,10 @@ def _needs_root(what: str) -> Callable:
         check(d.prepare_actors > 0, "data.prepare_actors", "a positive number of encoder actors", d.prepare_actors)
         check(d.prepare_gpus_per_actor >= 0, "data.prepare_gpus_per_actor", "GPUs >= 0", d.prepare_gpus_per_actor)
         check(d.prepare_writers > 0, "data.prepare_writers", "a positive number of tasks", d.prepare_writers)
+        check(d.read_retries >= 0, "data.read_retries", "a number of retries >= 0", d.read_retries)
+        check(d.read_retry_backoff_s >= 0, "data.read_retry_backoff_s", "seconds >= 0", d.read_retry_backoff_s)
         check(d.prepare_readahead > 0, "data.prepare_readahead", "a positive number of chunks per encoder actor",
               d.prepare_readahead)
-        check(d.prepare_driver_sort_max >= 0, "data.prepare_driver_sort_max", "a number of samples >= 0",
-              d.prepare_driver_sort_max)
     return validate
 
 

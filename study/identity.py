@@ -23,7 +23,8 @@ STUDY_EVAL_DEFAULTS = {"reference": "heldout"}
 # computes, so neither caches nor run folders key on them: the shards are the same bytes whatever the workers,
 # writers, read-ahead and sort; the device and the encode batch can move float rounding only.
 OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_writers", "prepare_encode_batch",
-                         "prepare_readahead", "prepare_driver_sort_max", "keep_parts")
+                         "prepare_readahead", "keep_parts",
+                         "read_retries", "read_retry_backoff_s")
 
 # Training settings that change how a run executes but not what it computes: a rerun may change them freely.
 # The post-hoc EMA profiles are tracked beside training and never feed back into it. The memory plan's keys split

@@ -26,7 +26,7 @@ from study.datasets import dataset
 from study.identity import data_identity, stable_hash
 
 # Bump when the on-disk layout of a prepared folder changes, so old caches are not misread.
-LAYOUT = 2  # 2: shards/
+LAYOUT = 3  # 2: shards/; 3: streamed shards in arrival order (format version 2)
 
 
 @dataclass
@@ -193,7 +193,7 @@ def _write_streamed(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
     """A real data set: the Ray Data pipeline writes the shards; only held-out captions are read back (the
     held-out images are read a shard at a time by the reference statistics' tasks)."""
     from study.shards.format import ShardIndex
-    from study.shards.pipeline import FLOOR_FILE, prepare_shards
+    from study.shards.pipeline import FLOOR_FILE, finish_staging, prepare_shards
     from study.shards.readers import list_sources
     from study.text import load_text_encoder
 
@@ -207,6 +207,7 @@ def _write_streamed(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
         _say(f"reading {d.root} ({d.name}) into shards of {d.shard_size}", progress)
         report = prepare_shards(cfg, folder, prep.autoencoder_dir, uncond, entry.channels, progress)
         _say(f"{report['good']} samples in shards, {report['bad']} bad (see prepare_report.json)", progress)
+    finish_staging(folder, d.keep_parts)  # a kill after index.json, during the clean-up, left the staging there
     index = ShardIndex.load(folder)
     captions, labels = [], []
     for s in index.shards("heldout"):

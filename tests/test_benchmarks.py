@@ -51,12 +51,10 @@ FIGURES = {
     "superres_throughput.py": [
         (rf"^ +8 +{NUM} +{NUM} +{NUM}$", 1, (0, 1, 2)),  # width 8: base img/s, SR img/s, SR/base
     ],
-    "index_sort_memory.py": [  # seconds, driver +MB, KB/sample (the memory may not grow: >= 0 is not required)
-        (rf"^ +512 +driver +{NUM} +{NUM} +{NUM}$", 1, (0,)),
-        (rf"^ +512 +distributed +{NUM} +{NUM} +{NUM}$", 1, (0,)),
-    ],
-    "prepare_throughput.py": [  # images, px, workers, space; img/s, driver MB, private, worker MB, private, store MB
-        (rf"^ +(?:256|512) +64 +1 +identity +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$", 2, (0, 1, 2, 3, 4)),
+    "prepare_throughput.py": [  # images, px, workers, space; img/s, driver MB, private, worker MB, private, store MB,
+        # bytes per sample, files per 1M samples, disk peak MB, disk MB at the end
+        (rf"^ +(?:256|512) +64 +1 +identity +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$", 2,
+         (0, 1, 2, 3, 4, 6, 7, 8, 9)),
         (rf"identity, 1 workers, driver_private_mb: 512 vs 256 images = {NUM}x", 1, (0,)),
     ],
     "crossing_power.py": [  # the worst false-crossing rate, settings below the end-gap test, seconds

@@ -117,30 +117,6 @@ def test_missing_path_fails_before_any_work(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_read_rows_reads_exact_rows_of_many_part_files(tmp_path):
-    """The shard writers' gather: rows of many .npy files, in the asked order, equal numpy's own load."""
-    from study.shards.pipeline import read_rows
-
-    rng = np.random.default_rng(0)
-    arrays = {f"{tmp_path}/p{i}.npy": rng.standard_normal((7, 3, 2, 2)).astype(np.float16) for i in range(3)}
-    for path, arr in arrays.items():
-        np.save(path, arr)
-    files = [f for f in arrays for _ in range(4)]
-    rows = list(rng.integers(0, 7, len(files)))
-    rng.shuffle(order := np.arange(len(files)))
-    files, rows = [files[i] for i in order], [int(rows[i]) for i in order]
-    got = read_rows(files, rows)
-    assert got.dtype == np.float16 and got.shape == (12, 3, 2, 2)
-    np.testing.assert_array_equal(got, np.stack([arrays[f][r] for f, r in zip(files, rows)]))
-    with pytest.raises(IndexError, match="row 7 of 7"):
-        read_rows(files[:1], [7])
-    path = next(iter(arrays))
-    with open(path, "r+b") as fh:  # a part file cut short (a killed copy): named, not garbage rows
-        fh.truncate(os.path.getsize(path) - 10)
-    with pytest.raises(ValueError, match="truncated at row 6"):
-        read_rows([path], [6])
-
-
 @pytest.fixture
 def s3_server():
     from moto.server import ThreadedMotoServer
@@ -187,40 +163,41 @@ def full_run(tmp_path_factory, local_ray):
     return root, tmp / "a" / "shards", report
 
 
-def test_prepare_writes_ordered_fixed_size_shards(tmp_path, full_run, monkeypatch):
-    from study.shards.format import sample_order, split_of
+def test_prepare_writes_each_source_into_its_own_shards_in_arrival_order(tmp_path, full_run, monkeypatch):
+    from study.shards.format import split_of
 
     root, folder, report = full_run
     idx = ShardIndex.load(folder, verify_hashes=True)
     assert report["good"] == 21 and report["bad"] == 0 and idx.n("train") + idx.n("heldout") == 21
     keys = {s: [m["key"] for sh in idx.shards(s) for m in idx.meta(sh["name"])] for s in ("train", "heldout")}
     for s, ks in keys.items():
-        assert ks == sorted(ks, key=sample_order) and all(split_of(k, 0.25, 0) == s for k in ks)
-        assert all(sh["n"] == 4 for sh in idx.shards(s)[:-1]) and len(ks) > 0
+        # the order the tars were read in (no global sort), each split a hash of the key
+        assert ks == sorted(ks) and all(split_of(k, 0.25, 0) == s for k in ks) and len(ks) > 0
+        for sh in idx.shards(s):  # a shard holds one tar's samples; only a tar's last shard may be short
+            tars = {m["key"][:5] for m in idx.meta(sh["name"])}
+            assert tars == {f"{sh['source']:05d}"} and sh["name"].startswith(f"{s}-{sh['source']:06d}-")
+        for a, b in zip(idx.shards(s), idx.shards(s)[1:]):
+            assert a["n"] == 4 or a["source"] != b["source"]
     assert idx.latent_shape == (3, 8, 8) and idx.context_shape == (16, 384)
     first = idx.shards("train")[0]["name"]
     assert idx.latents(first).dtype == np.float16 and np.abs(np.asarray(idx.latents(first))).max() <= 1.0
     assert idx.images(idx.shards("heldout")[0]["name"]).dtype == np.uint8 and idx.images(first) is None
     assert (folder / "floor_images.npy").exists() and not (folder.parent / "parts").exists()
-    # Two encoder actors, one writer, and the shard index sorted by Ray Data's distributed sort (the path of
-    # sets above data.prepare_driver_sort_max) instead of in the driver: the same bytes.
+    assert not [p for p in folder.parent.rglob("*") if p.name.startswith(".")]  # no temp files left
+    # Two encoder actors and one writer: the same bytes.
     import ray.data
 
-    sorts = []
-    real_sort = ray.data.Dataset.sort
-    monkeypatch.setattr(ray.data.Dataset, "sort", lambda self, *a, **k: sorts.append(a) or real_sort(self, *a, **k))
     budgets, real_iter = [], ray.data.Dataset.iter_rows
     monkeypatch.setattr(ray.data.Dataset, "iter_rows", lambda self, *a, **k: budgets.append(
         self.context.execution_options.resource_limits.object_store_memory) or real_iter(self, *a, **k))
-    _run(_cfg(root, "data.prepare_actors=2", "data.prepare_writers=1", "data.prepare_driver_sort_max=0"),
-         tmp_path / "b" / "shards")
-    assert len(sorts) == 1 and _bytes(folder) == _bytes(tmp_path / "b" / "shards")
+    _run(_cfg(root, "data.prepare_actors=2", "data.prepare_writers=1"), tmp_path / "b" / "shards")
+    assert _bytes(folder) == _bytes(tmp_path / "b" / "shards")
     # Reading may run ahead of encoding by data.prepare_readahead (8) chunks per encoder actor, no more:
     # 8 x 2 actors x 5 samples x 3 x 8 x 8 bytes.
     assert budgets == [8 * 2 * 5 * 3 * 8 * 8]
 
 
-def test_killed_prepare_redoes_only_unfinished_shards(tmp_path, full_run, monkeypatch):
+def test_killed_prepare_redoes_only_unfinished_sources(tmp_path, full_run, monkeypatch):
     from study.shards.pipeline import FAIL_AFTER_ENV
 
     root, full, _ = full_run
@@ -231,10 +208,10 @@ def test_killed_prepare_redoes_only_unfinished_shards(tmp_path, full_run, monkey
         _run(cfg, folder)
     assert not (folder / "index.json").exists()
     done = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.latents.npy")}
-    assert len(done) == 2
+    assert len({name.split("-")[1] for name in done}) == 2  # two tars in shards
     monkeypatch.delenv(FAIL_AFTER_ENV)
     _run(cfg, folder)
-    assert {p: (folder / p).stat().st_mtime_ns for p in done} == done  # finished shards were not rewritten
+    assert {p: (folder / p).stat().st_mtime_ns for p in done} == done  # finished sources were not rewritten
     assert _bytes(folder) == _bytes(full)
 
 
@@ -329,3 +306,99 @@ def test_a_truncated_tar_keeps_its_readable_samples_and_counts_the_rest_as_bad(t
     readable = [f"{t:05d}{i:04d}" for t, n in ((0, 10), (1, 4)) for i in range(n)]
     train = [k for k in readable if split_of(k, cfg.data.eval_fraction, cfg.data.split_seed) == "train"]
     assert len(_sample_images(cfg, 100)) == len(train)
+
+
+_KILLED_PREPARE = """
+import sys
+import ray
+sys.path.insert(0, sys.argv[3])
+from test_shards_prepare import _cfg, _run
+from pathlib import Path
+ray.init(address="local", num_cpus=3, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+_run(_cfg(sys.argv[1], "data.prepare_writers=1"), Path(sys.argv[2]))
+"""
+
+
+def test_sigkill_at_every_stage_reruns_to_the_same_bytes_and_leaves_nothing(tmp_path, full_run):
+    """A prepare SIGKILLed after a source is encoded, after one is in shards, and after index.json (before
+    the clean-up), one after the other on one folder: the rerun gives the uninterrupted run's bytes, and
+    neither the staging folder nor an interrupted write's temp file outlives it."""
+    import signal
+    import subprocess
+    import sys
+
+    from study.shards.pipeline import KILL_AT_ENV, PARTS
+
+    root, full, _ = full_run
+    folder = tmp_path / "k" / "shards"
+    for stage in ("encoded", "sharded", "indexed"):
+        if folder.exists():  # a write cut short by a kill leaves its temp file (study.atomic): as one would
+            (folder / ".train-000000-00000.latents.npy.x1.tmp").write_bytes(b"half a file")
+        proc = subprocess.run([sys.executable, "-c", _KILLED_PREPARE, str(root), str(folder),
+                               os.path.dirname(__file__)], env={**os.environ, KILL_AT_ENV: stage},
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        assert (folder / "index.json").exists() == (stage == "indexed")
+    assert (folder.parent / PARTS).exists()  # killed before the clean-up
+    (folder / ".uncond.npy.x2.tmp").write_bytes(b"half a file")
+    _run(_cfg(root, "data.prepare_writers=1"), folder)
+    assert _bytes(folder) == _bytes(full)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["prepare_report.json", "shards"]
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture
+def flaky_http(tmp_path):
+    """A loopback HTTP server of a folder whose GETs of .tar files fail (503) while `fail[name]` > 0, or always
+    when it is -1; listings (the source list) are served."""
+    import functools
+    import http.server
+    import threading
+
+    folder, fail, served = tmp_path / "www", {}, []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            name = self.path.rsplit("/", 1)[-1]
+            if name.endswith(".tar") and fail.get(name, 0) != 0:
+                fail[name] -= fail[name] > 0
+                self.send_error(503, "unavailable")
+                return
+            served.append(name)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield folder, f"http://127.0.0.1:{server.server_address[1]}/", fail, served
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_http_reads_are_retried_and_a_source_that_keeps_failing_is_a_bad_source(tmp_path, full_run, flaky_http):
+    import shutil
+
+    root, full, _ = full_run
+    www, url, fail, served = flaky_http
+    shutil.copytree(root, www)
+    assert [s.id for s in list_sources("webdataset", url)] == ["00000.tar", "00001.tar", "00002.tar"]
+    fail.update({"00000.tar": 2, "00002.tar": 1})  # within data.read_retries=2: the bytes of a clean read
+    _run(_cfg(url, "data.read_retries=2", "data.read_retry_backoff_s=0.01"), tmp_path / "a" / "shards")
+    assert fail == {"00000.tar": 0, "00002.tar": 0} and _bytes(tmp_path / "a" / "shards") == _bytes(full)
+    fail["00001.tar"] = -1  # never readable: after its retries, a bad source, and one line
+    with pytest.raises(ValueError, match=r"^1 of 3 sources of http.* could not be read after 2 retries .*"
+                                         r"first 00001.tar: read failed after 3 tries \(ClientResponseError"):
+        _run(_cfg(url, "data.read_retries=2", "data.read_retry_backoff_s=0.01"), tmp_path / "b" / "shards")
+    report = json.loads((tmp_path / "b" / "prepare_report.json").read_text())
+    assert [s["source"] for s in report["bad_sources"]] == ["00001.tar"]
+    assert not (tmp_path / "b" / "shards" / "index.json").exists()
+    fail["00001.tar"] = 0  # the storage is back: the rerun reads only that source again
+    served.clear()
+    _run(_cfg(url, "data.read_retries=2", "data.read_retry_backoff_s=0.01"), tmp_path / "b" / "shards")
+    assert {n for n in served if n.endswith(".tar")} == {"00001.tar"} and _bytes(tmp_path / "b" / "shards") == _bytes(full)
+    with pytest.raises(ValueError, match="data.read_retries"):
+        _cfg(url, "data.read_retries=-1")

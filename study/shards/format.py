@@ -1,14 +1,16 @@
 """The on-disk shard format of a prepared data set: what `study prepare` writes and training reads.
 
-A shard set is a folder holding, per split (`train`, `heldout`), fixed-size shards
-    {split}-{k:06d}.latents.npy   float16 [n, C, H, W]  (memory-mappable)
-    {split}-{k:06d}.context.npy   float16 [n, T, D]     (text-encoder hidden states of each caption)
-    {split}-{k:06d}.meta.jsonl    one {"key", "caption", "label"} object per sample
-    {split}-{k:06d}.images.npy    uint8 [n, C, H, W]    (optional: heldout shards, for FID statistics)
-    {split}-{k:06d}.done.json     the shard's record, written last: its presence marks the shard complete
-and `index.json`, written last of all. Every shard but the last of a split holds exactly `shard_size`
-samples; the order inside a split is the order of `sample_order(key)`, a pure function of the data set,
-so the shards are the same bytes whatever the number of workers that wrote them.
+A shard set is a folder holding, per split (`train`, `heldout`), shards of at most `shard_size` samples
+    NAME.latents.npy   float16 [n, C, H, W]  (memory-mappable)
+    NAME.context.npy   float16 [n, T, D]     (text-encoder hidden states of each caption)
+    NAME.meta.jsonl    one {"key", "caption", "label"} object per sample
+    NAME.images.npy    uint8 [n, C, H, W]    (optional: heldout shards, for FID statistics)
+    NAME.done.json     the shard's record, written last: its presence marks the shard complete
+and `index.json`, written last of all. A streamed set's shards belong to one source each (a tar, a
+parquet file: NAME = {split}-{source:06d}-{k:05d}) and hold its samples in the order they were read;
+every shard of a source but its last holds exactly `shard_size` samples. Embedded sets are one source
+(NAME = {split}-{k:06d}). The shards are a function of the data set, whatever the number of workers
+that wrote them; the training reader shuffles across them (trainers/data.py).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 from study.atomic import write_atomic, write_json
 from study.identity import sha256_file
 
-VERSION = 1
+VERSION = 2  # 2: shards in arrival order, one source each (1: one global key-hash order)
 SPLITS = ("train", "heldout")
 INDEX = "index.json"
 UNCOND = "uncond.npy"
@@ -32,9 +34,9 @@ SUFFIX = {"latents": ".latents.npy", "context": ".context.npy", "meta": ".meta.j
           "images": ".images.npy", "done": ".done.json"}
 
 
-def shard_name(split: str, k: int) -> str:
-    """The name of shard k of a split, e.g. train-000003."""
-    return f"{split}-{k:06d}"
+def shard_name(split: str, k: int, source: int | None = None) -> str:
+    """The name of shard k of a split (train-000003), or of a source's split (train-000012-00003)."""
+    return f"{split}-{k:06d}" if source is None else f"{split}-{source:06d}-{k:05d}"
 
 
 def shard_paths(folder: str | Path, name: str) -> dict[str, Path]:
@@ -48,10 +50,7 @@ def _key_digest(text: str) -> int:
 
 
 def sample_order(key: str) -> tuple[int, str]:
-    """The sort key of a sample inside its split: a stable hash of its key (ties broken by the key).
-
-    Hashing spreads the samples of every source file over all shards, so a shard is a random draw
-    of the data set, and the order does not depend on which worker read which file."""
+    """The sort key of an embedded set's samples inside a split: a stable hash of its key (ties broken by the key)."""
     return _key_digest(key), key
 
 
@@ -163,9 +162,12 @@ class ShardIndex:
                 raise ValueError(f"{self.folder / INDEX}: split {split} says n={entry['n']} but its shards hold "
                                  f"{sum(s['n'] for s in shards)}; rerun `study prepare`")
             for i, s in enumerate(shards):
-                if (i < len(shards) - 1 and s["n"] != size) or not 0 < s["n"] <= size:
+                # a shard may be short only where its source ends (the next shard is another source's, or none)
+                last = i == len(shards) - 1 or shards[i + 1].get("source") != s.get("source")
+                if (not last and s["n"] != size) or not 0 < s["n"] <= size:
                     raise ValueError(f"{self.folder / INDEX}: shard {s['name']} holds {s['n']} samples; every "
-                                     f"shard but the last must hold shard_size={size}; rerun `study prepare`")
+                                     f"shard but the last of its source must hold shard_size={size}; rerun "
+                                     f"`study prepare`")
                 paths = shard_paths(self.folder, s["name"])
                 gone = [str(paths[k]) for k in FILES if not paths[k].exists()]
                 if gone:
@@ -194,7 +196,7 @@ class ShardIndex:
         return int(self.raw["splits"][split]["n"]) if split in self.raw["splits"] else 0
 
     def shards(self, split: str) -> list[dict]:
-        """The shard records ({"name", "n", "sha256"}) of a split, in sample order."""
+        """The shard records ({"name", "n", "sha256"[, "source"]}) of a split, in the order written."""
         return list(self.raw["splits"].get(split, {}).get("shards", []))
 
     def paths(self, name: str) -> dict[str, Path]:

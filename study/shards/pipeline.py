@@ -1,17 +1,19 @@
-"""`study prepare` for real data: a Ray Data pipeline from source files to fixed-size shards.
+"""`study prepare` for real data: a Ray Data pipeline from source files to shards, in arrival order.
 
     sources -> read chunks, decode, resize, centre-crop (flat_map: a task per source)
             -> encode latents and captions (map_batches, an actor pool; GPUs from the config)
-            -> chunk files under parts/ -> index rows sorted by key hash (driver, or Ray Data's sort)
-            -> final shards (Ray tasks, spread over nodes)
+            -> chunk files under parts/SOURCE/ (only the sources in flight)
+            -> the source's own shards, its chunks streamed in order (a Ray task per source, spread over nodes)
 
-Memory is bounded by a chunk (`data.prepare_chunk` samples) per worker plus one shard per writer task,
-which reads exactly its rows from the part files (`read_rows`). Up to `data.prepare_driver_sort_max`
-samples the driver sorts the index; above, it holds one row per chunk and streams the sorted index one
-shard's entries at a time. The chunks of a source are a function of the source alone and each is
-encoded in fixed batches (`data.prepare_encode_batch`), so the bytes do not depend on the number of
-workers. Resume: a source with its done marker is not re-read, a shard with its done record is not
-rewritten.
+No global order is built: a shard holds consecutive samples of one source, and the training reader
+shuffles across shards at read time (trainers/data.py), as WebDataset and mosaicml-streaming do. So no
+step reads single rows across part files, and the set is never on disk twice: a source's chunk files
+are deleted as soon as its shards are written. Memory is bounded by a chunk (`data.prepare_chunk`
+samples) per worker plus one shard per split per writer task. The chunks of a source are a function of
+the source alone and each is encoded in fixed batches (`data.prepare_encode_batch`), so the bytes do not
+depend on the number of workers. Resume: a source with its done record (parts/ID.done.json) is not
+re-read; one whose chunks are all encoded (parts/ID.chunks.json) is only re-sharded. index.json is
+written last; the staging folder is deleted after it, and again by any rerun that finds it.
 """
 
 from __future__ import annotations
@@ -27,14 +29,21 @@ from pathlib import Path
 import numpy as np
 
 from study.atomic import write_atomic, write_json
-from study.shards.format import (SPLITS, UNCOND, _key_digest, sample_order, shard_done, shard_name, split_of,
-                                 write_index, write_shard)
-from study.shards.readers import Source, decode_image, list_sources, read_source
+from study.shards.format import INDEX, SPLITS, UNCOND, _key_digest, shard_name, split_of, write_index, write_shard
+from study.shards.readers import Source, decode_image, list_sources, read_source_retrying
 
 PARTS = "parts"
 REPORT = "prepare_report.json"
-FAIL_AFTER_ENV = "STUDY_PREPARE_FAIL_AFTER_SHARDS"  # test hook: stop after this many shards, as a kill would
+FAIL_AFTER_ENV = "STUDY_PREPARE_FAIL_AFTER_SOURCES"  # test hook: stop after this many sources, as a kill would
 FLOOR_FILE = "floor_images.npy"
+KILL_AT_ENV = "STUDY_PREPARE_KILL_AT"  # test hook: SIGKILL this process at a stage (encoded, sharded, indexed)
+
+
+def _kill_point(stage: str) -> None:
+    if os.environ.get(KILL_AT_ENV) == stage:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _safe(source_id: str) -> str:
@@ -55,7 +64,8 @@ def read_chunks(row: dict, data_cfg):
     held, chunk = None, []
     emit = lambda k, recs, last: {"payload": pickle.dumps(  # noqa: E731
         {"source": src.id, "chunk": k, "records": recs, "last": last})}
-    for rec in read_source(src, d.image_column, d.caption_column, d.key_column):
+    for rec in read_source_retrying(src, d.read_retries, d.read_retry_backoff_s, d.image_column, d.caption_column,
+                                    d.key_column):
         chunk.append(asdict(rec))
         if len(chunk) == d.prepare_chunk:
             if held is not None:
@@ -145,14 +155,14 @@ class EncodeChunks:
         return out
 
 
-def encode_sources(cfg, sources: list[Source], parts: Path, autoencoder_dir: Path, channels: int,
-                   progress: bool) -> None:
-    """Stage 1, the Ray Data pipeline: every source not yet done -> part files of encoded chunks."""
+def encode_sources(cfg, todo: list[Source], parts: Path, autoencoder_dir: Path, channels: int, progress: bool,
+                   on_source) -> None:
+    """Stage 1, the Ray Data pipeline: each source in `todo` -> part files of its encoded chunks;
+    `on_source(id)` is called as soon as every chunk of a source is written (stage 2 starts on it)."""
     import ray
 
     from study.config import to_dict
 
-    todo = [s for s in sources if not (parts / f"{_safe(s.id)}.done.json").exists()]
     if not todo:
         return
     d = cfg.data
@@ -179,173 +189,99 @@ def encode_sources(cfg, sources: list[Source], parts: Path, autoencoder_dir: Pat
         got.setdefault(src, set()).add(int(row["chunk"]))
         if row["last"]:
             n_chunks[src] = int(row["chunk"]) + 1
-        if len(got[src]) == n_chunks.get(src, -1):  # every chunk of the source written: never re-read it
-            write_json(parts / f"{_safe(src)}.done.json", {"chunks": n_chunks.pop(src)})
+        if len(got[src]) == n_chunks.get(src, -1):  # every chunk of the source written
+            write_json(parts / f"{_safe(src)}.chunks.json", {"chunks": n_chunks.pop(src)})
             del got[src]  # the driver keeps only the sources in flight
+            _kill_point("encoded")
+            on_source(src)
 
 
-def _scan_parts(parts: Path, sources: list[Source]) -> tuple[list[dict], dict[str, int], list]:
-    """Pass 1 over the part records: each chunk's part file, the good samples per split, the bad ones.
+def assemble_source(folder: str, parts: str, source_id: str, index: int, shard_size: int, keep_floor: bool) -> dict:
+    """Stage 2 (a Ray task): stream one source's encoded chunks, in order, into its own shards, then
+    delete the chunks. Returns the source's record (its shards by split, bad samples, floor images).
 
-    Memory: one small row per chunk (not per sample) and the bad samples' keys (at most
-    data.max_bad_fraction of the set, or prepare stops)."""
-    chunks, counts, bad = [], {s: 0 for s in SPLITS}, []
-    for i, s in enumerate(sources):
-        n = json.loads((parts / f"{_safe(s.id)}.done.json").read_text())["chunks"]
-        for c in range(n):
-            base = parts / _safe(s.id) / f"{c:06d}"
-            part = json.loads(Path(f"{base}.json").read_text())
-            bad += part["bad"]
-            for g in part["good"]:
-                counts[g["split"]] += 1
-            if part["good"]:
-                chunks.append({"base": str(base), "source": i, "chunk": c})
-    return chunks, counts, bad
+    Each chunk file is read whole, once, in sequence; a shard holds samples of one source in the order
+    they were read, so it is a function of the source alone (not of which worker encoded what). The
+    training reader shuffles across shards (trainers/data.py). A source's train images chosen for the
+    noise floor (`keeps_image`) go to parts/ID.floor.npy when `keep_floor`."""
+    parts, safe = Path(parts), _safe(source_id)
+    n_chunks = json.loads((parts / f"{safe}.chunks.json").read_text())["chunks"]
+    buf = {s: {"latents": [], "context": [], "images": [], "meta": []} for s in SPLITS}
+    shards: dict[str, list] = {s: [] for s in SPLITS}
+    bad, floor, n_floor, node = [], [], 0, _node()
+
+    def flush(split: str, final: bool) -> None:
+        b = buf[split]
+        while len(b["meta"]) >= shard_size or (final and b["meta"]):
+            arrays = {k: np.concatenate(b[k]) for k in ("latents", "context", "images") if b[k]}
+            n = min(shard_size, len(b["meta"]))
+            name = shard_name(split, len(shards[split]), source=index)
+            rec = write_shard(folder, name, arrays["latents"][:n], arrays["context"][:n], b["meta"][:n],
+                              images=arrays["images"][:n] if split == "heldout" else None, extra={"node": node})
+            shards[split].append(rec)
+            for k in ("latents", "context", "images"):
+                b[k] = [arrays[k][n:].copy()] if k in arrays and len(arrays[k]) > n else []  # not a view of all
+            b["meta"] = b["meta"][n:]
+
+    for c in range(n_chunks):
+        base = parts / safe / f"{c:06d}"
+        part = json.loads(Path(f"{base}.json").read_text())
+        bad += part["bad"]
+        if not part["good"]:
+            continue
+        lat, ctx, imgs = (np.load(f"{base}.{k}.npy") for k in ("latents", "context", "images"))
+        for split in SPLITS:
+            rows = [j for j, g in enumerate(part["good"]) if g["split"] == split]
+            if not rows:
+                continue
+            b = buf[split]
+            b["latents"].append(lat[rows])
+            b["context"].append(ctx[rows])
+            b["meta"] += [{k: part["good"][j][k] for k in ("key", "caption", "label")} for j in rows]
+            if split == "heldout":  # every held-out sample kept its image (keeps_image)
+                b["images"].append(imgs[[part["good"][j]["image_row"] for j in rows]])
+            else:
+                kept = [part["good"][j]["image_row"] for j in rows if part["good"][j]["image_row"] >= 0]
+                n_floor += len(kept)
+                if keep_floor and kept:
+                    floor.append(imgs[kept])
+        for split in SPLITS:
+            flush(split, final=False)
+    for split in SPLITS:
+        flush(split, final=True)
+    if floor:
+        write_atomic(parts / f"{safe}.floor.npy", lambda f: np.save(f, np.concatenate(floor)))
+    record = {"source": source_id, "index": index, "shards": shards, "bad": bad, "floor": n_floor,
+              "node": node}
+    if any(problem.startswith("read failed") for _, problem in bad):
+        # no done record: a rerun (the storage back) reads the source again and rewrites its shards
+        (parts / f"{safe}.chunks.json").unlink(missing_ok=True)
+    else:
+        write_json(parts / f"{safe}.done.json", record)  # last: the source is in its shards
+    shutil.rmtree(parts / safe, ignore_errors=True)
+    return record
 
 
-def index_rows(row: dict) -> list[dict]:
-    """flat_map: one chunk's part record -> one small index row per good sample (no latents)."""
-    part = json.loads(Path(f"{row['base']}.json").read_text())
-    return [{"split": g["split"], "order": f"{sample_order(g['key'])[0]:016x}", "key": g["key"],
-             "caption": g["caption"], "label": -1 if g["label"] is None else int(g["label"]),
-             "source": row["source"], "chunk": row["chunk"], "row": r, "image_row": g["image_row"],
-             "base": row["base"]} for r, g in enumerate(part["good"])]
-
-
-# The total order of a split's samples: the key hash, then the key, then where the sample was read
-# (duplicate keys keep their source order), so the shards' bytes are one function of the data set.
-SORT_KEYS = ["split", "order", "key", "source", "chunk", "row"]
-
-
-def _entry(r: dict) -> tuple:
-    label = None if r["label"] < 0 else r["label"]
-    return r["order"], r["key"], r["caption"], label, r["base"], r["row"], r["image_row"]
-
-
-def sorted_entries(chunks: list[dict], n_samples: int, driver_max: int, batch: int = 4096):
-    """Every good sample's (split, entry) in shard order; an entry is (order, key, caption, label, part file
-    base, row, image row).
-
-    Up to `driver_max` samples the driver sorts the index itself (about 0.5 KB a sample). Above it the
-    driver never holds the whole index: Ray Data's distributed sort range-partitions the index rows over
-    the cluster (spilling to disk past the object store) and this iterates the result a batch at a time.
-    Both give the same order (SORT_KEYS is a total order); the sort's fixed cost (about 7 s on one
-    machine) is why small sets do not use it."""
-    if n_samples <= driver_max:
-        rows = sorted(((tuple(r[k] for k in SORT_KEYS), r["split"], _entry(r)) for c in chunks for r in index_rows(c)),
-                      key=lambda x: x[0])
-        for _, split, e in rows:
-            yield split, e
-        return
+def _node() -> str | None:
     import ray
 
-    ds = ray.data.from_items(chunks, override_num_blocks=max(1, min(len(chunks), 200)))
-    for b in ds.flat_map(index_rows).sort(SORT_KEYS).iter_batches(batch_size=batch, batch_format="pyarrow"):
-        for r in b.to_pylist():
-            yield r["split"], _entry(r)
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
-def read_rows(files: list[str], rows: list[int]) -> np.ndarray:
-    """Row rows[i] of the .npy file files[i], for every i, stacked in that order.
-
-    Each row is one positioned read of exactly its bytes, and every file is opened once. The final
-    shards are in key-hash order, so one shard draws a few rows from every part file of its split;
-    memory-mapping the part files instead (as this did first) let the kernel's readahead pull in
-    most of each file for those few rows: a shard writer's resident set and its reads grew with the
-    data set (measured: 1.4 GB of mapped part-file pages in one writer at 100K images, for 40 MB of
-    rows). Now a writer holds one shard, and the pipeline reads each sample's bytes once."""
-    by_file: dict[str, list[int]] = {}
-    for i, f in enumerate(files):
-        by_file.setdefault(f, []).append(i)
-    out = None
-    for f, idx in by_file.items():
-        with open(f, "rb") as fh:
-            version = np.lib.format.read_magic(fh)
-            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = header(fh)
-            if fortran:
-                raise ValueError(f"{f}: Fortran-ordered array; part files are written C-ordered by study prepare")
-            start, size = fh.tell(), int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
-            if out is None:
-                out = np.empty((len(files), *shape[1:]), dtype)
-            for i in sorted(idx, key=lambda i: rows[i]):  # ascending offsets within the file
-                if not 0 <= rows[i] < shape[0]:
-                    raise IndexError(f"{f}: row {rows[i]} of {shape[0]}")
-                buf = os.pread(fh.fileno(), size, start + rows[i] * size)
-                if len(buf) != size:
-                    raise ValueError(f"{f}: truncated at row {rows[i]} (rerun study prepare: the part is redone)")
-                out[i] = np.frombuffer(buf, dtype).reshape(shape[1:])
-    if out is None:
-        raise ValueError("read_rows: no rows asked for")
-    return out
+def _sweep_temp_files(folder: Path) -> None:
+    """Remove the temp files of atomic writes a SIGKILL interrupted (`study.atomic`: `.NAME.*.tmp`)."""
+    if folder.is_dir():
+        for p in folder.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
 
 
-def _write_final(folder: str, name: str, entries: list, with_images: bool) -> dict:
-    """Ray task: gather a shard's samples from the part files (positioned reads) and write it."""
-    import ray
-
-    files = [e[4] for e in entries]
-    lat = read_rows([f"{b}.latents.npy" for b in files], [e[5] for e in entries])
-    ctx = read_rows([f"{b}.context.npy" for b in files], [e[5] for e in entries])
-    imgs = read_rows([f"{b}.images.npy" for b in files], [e[6] for e in entries]) if with_images else None
-    meta = [{"key": e[1], "caption": e[2], "label": e[3]} for e in entries]
-    node = ray.get_runtime_context().get_node_id()
-    return {**write_shard(folder, name, lat, ctx, meta, images=imgs, extra={"node": node}), "node": node}
-
-
-def write_final_shards(folder: Path, entries, shard_size: int, parallel: int, floor_n: int) -> tuple[dict, list]:
-    """Stage 3: cut the sorted stream of (split, entry) into each split's shards; done shards are kept,
-    the rest written by Ray tasks (at most `parallel` in flight). Returns the shard records by split and
-    the first `floor_n` training entries that kept their image (the noise floor's pool)."""
-    import ray
-
-    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
-    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(_write_final)
-    records: dict[str, list] = {s: [] for s in SPLITS}
-    pending, written, floor = {}, 0, []
-
-    def submit(split: str, part: list) -> None:
-        nonlocal written
-        k = len(records[split])
-        name = shard_name(split, k)
-        done = shard_done(folder, name)
-        if done and done["n"] == len(part):
-            records[split].append({"name": name, "n": done["n"], "sha256": done["sha256"]})
-            return
-        records[split].append(None)
-        while len(pending) >= parallel:
-            written += _finish(pending, records, fail_after, written)
-        pending[task.remote(str(folder), name, part, split == "heldout")] = (split, k)
-
-    split_now, part = None, []
-    for split, e in entries:
-        if split != split_now and part:
-            submit(split_now, part)
-            part = []
-        split_now = split
-        part.append(e)
-        if split == "train" and e[6] >= 0 and len(floor) < floor_n:
-            floor.append(e)
-        if len(part) == shard_size:
-            submit(split, part)
-            part = []
-    if part:
-        submit(split_now, part)
-    while pending:
-        written += _finish(pending, records, fail_after, written)
-    return records, floor
-
-
-def _finish(pending: dict, records: dict, fail_after: int, written: int) -> int:
-    import ray
-
-    [ref], _ = ray.wait(list(pending), num_returns=1)
-    split, k = pending.pop(ref)
-    rec = ray.get(ref)
-    records[split][k] = {x: rec[x] for x in ("name", "n", "sha256")}
-    if fail_after and written + 1 >= fail_after:
-        raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: stopping after {written + 1} shards (test hook)")
-    return 1
+def finish_staging(folder: Path, keep_parts: bool = False) -> None:
+    """After index.json: delete the staging folder (parts/) and any interrupted writes' temp files.
+    Also run by a rerun that finds index.json, so a kill during the deletion leaves nothing behind."""
+    if not keep_parts:
+        shutil.rmtree(folder.parent / PARTS, ignore_errors=True)
+    _sweep_temp_files(folder)
+    _sweep_temp_files(folder.parent)  # prepare_report.json's
 
 
 def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray, channels: int,
@@ -355,8 +291,13 @@ def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray,
 
     d = cfg.data
     sources = list_sources(d.name, d.root)  # fails on a missing path before any work
+    if (folder / INDEX).exists():  # done before: only the clean-up a kill may have cut short
+        finish_staging(folder, d.keep_parts)
+        return json.loads((folder.parent / REPORT).read_text())
     folder.mkdir(parents=True, exist_ok=True)
     parts = folder.parent / PARTS
+    parts.mkdir(parents=True, exist_ok=True)
+    _sweep_temp_files(folder)
     import ray
 
     local = ensure_ray(cfg) or os.environ.get("RAY_ADDRESS") is None and not cfg.resources.ray_address
@@ -370,28 +311,118 @@ def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray,
         raise ValueError(f"data.prepare_actors={d.prepare_actors} x data.prepare_gpus_per_actor="
                          f"{d.prepare_gpus_per_actor} GPUs, this machine has {ray.cluster_resources().get('GPU', 0):g}:"
                          f" set data.prepare_gpus_per_actor=0 (CPU) or fewer actors")
-    encode_sources(cfg, sources, parts, autoencoder_dir, channels, progress)
-    chunks, counts, bad = _scan_parts(parts, sources)
+    records = _run_stages(cfg, sources, folder, parts, autoencoder_dir, channels, progress)
+    bad = [b for r in records for b in r["bad"]]
+    counts = {s: sum(x["n"] for r in records for x in r["shards"][s]) for s in SPLITS}
     n_good = sum(counts.values())
     total = n_good + len(bad)
+    failed = [{"source": k, "problem": p} for k, p in bad if p.startswith("read failed")]
     report = {"sources": len(sources), "samples": total, "good": n_good, "bad": len(bad),
               "bad_fraction": len(bad) / max(1, total), "max_bad_fraction": d.max_bad_fraction,
+              "bad_sources": failed, "bad_source_fraction": len(failed) / len(sources),
               "bad_samples": [{"key": k, "problem": p} for k, p in bad]}
     write_json(folder.parent / REPORT, report)
+    # The shards written stay: a rerun (a higher data.max_bad_fraction, the storage back) reuses them and
+    # reads again only the sources that failed.
+    if report["bad_source_fraction"] > d.max_bad_fraction:
+        raise ValueError(f"{len(failed)} of {len(sources)} sources of {d.root} could not be read after "
+                         f"{d.read_retries} retries ({report['bad_source_fraction']:.1%} > data.max_bad_fraction="
+                         f"{d.max_bad_fraction}), first {failed[0]['source']}: {failed[0]['problem']}; see "
+                         f"{folder.parent / REPORT}")
     if report["bad_fraction"] > d.max_bad_fraction or not counts["train"]:
         raise ValueError(f"{len(bad)} of {total} samples of {d.root} are unusable ({report['bad_fraction']:.1%} > "
                          f"data.max_bad_fraction={d.max_bad_fraction}): see {folder.parent / REPORT}")
-    entries = sorted_entries(chunks, n_good, d.prepare_driver_sort_max)
-    records, picks = write_final_shards(folder, entries, d.shard_size, max(1, d.prepare_writers), cfg.eval.num_samples)
-    if picks:
-        floor = read_rows([f"{e[4]}.images.npy" for e in picks], [e[6] for e in picks])
-        write_atomic(folder / FLOOR_FILE, lambda f: np.save(f, floor))
+    if not (folder / FLOOR_FILE).exists():
+        floor = _floor_images(parts, records, cfg.eval.num_samples)
+        if floor is not None:
+            write_atomic(folder / FLOOR_FILE, lambda f: np.save(f, floor))
     write_atomic(folder / UNCOND, lambda f: np.save(f, uncond))
-    first = next(r for r in records["train"])
-    lat = np.load(folder / f"{first['name']}.latents.npy", mmap_mode="r")
-    ctx = np.load(folder / f"{first['name']}.context.npy", mmap_mode="r")
-    write_index(folder, d.shard_size, lat.shape[1:], ctx.shape[1:], records, len(bad),
-                **({"floor_images": FLOOR_FILE} if picks else {}))
-    if not d.keep_parts:
-        shutil.rmtree(parts, ignore_errors=True)
+    by_split = {s: [{k: x[k] for k in ("name", "n", "sha256")} | {"source": r["index"]}
+                    for r in records for x in r["shards"][s]] for s in SPLITS}
+    first = by_split["train"][0]["name"]
+    lat = np.load(folder / f"{first}.latents.npy", mmap_mode="r")
+    ctx = np.load(folder / f"{first}.context.npy", mmap_mode="r")
+    write_index(folder, d.shard_size, lat.shape[1:], ctx.shape[1:], by_split, len(bad),
+                **({"floor_images": FLOOR_FILE} if (folder / FLOOR_FILE).exists() else {}))
+    _kill_point("indexed")
+    finish_staging(folder, d.keep_parts)
     return report
+
+
+def _run_stages(cfg, sources: list[Source], folder: Path, parts: Path, autoencoder_dir: Path, channels: int,
+                progress: bool) -> list[dict]:
+    """Stages 1 and 2 together: a source's shards are written (a Ray task, at most `data.prepare_writers`
+    in flight, spread over the nodes) as soon as its chunks are encoded, so parts/ holds only the sources
+    in flight. Returns every source's record, in source order."""
+    import ray
+
+    d = cfg.data
+    fail_after = int(os.environ.get(FAIL_AFTER_ENV, "0") or 0)
+    task = ray.remote(num_cpus=1, scheduling_strategy="SPREAD")(assemble_source)
+    position = {s.id: i for i, s in enumerate(sources)}
+    records: dict[int, dict] = {}
+    for s in sources:
+        done = parts / f"{_safe(s.id)}.done.json"
+        if done.exists():
+            records[position[s.id]] = json.loads(done.read_text())
+    pending: dict = {}
+
+    def finish_one() -> None:
+        [ref], _ = ray.wait(list(pending), num_returns=1)
+        pending.pop(ref)
+        rec = ray.get(ref)
+        records[rec["index"]] = rec
+        _kill_point("sharded")
+        if fail_after and len(records) >= fail_after:
+            raise RuntimeError(f"{FAIL_AFTER_ENV}={fail_after}: stopping after {len(records)} sources (test hook)")
+        _drop_unneeded_floor(parts, sources, records, cfg.eval.num_samples)
+
+    def submit(source_id: str) -> None:
+        while len(pending) >= max(1, d.prepare_writers):
+            finish_one()
+        i = position[source_id]
+        keep = _floor_prefix(records, cfg.eval.num_samples) is None
+        pending[task.remote(str(folder), str(parts), source_id, i, d.shard_size, keep)] = i
+
+    for s in sources:  # encoded before a kill, not yet in shards
+        if position[s.id] not in records and (parts / f"{_safe(s.id)}.chunks.json").exists():
+            submit(s.id)
+    todo = [s for s in sources if position[s.id] not in records and not (parts / f"{_safe(s.id)}.chunks.json").exists()]
+    encode_sources(cfg, todo, parts, autoencoder_dir, channels, progress, submit)
+    while pending:
+        finish_one()
+    return [records[i] for i in range(len(sources))]
+
+
+def _floor_prefix(records: dict[int, dict], floor_n: int) -> int | None:
+    """The last source the noise floor draws from (its first `floor_n` kept training images, in source
+    order), once the sources up to it are done; None while it is not known."""
+    have, i = 0, 0
+    while i in records:
+        have += records[i]["floor"]
+        if have >= floor_n:
+            return i
+        i += 1
+    return None
+
+
+def _drop_unneeded_floor(parts: Path, sources: list[Source], records: dict[int, dict], floor_n: int) -> None:
+    """Delete the floor images of done sources past the floor's prefix: parts/ never holds them all."""
+    last = _floor_prefix(records, floor_n)
+    if last is not None:
+        for i in records:
+            if i > last:
+                (parts / f"{_safe(sources[i].id)}.floor.npy").unlink(missing_ok=True)
+
+
+def _floor_images(parts: Path, records: list[dict], floor_n: int) -> np.ndarray | None:
+    """The noise floor's pool: the first `floor_n` kept training images, in source order."""
+    out, have = [], 0
+    for r in records:
+        if have >= floor_n:
+            break
+        if r["floor"]:
+            arr = np.load(parts / f"{_safe(r['source'])}.floor.npy")
+            out.append(arr[: floor_n - have])
+            have += len(out[-1])
+    return np.concatenate(out) if out else None

@@ -13,6 +13,7 @@ import io
 import json
 import posixpath
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -76,7 +77,8 @@ def list_sources(layout: str, root: str) -> list[Source]:
         return [Source(f"rows-{a:09d}", layout, root, a, min(a + FOLDER_SLICE, n))
                 for a in range(0, n, FOLDER_SLICE)]
     ext = ".tar" if layout == "webdataset" else ".parquet"
-    files = [base] if fs.isfile(base) else sorted(p for p in fs.find(base) if p.endswith(ext))
+    # a single file, or the files under a folder (over HTTP a folder's listing page is itself a "file")
+    files = [base] if base.endswith(ext) and fs.isfile(base) else sorted(p for p in fs.find(base) if p.endswith(ext))
     if not files:
         raise ValueError(f"data.root={root}: no {ext} files there (data.layout={layout})")
     return [Source(posixpath.relpath(p, base) if p != base else posixpath.basename(p), layout, _url(fs, p))
@@ -120,6 +122,36 @@ def read_source(src: Source, image_column: str = "jpg", caption_column: str = "t
         yield from _read_parquet(src, image_column, caption_column, key_column, label_column)
     else:
         yield from _read_folder(src, label_column)
+
+
+# Errors that say the data or the config is wrong, not that the connection failed: never retried.
+_NOT_TRANSIENT = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotImplementedError)
+
+
+def read_source_retrying(src: Source, retries: int, backoff_s: float, image_column: str = "jpg",
+                         caption_column: str = "txt", key_column: str = "key") -> Iterator[Record]:
+    """`read_source` with up to `retries` more tries after a read error (a dropped S3 or HTTP connection),
+    waiting backoff_s, 2 backoff_s, 4 backoff_s, ... between them. A retry reads the source again from its
+    start and skips the records already given, so the records are those of one clean read. When every try
+    fails, the last record is a bad one named by the source (`problem` starts with "read failed"): the
+    prepare report lists it as a bad source."""
+    given, failures = 0, 0
+    while True:
+        try:
+            for i, rec in enumerate(read_source(src, image_column, caption_column, key_column)):
+                if i >= given:
+                    given += 1
+                    yield rec
+            return
+        except _NOT_TRANSIENT:
+            raise
+        except Exception as err:  # noqa: BLE001 - fsspec's backends raise their own types (botocore, aiohttp)
+            failures += 1
+            if failures > retries:
+                yield Record(src.id, None, None, problem=f"read failed after {failures} tries "
+                                                         f"({type(err).__name__}: {str(err)[:200]})")
+                return
+            time.sleep(backoff_s * 2 ** (failures - 1))
 
 
 def _tar_record(key: str, parts: dict[str, bytes]) -> Record:
