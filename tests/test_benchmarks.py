@@ -57,6 +57,10 @@ FIGURES = {
          (0, 1, 2, 3, 4, 6, 7, 8, 9)),
         (rf"identity, 1 workers, driver_private_mb: 512 vs 256 images = {NUM}x", 1, (0,)),
     ],
+    "caption_storage.py": [  # per encoder: bytes per sample and images/s of each mode, the ratio tokens / states
+        (rf"^minilm +states +{NUM} B/sample +{NUM} images/s$", 1, (0, 1)),
+        (rf"^clip-standin +tokens +{NUM} B/sample +{NUM} images/s +ratio tokens / states {NUM}$", 1, (0, 1, 2)),
+    ],
     "crossing_power.py": [  # the worst false-crossing rate, settings below the end-gap test, seconds
         (rf"worst false-crossing rate {NUM}%; settings below the end-gap test's power: ([0-9]+); {NUM} s", 1, (2,)),
     ],
