@@ -172,6 +172,7 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
     workers_ = {pid: pk for pid, pk in peaks.items() if pk["rss_role"].startswith("ray::")}
     top = max(workers_.values(), key=lambda pk: pk["rss"], default={"rss": 0, "rss_role": ""})
     top_private = max(workers_.values(), key=lambda pk: pk["private"], default={"private": 0, "private_role": ""})
+    disk_peak[0] = max(disk_peak[0], _disk_used(Path(out_dir), ae_dir))  # the end, should no sample have seen it
     shards = [p for p in (Path(out_dir) / "shards").iterdir() if p.is_file()]
     shard_bytes = sum(p.stat().st_size for p in shards)
     return {"images": report["good"], "seconds": round(seconds, 1), "images_per_s": round(report["good"] / seconds, 1),
