@@ -277,12 +277,16 @@ class PreparedData:
         if prefetch is None:
             return
         window, last = self.order.window_of(start), self.order.window_of(start + count - 1)
+        if (window, last) == getattr(self, "_ahead_of", None):
+            return  # the same window as the last batch: read already, and the next one requested
+        first = window
         while True:
             prefetch.request(self.order.window_shards(*window), wait=True)
             if window == last:
                 break
             window = self.order.next_window(*window)
         prefetch.request(self.order.window_shards(*self.order.next_window(*last)), wait=False)
+        self._ahead_of = (first, last)
 
     def arrays(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Latents [count, C, H, W] and caption embeddings [count, T, D], float16, at stream positions."""
