@@ -72,8 +72,9 @@ def one_table(st: dict, t: int) -> dict:
         truth = truths if truths is not None else (LADDER_CROSSINGS[(ws, wl)],)
         listed = res["crossing_list"]
         # Listed crossings matched to the true ones in order, when there are as many.
-        covered = [x["low"] <= c <= x["high"] for x, c in zip(listed, truth)] if len(listed) == len(truth) else []
-        out[f"{ws}/{wl}"] = {"found": res["verdict"] == "crossing", "iut": end_gap_test(res["gaps"]),
+        covered = [bool(x["low"] <= c <= x["high"]) for x, c in zip(listed, truth)] \
+            if len(listed) == len(truth) else []
+        out[f"{ws}/{wl}"] = {"found": bool(res["verdict"] == "crossing"), "iut": bool(end_gap_test(res["gaps"])),
                              "listed": len(listed), "covered": covered}
     return out
 
