@@ -92,15 +92,15 @@ def run_shard(todo: list[dict], shard: tuple[int, int], cache: Path | None, done
                 continue
             have[str(t)] = rec = one_table(st, t)
             if path:
-                with path.open("a") as f:
-                    f.write(json.dumps({"setting": key, "t": t, "pairs": rec}) + "\n")
+                with path.open("a") as f:  # a line of its own even after a line a kill cut short
+                    f.write("\n" + json.dumps({"setting": key, "t": t, "pairs": rec}))
 
 
 def load(cache: Path | None) -> dict:
     """Records already read: {setting: {t: pairs}}, from every shard's file in the cache."""
     done: dict = {}
     for path in sorted(cache.glob("shard-*.jsonl")) if cache and cache.is_dir() else []:
-        for line in path.read_text().splitlines():
+        for line in filter(None, path.read_text().splitlines()):
             try:
                 rec = json.loads(line)
             except ValueError:  # a line cut by a kill: that table is read again
