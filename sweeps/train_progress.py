@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
 from ray.tune import Callback
@@ -70,9 +69,9 @@ class StopOnFullDisk(Callback):
         except OSError:
             text = ""
         if is_disk_full(Exception(text)):
-            # The study stops on this error: Ray would print each running trial's unread failure (the same full
-            # disk) as an "Unhandled error" traceback when the grid is torn down.
-            os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+            from study.raycluster import hush_unread_failures
+
+            hush_unread_failures()
             lines = [ln for ln in text.splitlines() if "DiskFullError: " in ln]  # our line, when a write named it
             raise DiskFullError(lines[-1].split("DiskFullError: ", 1)[1] if lines else
                                 f"trial {trial.trial_id} failed on a full disk: {text.strip().splitlines()[-1]}")
