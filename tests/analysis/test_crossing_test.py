@@ -29,8 +29,8 @@ def test_pair_results_are_the_analysis_own_pair_rows():
         row = analyze_metric(normalize(family_table(spec, seed=t)), "fid", n_boot=BOOT, seed=t).pairs.iloc[0]
         assert fast["verdict"] == row.verdict and fast["p_cross"] == row.p_cross
         assert [fast["gaps"][0]["low"], fast["gaps"][1]["high"]] == [row.at_low_gap_low, row.at_high_gap_high]
-        ends = [(row.at_low_gap_low > 0) - (row.at_low_gap_high < 0),
-                (row.at_high_gap_low > 0) - (row.at_high_gap_high < 0)]
+        ends = [int(row.at_low_gap_low > 0) - int(row.at_low_gap_high < 0),
+                int(row.at_high_gap_low > 0) - int(row.at_high_gap_high < 0)]
         assert end_gap_test(fast["gaps"]) == (ends[0] * ends[1] < 0)
 
 
