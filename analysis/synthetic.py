@@ -272,3 +272,29 @@ def ladder_table(spec: LadderSpec, seed: int = 0) -> pd.DataFrame:
         cost = nc * np.asarray(spec.steps, float)
         sizes.append((width, params, nc, floor + spec.penalty * nc / cost))
     return curves_table(sizes, spec.steps, spec.seeds, spec.fid_std, 0.0, seed)
+
+
+def pair_results(table: pd.DataFrame, rng: np.random.Generator, n_boot: int = 200
+                 ) -> dict[tuple[int, int], dict]:
+    """compare_pair on every pair of a synthetic table (one sampler, budget and guidance),
+    resampled as the analysis does (draw_sizes: one set of resamples per size, the seed variance
+    pooled) without the rest of it. With rng = default_rng(seed) it gives analyze_metric(table,
+    "fid", n_boot, seed)'s pair rows exactly (tests/analysis/test_crossing_test.py), at a
+    seventeenth of the cost: the crossing benchmark reads thousands of tables through it."""
+    from analysis.crossovers import compare_pair
+    from analysis.resample import draw_sizes
+
+    sizes = []
+    for width, g in table.groupby("width"):
+        vals = g.pivot(index="steps", columns="seed", values="fid")
+        cost = g.groupby("steps")["sampling_cost"].first().loc[vals.index].to_numpy()
+        std = float(g["fid_std"].iloc[0]) if "fid_std" in g else 0.0
+        sizes.append((width, cost, vals.to_numpy(), np.full(vals.shape, std)))
+    boots = draw_sizes([(v, s) for _, _, v, s in sizes], n_boot, rng)
+    out = {}
+    for i, (ws, cs, vs, _) in enumerate(sizes):
+        for j in range(i + 1, len(sizes)):
+            wl, cl, vl, _ = sizes[j]
+            out[(ws, wl)] = compare_pair(cs, vs.mean(axis=1), boots[i], cl, vl.mean(axis=1),
+                                         boots[j], True, True)
+    return out

@@ -156,12 +156,14 @@ def user_message(exc: BaseException) -> str | None:
     return None
 
 
-def write_log(exc: BaseException) -> Path | None:
-    """Append the traceback (and the command line) to the error log; its path, or None if unwritable."""
+def write_log(exc: BaseException, title: str = "") -> Path | None:
+    """Append the traceback (and the command line, and `title`: what failed) to the error log; its path, or
+    None if unwritable."""
     from study.redact import redact_text
 
     global _run_dir
     text = (f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} {redact_text(' '.join(sys.argv))}\n"
+            + (f"{redact_text(title)}\n" if title else "")
             + redact_text("".join(traceback.format_exception(exc))))
     for _ in range(2):
         path = log_dir() / LOG_NAME

@@ -35,4 +35,10 @@ def ensure_ray(cfg, worker_logs: bool = False) -> bool:
     return True
 
 
+def hush_unread_failures() -> None:
+    """The study stops on an error every running task or trial shares (a full disk): Ray would print each one's
+    unread failure as an "Unhandled error" traceback as they are torn down. Ray reads this at each print."""
+    os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+
+
 _started_local: str | None = None  # the GCS address of the local Ray this module started, if any

@@ -10,7 +10,7 @@ from pathlib import Path
 from study import __version__
 from study.config import ConfigError, StudyConfig, from_dict, to_dict
 from study import identity
-from study.raycluster import ensure_ray
+from study.raycluster import ensure_ray, hush_unread_failures
 from study.errors import is_disk_full
 from sweeps.guidance import (Cell, StorageVanished, StorageWatch, best_guidance, completed_results, open_storage,
                              search_cell)
@@ -308,6 +308,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
                 ray.get(ref)
             except Exception as err:  # a chain that failed after its retries: keep going, report it
                 if is_disk_full(err):  # but not on a full disk: every other chain would fail the same way
+                    hush_unread_failures()
                     for other in pending:
                         ray.cancel(other, force=True)
                     bar.close()

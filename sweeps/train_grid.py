@@ -8,7 +8,7 @@ from pathlib import Path
 from study.config import StudyConfig, to_dict
 from study.identity import stable_hash, training_hash
 from study.runfolder import run_uuid
-from sweeps.train_progress import GridProgress, StopOnFullDisk
+from sweeps.train_progress import GridProgress, StopOnFullDisk, tracebacks_to_log
 
 
 def _trial(config: dict, cfg_dict: dict, run_dir: str, prepared_dir: str, job: dict | None = None,
@@ -220,7 +220,8 @@ def _fit_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, parts: list[t
                                       # restarts (sweep.max_failures) on top of the trial's own retries.
                                       failure_config=tune.FailureConfig(max_failures=cfg.sweep.trial_retries + (
                                           cfg.sweep.max_failures if inline else 0))))
-    grid = tuner.fit()
+    with tracebacks_to_log():
+        grid = tuner.fit()
     _raise_if_disk_full(grid)
     errors = [f"{(r.config.get('size') or {}).get('experiment', names[0])} width={_size(r.config)[0]} "
               f"seed={_size(r.config)[1]}: {str(r.error).strip().splitlines()[-1]}" for r in grid if r.error is not None]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import os
+import contextlib
+import logging
 from pathlib import Path
 
 from ray.tune import Callback
@@ -68,9 +69,9 @@ class StopOnFullDisk(Callback):
         except OSError:
             text = ""
         if is_disk_full(Exception(text)):
-            # The study stops on this error: Ray would print each running trial's unread failure (the same full
-            # disk) as an "Unhandled error" traceback when the grid is torn down.
-            os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
+            from study.raycluster import hush_unread_failures
+
+            hush_unread_failures()
             lines = [ln for ln in text.splitlines() if "DiskFullError: " in ln]  # our line, when a write named it
             raise DiskFullError(lines[-1].split("DiskFullError: ", 1)[1] if lines else
                                 f"trial {trial.trial_id} failed on a full disk: {text.strip().splitlines()[-1]}")
@@ -80,3 +81,40 @@ class StopOnFullDisk(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._check(trial)
+
+
+# Tune logs each trial's failure with its whole traceback (the worker's, wrapped in Ray's) on the driver's
+# console before any callback sees it, and a failed save of its state likewise: on a full disk every running
+# trial fails so, and a user reads the study's one line among tracebacks that look like a crash. Ray's
+# libraries log through the "ray" logger's own console handler (it does not propagate to the root).
+RAY_LOGGER = "ray"
+DIVERTED = ("ray.tune", "ray.train")  # the loggers whose tracebacks go to the run's errors.log
+
+
+class _TracebacksToLog(logging.Filter):
+    """Moves Tune's and Ray Train's records that carry a traceback from the console to the run's errors.log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from study.errors import write_log
+
+        if not (record.exc_info and record.exc_info[1] is not None and record.name.startswith(DIVERTED)):
+            return True
+        try:
+            # The grid names each failed size in one line at its end (or the study stops with one line); the
+            # traceback stays for bug reports (a failed trial's also in its own error.txt, where Tune writes it).
+            return write_log(record.exc_info[1], title=f"{record.name}: {record.getMessage()}") is None
+        except Exception:  # never lose the record to a failing log: let it through to the console
+            return True
+
+
+@contextlib.contextmanager
+def tracebacks_to_log():
+    """Within the block, Tune's and Ray Train's tracebacks go to the run's errors.log instead of the console."""
+    handlers, kept = logging.getLogger(RAY_LOGGER).handlers, _TracebacksToLog()
+    for h in handlers:
+        h.addFilter(kept)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(kept)

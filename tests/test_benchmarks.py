@@ -61,8 +61,10 @@ FIGURES = {
         (rf"^minilm +states +{NUM} B/sample +{NUM} images/s$", 1, (0, 1)),
         (rf"^clip-standin +tokens +{NUM} B/sample +{NUM} images/s +ratio tokens / states {NUM}$", 1, (0, 1, 2)),
     ],
-    "crossing_power.py": [  # the worst false-crossing rate, settings below the end-gap test, seconds
-        (rf"worst false-crossing rate {NUM}%; settings below the end-gap test's power: ([0-9]+); {NUM} s", 1, (2,)),
+    "crossing_power.py": [  # the worst false-crossing rate and its upper bound; settings below the end-gap test
+        (rf"^level: highest false rate {NUM}%; highest 95 % Clopper-Pearson upper bound {NUM}%", 1, (1,)),
+        (r"^power: settings below the end-gap test's ([0-9]+) of ([0-9]+);", 1, (1,)),
+        (rf"^complete; this run {NUM} s$", 1, ()),
     ],
     "gof_level.py": [  # false 'does not fit' rates (may be 0), power against a step, a U and an outlier
         (rf"^  [46] points: {NUM} \(chi-square alone {NUM}, leave-one-out alone {NUM}\)$", 2, ()),

@@ -131,6 +131,41 @@ def test_full_disk_is_one_line(monkeypatch, capsys, tmp_path, full_fs):
     assert "no space left on the disk" in err[0] and str(full_fs) in err[0]
 
 
+def test_tune_tracebacks_go_to_the_run_log_not_the_console(capfd, tmp_path, full_fs, monkeypatch):
+    # Tune logs every failed trial's traceback (and a failed state save's) through Ray's own console handler;
+    # during a grid they go to errors.log. With the run folder on a full disk, to the cache folder's.
+    import logging
+
+    import ray  # noqa: F401  (sets up the "ray" logger's console handler)
+
+    from study.errors import note_run_dir
+    from sweeps.train_progress import tracebacks_to_log
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    tune_log = logging.getLogger("ray.tune.execution.tune_controller")
+    for run_dir, log in ((tmp_path, tmp_path / "errors.log"), (full_fs, tmp_path / "xdg" / "ldm-scaling" / "logs"
+                                                                / "errors.log")):
+        note_run_dir(run_dir)
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError as err:
+            with tracebacks_to_log():
+                tune_log.error("Trial task failed for trial _trial_00001", exc_info=err)
+                tune_log.warning("a warning without a traceback still shows")
+        console = capfd.readouterr().err
+        assert "Traceback" not in console and "Trial task failed" not in console, console
+        assert "a warning without a traceback still shows" in console
+        text = log.read_text()
+        assert "Trial task failed for trial _trial_00001" in text and "Traceback" in text, text
+    note_run_dir(None)
+    # Outside a grid, Ray's logging is as it was.
+    try:
+        raise OSError(28, "No space left on device")
+    except OSError as err:
+        tune_log.error("Trial task failed for trial _trial_00002", exc_info=err)
+    assert "Trial task failed for trial _trial_00002" in capfd.readouterr().err
+
+
 def test_optuna_database_full_is_one_line(tmp_path, full_fs):
     import optuna
 
