@@ -24,6 +24,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -80,16 +81,17 @@ def _finish(args: list[str], env: dict) -> str:
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
-    """The rehearsal killed once mid-training and rerun, and the same study run once without a kill."""
+    """The rehearsal killed once mid-training and rerun to the end; beside it, the same base run trained without
+    a kill (the reference the killed one must equal)."""
     root = tmp_path_factory.mktemp("rehearsal")
-    env = stage(root / "stage")
+    staged = stage(root / "stage")
     with running_postgres() as pg, loopback_cluster(NODE, NODE) as (cluster, nodes):
-        env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, **env, "WANDB_MODE": "offline",
+        env = {**{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"}, **staged, "WANDB_MODE": "offline",
                "LDM_OPTUNA_STORAGE": pg.url, "RAY_ADDRESS": cluster.address}
-        runs = Path(env["LDM_SHARED"]) / "runs"
-        killed = ["run", "paper", "name=killed", *REHEARSAL]
+        runs = Path(staged["LDM_SHARED"]) / "runs"
+        args = ["run", "paper", "name=killed", *REHEARSAL]
         t0 = time.monotonic()
-        proc = _study(killed, env)
+        proc = _study(args, env)
         try:
             deadline = time.monotonic() + 900
             while proc.poll() is None and time.monotonic() < deadline:
@@ -100,30 +102,90 @@ def rehearsal(tmp_path_factory):
         finally:
             _crash(proc)  # SIGKILL of the whole process group, as a crash of the head would
         killed_at = {p.name for p in (runs / "killed").glob("train/*/checkpoints/*")}
-        out = _finish(killed, env)
-        t1 = time.monotonic()
-        _finish(["run", "paper", "name=whole", *REHEARSAL], env)
-        t2 = time.monotonic()
-        print(f"rehearsal: killed + rerun {t1 - t0:.0f} s, uninterrupted {t2 - t1:.0f} s")
+        out = _finish(args, env)
+        study_s = time.monotonic() - t0
+        with mock.patch.dict(os.environ, env):  # paper.yaml reads its paths from the environment
+            reference = _uninterrupted(runs / "whole")
+        print(f"rehearsal: the killed study and its rerun took {study_s:.0f} s")
         yield {"runs": runs, "out": out, "killed_at": killed_at, "nodes": {n.node_id for n in nodes},
-               "tables": {n: pd.read_parquet(runs / n / "results.parquet") for n in ("killed", "whole")}}
+               "table": pd.read_parquet(runs / "killed" / "results.parquet"), "reference": reference,
+               "study_s": study_s}
 
 
-def test_every_experiment_of_the_paper_ran(rehearsal):
-    df = rehearsal["tables"]["killed"]
-    assert set(df["experiment"]) == {"base", "distillation", "superres", "dreambooth"}
-    assert rehearsal["killed_at"] and not any(n.startswith("milestone-0000064") for n in rehearsal["killed_at"])
+def _uninterrupted(run_dir: Path) -> dict:
+    """The base run of the rehearsal trained without a kill on the same cluster (the study's own trainer), and
+    the FID of its final EMA weights at one cell (DDIM, 4 steps, the default guidance), evaluated here with the
+    study's evaluator, one thread as the study's evaluation tasks run."""
+    import torch
+
+    from study.config import load_config
+    from study.prepare import prepare
+    from study.tasks import make_evaluator
+    from study.weights import load_unet
+    from trainers import train_size
+
+    cfg = load_config("paper", ["name=whole", *REHEARSAL])
+    prep = prepare(cfg, progress=False)  # the killed study's prepared data, from the cache
+    summary = train_size(cfg, 32, 0, run_dir, prep.dir, progress=False)
+    final = Path(summary["run_dir"]) / summary["milestones"][-1]["path"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(cfg.eval.cpus_per_eval))
+    try:
+        res = make_evaluator("text2image", cfg, prep.dir).evaluate(load_unet(final, "ema"), "ddim", 4,
+                                                                   cfg.eval.default_guidance)
+    finally:
+        torch.set_num_threads(threads)
+    return {"final": final, "fid": res["fid"]}
 
 
-def test_the_rerun_after_the_kill_ends_with_the_uninterrupted_table(rehearsal):
-    from study.results import CELL
+def _tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
 
-    tables = []
-    for name, df in rehearsal["tables"].items():
-        assert not df.duplicated(["optuna_study", "optuna_trial"]).any(), name
-        assert not df.duplicated([*CELL, "guidance"]).any(), name
-        tables.append(df[[*CELL, "guidance", "fid"]].sort_values([*CELL, "guidance"]).reset_index(drop=True))
-    pd.testing.assert_frame_equal(tables[0], tables[1])
+    return {name: load_file(folder / name) for name in ("ema.safetensors", "raw.safetensors")}
+
+
+def test_every_experiment_of_the_paper_ran_every_cell_once(rehearsal):
+    from study.config import load_config
+    from study.results import CELL, KEY
+
+    cfg = load_config("paper", REHEARSAL)
+    df = rehearsal["table"]
+    assert not df.duplicated(KEY).any() and not df.duplicated([*CELL, "guidance"]).any()
+    cells = df.groupby(["experiment", *CELL[1:]]).size()
+    per = {e: cells[e] for e in ("base", "distillation", "superres", "dreambooth")}
+    assert set(df["experiment"]) == set(per)
+    # base: every milestone x sampler x steps, each with its Optuna trials
+    assert len(per["base"]) == len(cfg.train.milestones) * len(cfg.eval.samplers) * len(cfg.eval.steps)
+    assert (per["base"] == cfg.eval.n_trials).all()
+    assert len(per["distillation"]) == len(cfg.distill.steps)
+    assert len(per["superres"]) == len(cfg.superres.samplers) * len(cfg.superres.steps)
+    assert len(per["dreambooth"]) == len(cfg.dreambooth.samplers) * len(cfg.dreambooth.steps)
+    assert df["fid"].notna().all() and (df["fid"] > 0).all()
+    # The cluster's one PostgreSQL holds every study: this one's cells are under its run id (a second study
+    # must not find them complete).
+    uuid = json.loads((rehearsal["runs"] / "killed" / "run.json").read_text())["run_uuid"]
+    assert df["optuna_study"].str.startswith(f"{uuid}/").all()
+    assert "study finished" in rehearsal["out"]
+
+
+def test_the_killed_run_resumed_to_the_uninterrupted_weights_and_fid(rehearsal):
+    """Killed after its first milestone, the base run resumed from it; its final weights are the uninterrupted
+    run's bit for bit, so every later stage (derived runs, evaluations: fixed noise, prompts and Optuna seeds)
+    computes what the uninterrupted study would; the FID of one cell, evaluated apart from the uninterrupted
+    weights, equals the table's."""
+    import torch
+
+    killed = rehearsal["runs"] / "killed" / "train" / "w32-s0"
+    assert rehearsal["killed_at"] == {"milestone-0000000064"}  # the kill came between the two milestones
+    ref = rehearsal["reference"]
+    mine = _tensors(killed / "checkpoints" / ref["final"].name)
+    for name, tensors in _tensors(ref["final"]).items():
+        assert tensors.keys() == mine[name].keys()
+        assert all(torch.equal(tensors[k], mine[name][k]) for k in tensors), name
+    df = rehearsal["table"]
+    row = df[(df["experiment"] == "base") & (df["train_images"] == 128) & (df["sampler"] == "ddim")
+             & (df["steps"] == 4) & (df["guidance"] == 7.5)]
+    assert len(row) == 1 and row["fid"].iloc[0] == pytest.approx(ref["fid"], rel=1e-9, abs=0)
 
 
 def test_each_run_trained_with_its_memory_plan_on_both_nodes(rehearsal):
@@ -136,11 +198,16 @@ def test_each_run_trained_with_its_memory_plan_on_both_nodes(rehearsal):
     for experiment, folder in folders.items():
         plan = json.loads((folder / "memory_plan.json").read_text())
         state = json.loads(sorted((folder / "checkpoints").glob("milestone-*/state.json"))[-1].read_text())
+        # what the trainer ran (DeepSpeed's split, the module's checkpointing flag) is what the plan chose
         assert (state["micro_batch"], state["grad_accum"], state["checkpointing"]) == (
             plan["micro_batch"], plan["grad_accum"], plan["checkpointing"]), experiment
-        assert state["micro_batch"] * state["grad_accum"] * state["world_size"] == json.loads(
-            (folder / "config.json").read_text())["train"]["batch_size"], experiment
+        assert (state["zero_stage"], state["precision"], state["world_size"]) == (2, "bf16", 2), experiment
+        # the global batch stayed the config's
+        batch = json.loads((folder / "config.json").read_text())["train"]["batch_size"]
+        assert state["micro_batch"] * state["grad_accum"] * state["world_size"] == batch, experiment
         ranks = [json.loads(line) for line in (folder / "nodes.jsonl").read_text().splitlines()]
-        assert {r["node_id"] for r in ranks} == rehearsal["nodes"], experiment
+        assert {r["node_id"] for r in ranks} == rehearsal["nodes"], experiment  # one rank on each node
     base = json.loads((folders["base"] / "memory_plan.json").read_text())
-    assert base["checkpointing"] and base["grad_accum"] > 1 and base["micro_batch"] < cfg.train.batch_size // 2
+    # GPUs of 220 MB: the base run accumulates over micro-batches below its 32 images per rank, checkpointed
+    assert base["kind"] == "gpu_a100_40gb" and base["checkpointing"] and base["grad_accum"] == 2
+    assert base["micro_batch"] == cfg.train.batch_size // cfg.train.num_workers // 2
