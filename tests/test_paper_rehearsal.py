@@ -101,7 +101,7 @@ def rehearsal(tmp_path_factory):
             assert proc.poll() is None, f"the study ended before the kill:\n{proc.stdout.read()[-5000:]}"
         finally:
             _crash(proc)  # SIGKILL of the whole process group, as a crash of the head would
-        killed_at = {p.name for p in (runs / "killed").glob("train/*/checkpoints/*")}
+        killed_at = {p.parent.name for p in (runs / "killed").glob("train/*/checkpoints/*/state.json")}  # complete
         out = _finish(args, env)
         study_s = time.monotonic() - t0
         with mock.patch.dict(os.environ, env):  # paper.yaml reads its paths from the environment
