@@ -13,7 +13,9 @@ take the nearest one, each said where it is set below: train.use_gpu=false (no G
 (paper.yaml's `auto` is bf16 on GPU and fp32 on CPU; DeepSpeed runs bf16 with ZeRO-2 on CPU, so the rehearsal
 asks for it by name).
 
-Time on the dev VM (2 cores, 24 GiB, no GPU, shared with other work): see docs/cluster.md, "The CPU rehearsal".
+Time on the dev VM (2 cores, 24 GiB, no GPU) shared with other agents' jobs (load average 5-9): 954 s for the
+module, of which the killed study and its rerun 862 s (docs/cluster.md, "The CPU rehearsal"); not yet measured on an
+idle machine.
 """
 
 from __future__ import annotations
@@ -104,12 +106,15 @@ def rehearsal(tmp_path_factory):
         killed_at = {p.parent.name for p in (runs / "killed").glob("train/*/checkpoints/*/state.json")}  # complete
         out = _finish(args, env)
         study_s = time.monotonic() - t0
-        with mock.patch.dict(os.environ, env):  # paper.yaml reads its paths from the environment
+        with mock.patch.dict(os.environ, env):  # paper.yaml reads its paths (the stand-ins') from the environment
+            from study.config import load_config
+
+            cfg = load_config("paper", REHEARSAL)
             reference = _uninterrupted(runs / "whole")
         print(f"rehearsal: the killed study and its rerun took {study_s:.0f} s")
         yield {"runs": runs, "out": out, "killed_at": killed_at, "nodes": {n.node_id for n in nodes},
                "table": pd.read_parquet(runs / "killed" / "results.parquet"), "reference": reference,
-               "study_s": study_s}
+               "study_s": study_s, "cfg": cfg}
 
 
 def _uninterrupted(run_dir: Path) -> dict:
@@ -145,10 +150,9 @@ def _tensors(folder: Path) -> dict:
 
 
 def test_every_experiment_of_the_paper_ran_every_cell_once(rehearsal):
-    from study.config import load_config
     from study.results import CELL, KEY
 
-    cfg = load_config("paper", REHEARSAL)
+    cfg = rehearsal["cfg"]
     df = rehearsal["table"]
     assert not df.duplicated(KEY).any() and not df.duplicated([*CELL, "guidance"]).any()
     cells = df.groupby(["experiment", *CELL[1:]]).size()
@@ -189,9 +193,7 @@ def test_the_killed_run_resumed_to_the_uninterrupted_weights_and_fid(rehearsal):
 
 
 def test_each_run_trained_with_its_memory_plan_on_both_nodes(rehearsal):
-    from study.config import load_config
-
-    cfg = load_config("paper", REHEARSAL)
+    cfg = rehearsal["cfg"]
     run = rehearsal["runs"] / "killed"
     folders = {"base": run / "train" / "w32-s0", "distillation": run / "distillation" / "train" / "w32-s0",
                "superres": run / "superres" / "train" / "w32-s0", "dreambooth": run / "dreambooth" / "train" / "w32-s0"}
