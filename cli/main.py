@@ -20,6 +20,7 @@ OVERRIDES = typer.Argument(None, help="Dotlist overrides, e.g. train.batch_size=
 
 
 from study.errors import UserError  # noqa: E402  (one class for every failure the user can fix)
+from sweeps.gpu_hours import ASSUMED_MFU  # noqa: E402  (a constant; the module imports nothing heavy)
 
 
 def _load(config: str | None, overrides: list[str] | None):
@@ -48,12 +49,24 @@ def config_show(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERR
 def ladder(config: str = CONFIG_ARG, overrides: Optional[List[str]] = OVERRIDES,
            format: str = typer.Option("table", "--format", help="table or json"),
            memory: bool = typer.Option(False, "--memory", help="The GPU memory plan of each size on each GPU kind of "
-                                       "the cluster file (resources.cluster_yaml) instead.")) -> None:
+                                       "the cluster file (resources.cluster_yaml) instead."),
+           gpu_hours: bool = typer.Option(False, "--gpu-hours", help="The GPU-hours of each experiment and size on "
+                                          "the GPU kind of its memory plan, at --mfu, instead."),
+           mfu: float = typer.Option(ASSUMED_MFU, "--mfu", help="With --gpu-hours: the assumed fraction of each GPU's dense "
+                                     "bf16 peak reached (no GPU has measured one yet).")) -> None:
     """Parameters, forward GFLOPs and normalized cost of each size, measured on the model itself."""
     from study.ladder import format_table, study_ladder
 
     if format not in ("table", "json"):
         raise UserError(f"--format {format!r}: expected 'table' or 'json'")
+    if gpu_hours:
+        if not 0 < mfu <= 1:
+            raise UserError(f"--mfu {mfu}: expected a fraction of the GPU's peak in (0, 1]")
+        from sweeps.gpu_hours import format_cost, study_cost
+
+        cost = study_cost(_load(config, overrides), mfu)
+        typer.echo(json.dumps([r.as_row() for r in cost], indent=1) if format == "json" else format_cost(cost, mfu))
+        return
     if memory:
         from study.memory import format_plan, memory_plan
 

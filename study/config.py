@@ -182,6 +182,12 @@ class TrainConfig:
     # Below this micro-batch a GPU idles between kernels: the plan turns checkpointing on (about a third more
     # compute) rather than go smaller.
     min_micro_batch: int = 16
+    # Where the plan applies: auto, on GPU runs (against resources.cluster_yaml's GPU kinds, else the local GPU);
+    # true, on CPU runs too, against resources.cluster_yaml's kinds as if each worker were one of those GPUs (the
+    # CPU rehearsal of a cluster run, tests/test_paper_rehearsal.py: its micro-batch, accumulation, checkpointing
+    # and placement resource are the ones a GPU run would get); false, never (grad_accum, micro_batch and
+    # checkpointing hold as set).
+    memory_plan: str = "auto"
     lr: float = 1e-4  # the paper's 1e-4 (Sec. 3); tiny overrides it for its 500-step runs
     warmup_images: int = 0  # linear lr warm-up, counted in images
     weight_decay: float = 0.01  # AdamW's, as diffusers' text-to-image examples
@@ -299,6 +305,9 @@ class ResourcesConfig:
     # The Ray cluster file whose GPU node types the memory plan fits and places runs on (relative: from the
     # repository root); None: the repository's cluster.yaml for `study ladder --memory`, the local GPU for a run.
     cluster_yaml: Optional[str] = None
+    # Each GPU kind's memory in the plan, times this: the CPU rehearsal shrinks cluster.yaml's 40-80 GB GPUs to
+    # megabytes so that its small models need accumulation and checkpointing as the paper's large ones do.
+    gpu_memory_scale: float = 1.0
 
 
 @dataclass
@@ -517,6 +526,12 @@ def validate(cfg: StudyConfig) -> None:
     _check(str(t.checkpointing).lower() in ("auto", "true", "false"), "train.checkpointing", "auto, true or false",
            t.checkpointing)
     _check(t.min_micro_batch > 0, "train.min_micro_batch", "a positive number of images", t.min_micro_batch)
+    _check(str(t.memory_plan).lower() in ("auto", "true", "false"), "train.memory_plan", "auto, true or false",
+           t.memory_plan)
+    _check(str(t.memory_plan).lower() != "true" or cfg.resources.cluster_yaml is not None, "train.memory_plan",
+           "auto or false without resources.cluster_yaml (true plans CPU runs against its GPU kinds)", t.memory_plan)
+    _check(cfg.resources.gpu_memory_scale > 0, "resources.gpu_memory_scale", "a positive factor",
+           cfg.resources.gpu_memory_scale)
     _check(str(t.use_gpu).lower() in ("auto", "true", "false"), "train.use_gpu", "auto, true or false",
            t.use_gpu)
     from study.schedulers import SAMPLERS

@@ -31,7 +31,7 @@ OPERATIONAL_DATA_KEYS = ("prepare_actors", "prepare_gpus_per_actor", "prepare_wr
 # the same global batch differently (float rounding only), as the GPU kind does.
 OPERATIONAL_TRAIN_KEYS = ("use_gpu", "cpus_per_worker", "torch_threads", "log_every_images",
                           "checkpoint_every_images", "phema_snapshots", "phema_sigma_rels", "memory_margin",
-                          "micro_batch", "checkpointing", "min_micro_batch")
+                          "micro_batch", "checkpointing", "min_micro_batch", "memory_plan")
 
 
 def sha256_file(path, chunk: int = 8 << 20) -> str:

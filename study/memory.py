@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -82,14 +82,17 @@ def _cluster_kinds(path: str) -> tuple[GpuKind, ...]:
 
 
 def cluster_kinds(cfg=None, path: str | Path | None = None) -> tuple[GpuKind, ...]:
-    """The GPU kinds of the cluster file (resources.cluster_yaml, else the repository's cluster.yaml)."""
+    """The GPU kinds of the cluster file (resources.cluster_yaml, else the repository's cluster.yaml), their memory
+    times resources.gpu_memory_scale."""
     path = Path(path or (cfg.resources.cluster_yaml if cfg is not None and cfg.resources.cluster_yaml else None)
                 or REPO_CLUSTER_YAML)
     path = REPO_CLUSTER_YAML.parent / path if not path.is_absolute() else path
     if not path.exists():
         raise ConfigError(f"config key 'resources.cluster_yaml': {str(path)!r} does not exist: give the Ray "
                           f"cluster file whose GPU node types the memory plan fits")
-    return _cluster_kinds(str(path.resolve()))
+    kinds = _cluster_kinds(str(path.resolve()))
+    scale = cfg.resources.gpu_memory_scale if cfg is not None else 1.0
+    return tuple(replace(k, memory_gb=k.memory_gb * scale) for k in kinds) if scale != 1.0 else kinds
 
 
 @lru_cache(maxsize=1)

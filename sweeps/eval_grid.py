@@ -4,7 +4,7 @@ cluster evaluates many cells at once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from study import __version__
@@ -13,7 +13,7 @@ from study import identity
 from study.raycluster import ensure_ray, hush_unread_failures
 from study.errors import is_disk_full
 from sweeps.guidance import (Cell, StorageVanished, StorageWatch, best_guidance, completed_results, open_storage,
-                             search_cell)
+                             search_cell, study_namespace)
 from study.results import ResultRow, row_dict, sampling_cost
 from sweeps.results import upsert_results
 
@@ -36,13 +36,14 @@ class Chain:
     objective: str = "fid"  # the evaluator's key the search minimises
     fixed_guidance: tuple[float, ...] | None = None  # evaluate exactly these, no search (e.g. (1.0,))
     variant: str = ""  # the checkpoint's weights in another form (e.g. a post-hoc EMA length)
+    namespace: str = ""  # its study names' prefix in a shared Optuna storage (sweeps.guidance.study_namespace)
 
     def __post_init__(self):  # a config's Spacing choice travels (and is recorded) as its plain string
         object.__setattr__(self, "spacing", str(self.spacing))
 
     def cells(self) -> list[Cell]:
         return [Cell(self.width, self.seed, self.train_images, self.sampler, s, self.spacing, self.experiment,
-                     self.variant) for s in self.steps]
+                     self.variant, self.namespace) for s in self.steps]
 
 
 def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g: float, res: dict,
@@ -234,6 +235,8 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
 
     storage = open_storage(storage_url)
     watch = StorageWatch(storage_url)
+    space = study_namespace(run_dir, storage_url)  # this run folder's studies, apart from others in the storage
+    chains = [replace(ch, namespace=space) for ch in chains]
     todo = [ch for ch in chains if not chain_done(cfg, ch, storage)]
     remote = ray.remote(run_chain)
     cfg_dict = to_dict(cfg)

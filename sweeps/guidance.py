@@ -29,6 +29,7 @@ class Cell:
     spacing: str  # the resolved timestep spacing (recorded with every result)
     experiment: str = "base"  # the experiment whose checkpoint this is (sweeps.experiments)
     variant: str = ""  # another form of the checkpoint's weights (study.results.ResultRow.variant)
+    namespace: str = ""  # the run folder's, in a storage other studies share (study_namespace)
 
     @property
     def study_name(self) -> str:
@@ -36,8 +37,24 @@ class Cell:
         # the names it had before experiments existed, so older run folders resume.
         prefix = "" if self.experiment == "base" else f"{self.experiment}-"
         suffix = f"-{self.variant}" if self.variant else ""
-        return (f"{prefix}w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-{self.spacing}"
-                f"{suffix}")
+        space = f"{self.namespace}/" if self.namespace else ""
+        return (f"{space}{prefix}w{self.width}-s{self.seed}-i{self.train_images}-{self.sampler}-{self.steps}-"
+                f"{self.spacing}{suffix}")
+
+
+def study_namespace(run_dir: str | Path, url: str) -> str:
+    """What a run folder's study names start with in its Optuna storage: nothing in its own database (the default,
+    in the run folder), its run id in any other. A cluster's one PostgreSQL holds every study run on it; named by
+    cell alone, a second study (another name=, a --fresh rerun) would find the first one's trials complete under
+    the same names and report their FIDs, of other checkpoints, as its own."""
+    from study.runfolder import run_uuid
+
+    if url == default_storage(run_dir):
+        return ""
+    ns = run_uuid(Path(run_dir))
+    if not ns:
+        raise ValueError(f"{run_dir} has no run id (run.json): the study must create its run folder first")
+    return ns
 
 
 # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the cluster installs psycopg2 (cluster.yaml, the test

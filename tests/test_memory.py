@@ -133,3 +133,51 @@ def test_checkpointing_is_switched_on_in_the_trainer_and_recorded(tmp_path, ray_
     state = json.loads((trainers.run_dir_for(tmp_path / "run", 8, 0) / "checkpoints" / ckpt.milestone_name(256)
                         / ckpt.STATE).read_text())
     assert state["checkpointing"] is True and state["micro_batch"] == 32 and state["grad_accum"] == 1
+
+
+def test_the_plan_applies_on_cpu_only_when_asked_and_scales_the_gpus():
+    from study.identity import training_hash
+    from study.config import to_dict
+    from trainers.run import run_plan
+
+    auto = load_config("paper", ["model.widths=[64]"])
+    assert run_plan(auto, "base", 64, gpu=False) is None  # a CPU run under auto keeps the config's own split
+    cpu = load_config("paper", ["model.widths=[64]", "train.memory_plan=true", "resources.gpu_memory_scale=0.5"])
+    row = run_plan(cpu, "base", 64, gpu=False)
+    assert row is not None and row.gpu_gb == 20.0 and row.kind == "gpu_a100_40gb"  # 40 GB x 0.5
+    assert row.micro_batch * row.grad_accum * cpu.train.num_workers == cpu.train.batch_size
+    assert run_plan(load_config("paper", ["train.memory_plan=false"]), "base", 64, gpu=True) is None
+    # Where the plan applies is memory, not maths: the run's identity does not change with it.
+    assert training_hash(to_dict(auto)) == training_hash(to_dict(cpu))
+
+
+@pytest.mark.parametrize("overrides,key", [(["train.memory_plan=maybe"], "train.memory_plan"),
+                                           (["train.memory_plan=true", "resources.cluster_yaml=null"],
+                                            "train.memory_plan"),
+                                           (["resources.gpu_memory_scale=0"], "resources.gpu_memory_scale")])
+def test_the_plan_switches_are_validated(overrides, key):
+    with pytest.raises(ConfigError, match=f"'{key}'") as err:
+        load_config("paper", overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_gpu_hours_are_the_ladders_training_flops_on_the_plans_gpu():
+    from study.ladder import study_ladder
+    from sweeps.gpu_hours import PEAK_BF16_TFLOPS, study_cost
+    from trainers.budget import plan
+
+    cfg = load_config("paper", ["model.widths=[64,768]"])
+    rows = {(r.experiment, r.stage, r.width): r for r in study_cost(cfg, mfu=0.5)}
+    plan_rows = memory_plan(cfg)
+    for rung in study_ladder(cfg):
+        r, p = rows[("base", "train", rung.width)], chosen(plan_rows, "base", rung.width)
+        b = plan(cfg.train, rung.flops)
+        assert r.kind == p.kind and r.flops == pytest.approx(b.train_flops(b.total_images) * (4 if p.checkpointing
+                                                                                              else 3) / 3)
+        peak = PEAK_BF16_TFLOPS[p.kind.split("_")[1]] * 1e12
+        assert r.gpu_hours == pytest.approx(r.flops / (0.5 * peak) / 3600)
+    assert rows[("base", "train", 768)].kind == "gpu_h100_80gb"  # the 5B model fits only the 80 GB GPUs
+    # Every enabled experiment has its rows, and half the MFU is twice the hours.
+    assert {e for e, _, _ in rows} == {"base", "distillation", "superres", "dreambooth"}
+    slow = {(r.experiment, r.stage, r.width): r.gpu_hours for r in study_cost(cfg, mfu=0.25)}
+    assert all(slow[k] == pytest.approx(2 * r.gpu_hours) for k, r in rows.items())

@@ -52,12 +52,14 @@ def local_kinds() -> tuple:
 
 
 def run_plan(cfg, recipe: str, width: int, gpu: bool):
-    """The memory plan row a GPU run trains with (study.memory): the GPU kind of least memory that fits, its
-    micro-batch, accumulation and checkpointing. None on CPU or where no GPU kind is known (the config's own
-    grad_accum then holds); a width that fits no kind is refused here, before anything starts."""
+    """The memory plan row a run trains with (study.memory): the GPU kind of least memory that fits, its
+    micro-batch, accumulation and checkpointing. None where train.memory_plan does not apply (CPU under auto, or
+    false) or no GPU kind is known (the config's own grad_accum then holds); a width that fits no kind is refused
+    here, before anything starts."""
     from study.memory import chosen, cluster_kinds, memory_plan, refuse_unfit
 
-    if not gpu:
+    mode = str(cfg.train.memory_plan).lower()
+    if mode == "false" or (mode == "auto" and not gpu):
         return None
     kinds = cluster_kinds(cfg) if cfg.resources.cluster_yaml else local_kinds()
     if not kinds:
@@ -113,7 +115,7 @@ def train_size(cfg, width: int, seed: int, run_dir, prepared_dir, progress: bool
         _check_fits(cfg, gpu)
     precision = resolve_precision(cfg.train.precision, gpu)
     # What the plan chose is memory, not maths (the global batch stays): the run records it, its identity does not.
-    # Without a plan (CPU), train.micro_batch and train.checkpointing still hold where set.
+    # Without a plan (CPU under train.memory_plan=auto), train.micro_batch and train.checkpointing hold where set.
     t = cfg.train
     checkpointing = memory.checkpointing if memory else str(t.checkpointing).lower() == "true"
     accum = memory.grad_accum if memory else (t.batch_size // (t.micro_batch * t.num_workers) if t.micro_batch

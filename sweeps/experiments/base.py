@@ -28,17 +28,27 @@ class BaseExperiment(Experiment):
             write_grids(ctx, sizes, curve_steps)
         chains = []
         for (width, seed), milestones in sorted(sizes.items()):
-            for i, m in enumerate(milestones):
-                full = e.grid_budgets == "all" or i == len(milestones) - 1
-                for sampler in (e.samplers if full else [e.curve_sampler]):
-                    cap = e.max_steps.get(sampler, max(e.steps))
-                    steps = sorted(s for s in e.steps if s <= cap) if full else [curve_steps]
-                    if not steps:
-                        continue
-                    spacing = e.timestep_spacing or default_timestep_spacing(sampler)
-                    chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler,
-                                        tuple(steps), spacing, milestone=m))
+            for i, sampler, steps in grid(e, len(milestones)):
+                m = milestones[i]
+                spacing = e.timestep_spacing or default_timestep_spacing(sampler)
+                chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler, steps, spacing,
+                                    milestone=m))
         return chains
+
+
+def grid(e, n_milestones: int) -> list[tuple[int, str, tuple[int, ...]]]:
+    """(milestone index, sampler, steps) of one size's evaluation: the full (sampler x steps) grid where
+    eval.grid_budgets says, the quality-vs-compute cell (curve_sampler, curve_steps) at the other budgets."""
+    curve_steps = e.curve_steps or max(e.steps)
+    out = []
+    for i in range(n_milestones):
+        full = e.grid_budgets == "all" or i == n_milestones - 1
+        for sampler in (e.samplers if full else [e.curve_sampler]):
+            cap = e.max_steps.get(sampler, max(e.steps))
+            steps = sorted(s for s in e.steps if s <= cap) if full else [curve_steps]
+            if steps:
+                out.append((i, sampler, tuple(steps)))
+    return out
 
 
 def write_grids(ctx: StageContext, sizes: dict, steps: int) -> list[Path]:
