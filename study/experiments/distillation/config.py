@@ -41,6 +41,9 @@ class DistillConfig:
     skip_grid: int = 50  # study.schedulers.LCM_DEFAULT_GRID
     # Evaluation: the LCM sampler at these step counts, guidance searched per cell as for base.
     steps: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # Milestones before the last: only this step count (the curve of FID against distillation images; the
+    # analysis reads 4, the paper's target); the last milestone gets every one of `steps`. 0: all of them.
+    curve_steps: int = 4
     # Image grid written at evaluation time: this many prompts, undistilled (base, DDIM) vs distilled (LCM).
     grid_prompts: int = 10
     grid_steps: int = 4  # the step count of the grid's distilled and undistilled rows
@@ -74,6 +77,8 @@ def validate(cfg) -> None:
     _check(len(ds.steps) > 0 and all(isinstance(x, int) and 0 < x <= ds.skip_grid for x in ds.steps),
            "distill.steps", f"a non-empty list of step counts in 1..{ds.skip_grid} (distill.skip_grid)",
            list(ds.steps))
+    _check(ds.curve_steps == 0 or ds.curve_steps in ds.steps, "distill.curve_steps",
+           f"0 or one of distill.steps {list(ds.steps)}", ds.curve_steps)
     _check(ds.grid_prompts >= 0, "distill.grid_prompts", "a number of prompts >= 0", ds.grid_prompts)
     _check(ds.grid_steps > 0, "distill.grid_steps", "a positive step count", ds.grid_steps)
 
