@@ -128,7 +128,9 @@ def test_skip_grid_settings_are_checked_and_named_in_the_identity():
         load_config("tiny", ["distill.skip_grid=3"])
     with pytest.raises(ConfigError, match="distill.steps"):
         load_config("tiny", ["distill.skip_grid=2", "distill.steps=[1,2,4]"])
-    assert load_config("tiny", ["distill.ema_decay=0"]).distill.ema_decay == 0  # iCT's target: the student
+    opts = lcd_options(load_config("tiny", ["distill.ema_decay=0.9", "distill.target_decay=0"]))
+    assert opts["ema_decay"] == 0  # the target network: iCT's, the student itself
+    assert lcd_options(load_config("tiny", ["distill.ema_decay=0.9", "distill.target_decay=null"]))["ema_decay"] == 0.9
 
 
 # --- the student ------------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ def lcd_options(cfg) -> dict:
     w_min = ds.w_min if ds.w_min is not None else max(0.0, e.guidance_min - 1.0)
     w_max = ds.w_max if ds.w_max is not None else max(w_min, e.guidance_max - 1.0)
     return {"method": ds.method, "w_min": float(w_min), "w_max": float(w_max), "loss": ds.loss,
-            "huber_c": ds.huber_c, "ema_decay": ds.ema_decay, "guidance_embed_dim": ds.guidance_embed_dim,
+            # the target network's decay (the trainer's EMA, distill.ema_decay, is in the train section)
+            "huber_c": ds.huber_c, "ema_decay": ds.ema_decay if ds.target_decay is None else ds.target_decay,
+            "guidance_embed_dim": ds.guidance_embed_dim,
             # LCM-SD's grid adds no key: runs distilled before the option existed keep their identity
             **({"skip_grid": ds.skip_grid} if ds.skip_grid != LCM_DEFAULT_GRID else {})}
 

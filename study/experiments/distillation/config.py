@@ -29,10 +29,13 @@ class DistillConfig:
     loss: str = "huber"  # "l2" | "huber" (pseudo-Huber, the diffusers example's default)
     huber_c: float = 0.001  # pseudo-Huber's c (the diffusers example's default)
     # Target network: EMAModel of the student with this constant decay (the example's 0.95). The trainer's own
-    # EMA, which evaluation reads, uses it too: an average of the same horizon as the target. 0: the target is
-    # the student itself, without gradient (iCT, Song & Dhariwal 2023, Sec. 3.2: an EMA target slows
-    # consistency training and its decay is best at 0).
+    # EMA, which evaluation reads, uses it too (an average of the same horizon as the target) unless
+    # target_decay is set.
     ema_decay: float = 0.95
+    # The target network's own decay, apart from the weights evaluated; None: ema_decay. 0: the target is the
+    # student itself, without gradient (iCT, Song & Dhariwal 2023, Sec. 3.2: an EMA target slows consistency
+    # training, and its decay is best at 0), while the evaluated weights stay an average.
+    target_decay: Optional[float] = None
     guidance_embed_dim: int = 256  # width of the w embedding (diffusers' LCM-SD time_cond_proj_dim)
     # The DDIM skip grid of the teacher's solver step and of the LCM sampler: N steps, skip k = 1000 / N (LCM,
     # Sec. 4.3). LCM-SD's 50 (k = 20) keeps the teacher's ODE error small, but a consistency target travels one
@@ -67,8 +70,9 @@ def validate(cfg) -> None:
            f"at least distill.w_min ({ds.w_min})", ds.w_max)
     _check(ds.loss in ("l2", "huber"), "distill.loss", "'l2' or 'huber'", ds.loss)
     _check(ds.huber_c > 0, "distill.huber_c", "a positive constant", ds.huber_c)
-    _check(0 <= ds.ema_decay < 1, "distill.ema_decay", "a decay in [0, 1) (0: the target is the student)",
-           ds.ema_decay)
+    _check(0 <= ds.ema_decay < 1, "distill.ema_decay", "a decay in [0, 1)", ds.ema_decay)
+    _check(ds.target_decay is None or 0 <= ds.target_decay < 1, "distill.target_decay",
+           "a decay in [0, 1) (0: the target is the student), or null (distill.ema_decay)", ds.target_decay)
     _check(ds.guidance_embed_dim >= 2, "distill.guidance_embed_dim", "an integer >= 2", ds.guidance_embed_dim)
     _check(isinstance(ds.skip_grid, int) and 1 <= ds.skip_grid <= 1000 and 1000 % ds.skip_grid == 0,
            "distill.skip_grid", "a divisor of the 1000 training timesteps (50: LCM-SD's; 4: a 4-step grid)",
