@@ -11,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from tqdm.auto import tqdm
 
 from study import results
-from study.schedulers import ETA, SAMPLERS, make_sampler, training_scheduler
+from study.schedulers import ETA, LCM_GRID_KEY, SAMPLERS, make_sampler, training_scheduler
 
 
 def _resolve_scheduler(
@@ -26,7 +26,9 @@ def _resolve_scheduler(
             raise ValueError(f"unknown scheduler {scheduler!r}; allowed: {', '.join(map(repr, SAMPLERS))}")
         # Trainers may record it with unet.register_to_config(prediction_type=...); it survives save/load.
         prediction_type = prediction_type or unet.config.get("prediction_type") or "epsilon"
-        return make_sampler(scheduler, training_scheduler(prediction_type), timestep_spacing)
+        # A distilled student samples on the skip grid it was distilled on (LCM_GRID_KEY, recorded by its recipe).
+        grid = unet.config.get(LCM_GRID_KEY) if scheduler == "lcm" else None
+        return make_sampler(scheduler, training_scheduler(prediction_type), timestep_spacing, lcm_grid=grid)
     if not isinstance(scheduler, SchedulerMixin):
         raise TypeError(f"scheduler must be one of {SAMPLERS} or a diffusers scheduler, got {type(scheduler).__name__}")
     if prediction_type is not None and prediction_type != scheduler.config.prediction_type:

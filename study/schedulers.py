@@ -34,6 +34,8 @@ class SamplerSpec:
         return type(scheduler) is self.cls and (algo is None or scheduler.config.get("algorithm_type") == algo)
 
 
+LCM_DEFAULT_GRID = 50  # LCM-SD's skip grid (original_inference_steps): skip k = 1000 / 50 = 20
+
 # The registry: a new sampler is one entry.
 SAMPLER_SPECS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(DDPMScheduler, {"steps_offset": 1, "clip_sample": False}),
@@ -41,11 +43,15 @@ SAMPLER_SPECS: dict[str, SamplerSpec] = {
     "dpmsolver++": SamplerSpec(DPMSolverMultistepScheduler,
                                {"algorithm_type": "dpmsolver++", "solver_order": 2, "steps_offset": 1}),
     # Consistency sampling of a distilled (guidance-embedded) UNet: one call per step, fresh seeded noise between
-    # steps. Its schedules are subsets of the 50-step DDIM skip grid the student is distilled on (study/experiments/distillation/lcd.py
-    # reads original_inference_steps from here, so sampler and distillation share one grid).
-    "lcm": SamplerSpec(LCMScheduler, {"original_inference_steps": 50, "steps_offset": 1, "clip_sample": False}),
+    # steps. Its schedules are subsets of the DDIM skip grid the student is distilled on: 50 steps by default
+    # (LCM-SD's), or the grid a student records (LCM_GRID_KEY, distill.skip_grid), so sampler and distillation
+    # share one grid.
+    "lcm": SamplerSpec(LCMScheduler, {"original_inference_steps": LCM_DEFAULT_GRID, "steps_offset": 1,
+                                      "clip_sample": False}),
 }
 SAMPLERS = tuple(SAMPLER_SPECS)
+# A distilled UNet's config records the skip grid it was distilled on (hidden "_" key: diffusers keeps it silently).
+LCM_GRID_KEY = "_lcm_skip_grid"
 
 # Config keys that change what a sampler computes; recorded with every result.
 _RECORDED_KEYS = (
@@ -86,9 +92,15 @@ def make_sampler(
     name: str,
     train_config_or_scheduler: SchedulerMixin | Mapping[str, Any],
     timestep_spacing: str | None = None,
+    lcm_grid: int | None = None,
 ) -> SchedulerMixin:
-    """A fresh diffusers sampler `name` built from the training scheduler's config, as SD1.5 pipelines do."""
+    """A fresh diffusers sampler `name` built from the training scheduler's config, as SD1.5 pipelines do.
+
+    lcm_grid: the LCM sampler's skip grid (original_inference_steps) where a student was distilled on another
+    than the default 50 steps (None: the default)."""
     _check_choice("sampler", name, SAMPLERS)
+    if lcm_grid is not None and name != "lcm":
+        raise ValueError(f"lcm_grid={lcm_grid} is a setting of the lcm sampler, not of {name!r}")
     if timestep_spacing is None:
         # Resolve the class default explicitly: from_config carries the training config's spacing
         # ("leading") into DPM-Solver++ when that config came from disk but not when it came from
@@ -101,6 +113,8 @@ def make_sampler(
     if not isinstance(config, Mapping):
         raise TypeError(f"expected a diffusers scheduler or its config, got {type(config).__name__}")
     overrides = {**SAMPLER_SPECS[name].overrides, "timestep_spacing": timestep_spacing}
+    if lcm_grid is not None:
+        overrides["original_inference_steps"] = int(lcm_grid)
     return SAMPLER_SPECS[name].cls.from_config(config, **overrides)
 
 

@@ -188,15 +188,17 @@ class _Sliced:
 
 def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, storage_url: str) -> list[dict]:
     """Search every cell of a chain (one loaded model; or its eval.fid_slices actors) and return its rows."""
-    from study.schedulers import make_sampler, sampler_settings, training_scheduler
+    from study.schedulers import LCM_DEFAULT_GRID, make_sampler, sampler_settings, training_scheduler
 
     cfg = from_dict(cfg_dict)
     parts = fid_slices(cfg, chain)
     model = (_Sliced(cfg, cfg_dict, prepared_dir, chain, parts) if parts > 1
              else _Loaded(cfg_dict, prepared_dir, chain.task, chain.checkpoint))
     storage = open_storage(storage_url)
+    # A distilled student's LCM grid is its distillation's (distill.skip_grid; study.sampling reads it off the UNet).
+    grid = cfg.distill.skip_grid if chain.sampler == "lcm" and cfg.distill.skip_grid != LCM_DEFAULT_GRID else None
     settings = sampler_settings(make_sampler(chain.sampler, training_scheduler(cfg.model.prediction_type),
-                                             cfg.eval.timestep_spacing))
+                                             cfg.eval.timestep_spacing, lcm_grid=grid))
     lo, hi = cfg.eval.guidance_min, cfg.eval.guidance_max
     prev = None
     try:

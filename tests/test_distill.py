@@ -92,6 +92,47 @@ def test_lcm_schedule_is_the_distillation_grid():
     assert lcm.timesteps.tolist() == [999, 759, 499, 259]  # LCM paper / diffusers' 4-step schedule
 
 
+@pytest.mark.parametrize("grid", [4, 10])
+def test_a_coarse_skip_grid_is_shared_by_the_teacher_step_and_the_sampler(lcm_unet, inputs, grid):
+    """distill.skip_grid: the teacher steps on the grid the LCM sampler samples on, and a student that records
+    the grid samples on it (study.sampling reads it off the UNet's config)."""
+    from study.schedulers import LCM_GRID_KEY
+
+    lcd, _ = _lcd(solver_steps=grid)
+    k = 1000 // grid
+    assert lcd.k == k and lcd.grid.tolist() == [k * i - 1 for i in range(1, grid + 1)]
+    lcm = make_sampler("lcm", training_scheduler(), lcm_grid=grid)
+    lcm.set_timesteps(4)
+    assert set(lcm.timesteps.tolist()) <= set(lcd.grid.tolist()) and lcm.timesteps[0] == 999
+    if grid == 4:
+        assert lcm.timesteps.tolist() == [999, 749, 499, 249]
+    cond, _, latents = inputs
+    student = copy.deepcopy(lcm_unet)
+    student.register_to_config(**{LCM_GRID_KEY: grid})
+    ours = sample(student, "lcm", 4, 2.0, cond, None, latents, torch.Generator().manual_seed(7))
+    explicit = sample(lcm_unet, lcm, 4, 2.0, cond, None, latents, torch.Generator().manual_seed(7))
+    default = sample(lcm_unet, "lcm", 4, 2.0, cond, None, latents, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ours, explicit, rtol=0, atol=0)
+    assert not torch.allclose(ours, default)  # 759/259 on the default grid: another schedule
+    with pytest.raises(ValueError, match="lcm_grid"):
+        make_sampler("ddim", training_scheduler(), lcm_grid=grid)
+
+
+def test_skip_grid_settings_are_checked_and_named_in_the_identity():
+    from study.config import ConfigError, load_config
+    from trainers.recipes.distillation import lcd_options
+
+    assert "skip_grid" not in lcd_options(load_config("tiny", ["distill.skip_grid=50"]))  # LCM-SD's: no new key
+    assert lcd_options(load_config("tiny", ["distill.skip_grid=4"]))["skip_grid"] == 4
+    with pytest.raises(ConfigError, match="distill.skip_grid"):
+        load_config("tiny", ["distill.skip_grid=3"])
+    with pytest.raises(ConfigError, match="distill.steps"):
+        load_config("tiny", ["distill.skip_grid=2", "distill.steps=[1,2,4]"])
+    opts = lcd_options(load_config("tiny", ["distill.ema_decay=0.9", "distill.target_decay=0"]))
+    assert opts["ema_decay"] == 0  # the target network: iCT's, the student itself
+    assert lcd_options(load_config("tiny", ["distill.ema_decay=0.9", "distill.target_decay=null"]))["ema_decay"] == 0.9
+
+
 # --- the student ------------------------------------------------------------------------------------
 
 def test_student_starts_at_the_teacher(inputs):
@@ -188,6 +229,18 @@ def test_target_network_is_a_constant_decay_ema_and_round_trips(inputs):
     assert fresh.ema.optimization_step == 2
     for (n, p), q in zip(lcd.target.named_parameters(), fresh.target.parameters()):
         assert torch.equal(p, q), n
+
+
+def test_target_decay_zero_makes_the_target_the_student(inputs):
+    lcd, student = _lcd(target_decay=0.0)
+    for _ in range(2):
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.5)
+        lcd.update_target(student)
+        for (n, p), q in zip(lcd.target.named_parameters(), student.parameters()):
+            assert torch.equal(p, q), n
+    assert not lcd.target.training and not any(p.requires_grad for p in lcd.target.parameters())
 
 
 def test_bad_settings():

@@ -38,3 +38,22 @@ def test_plan(tmp_path):
     assert not (Path(tmp_path) / "distillation").exists()  # grid_prompts=0: no grids
     disabled = load_config("smoke", ["distill.enabled=false"])
     assert "distillation" not in [e.name for e in enabled_experiments(disabled)]
+
+
+def test_earlier_milestones_get_the_curve_cell_only(tmp_path):
+    """Distillation milestones are the curve of FID against distillation images: the earlier ones are evaluated at
+    distill.curve_steps, the last at every one of distill.steps."""
+    cfg = load_config("smoke", ["distill.grid_prompts=0", "distill.steps=[1,2,4]", "distill.curve_steps=4"])
+    exp = {e.name: e for e in enabled_experiments(cfg)}["distillation"]
+    sizes = {(8, 0): [{"train_images": n, "path": str(tmp_path / f"distillation/train/w8-s0/m{n}")}
+                      for n in (64, 128, 256)]}
+    chains = exp.chains(_ctx(cfg, tmp_path), sizes)
+    assert [(c.train_images, c.steps) for c in chains] == [(64, (4,)), (128, (4,)), (256, (1, 2, 4))]
+    every = load_config("smoke", ["distill.grid_prompts=0", "distill.steps=[1,2,4]", "distill.curve_steps=0"])
+    assert [c.steps for c in exp.chains(_ctx(every, tmp_path), sizes)] == [(1, 2, 4)] * 3
+    import pytest
+
+    from study.config import ConfigError
+
+    with pytest.raises(ConfigError, match="distill.curve_steps"):
+        load_config("smoke", ["distill.steps=[1,2]", "distill.curve_steps=4"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -41,8 +42,15 @@ def test_evaluator_metrics_drift_and_grid(setup):
     base = load_unet(base_dir)
     res = ev.evaluate(base, "ddim", 2, 2.0)
     for key in ("subject_fidelity", "prompt_fidelity", "context_fidelity", "class_fid", "class_fid_base",
-                "drift_fid", "subject_fidelity_copy", "subject_fidelity_plain"):
+                "drift_fid", "subject_fidelity_copy", "subject_fidelity_plain", "subject_fidelity_styled"):
         assert isinstance(res[key], float), key
+    # the scale's ends on the evaluation's own prompts: each prompt's digit, without and with the style
+    from study.metrics.subject import subject_scores
+
+    s = ev.subject
+    for key, refs in (("subject_fidelity_plain", s.plain_references), ("subject_fidelity_styled", s.styled_references)):
+        want = np.mean([subject_scores(refs[d], s.instance_images, ev.subject_embed) for d in s.eval_labels])
+        assert res[key] == pytest.approx(want), key
     assert 0 <= res["prompt_fidelity"] <= 1 and -1 <= res["subject_fidelity"] <= 1
     assert res["num_samples"] == 4 * 4 and res["unet_calls"] == 4
     assert res["language_drift"] == 0 and abs(res["drift_fid"]) < 1e-3  # a base model has not drifted from itself

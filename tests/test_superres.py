@@ -159,3 +159,50 @@ def test_bad_sources_name_the_problem(tmp_path):
         load_pair_source("div2k", None, 16, 3, 0, 4)
     with pytest.raises(ValueError, match="multiple of 4"):
         load_pair_source("embedded", None, 18, 1, 0, 4)
+
+
+def test_residual_round_trip_and_zero_residual_is_bicubic():
+    from study.autoencoder import LatentSpace
+    from study.experiments.superres.model import bicubic_latents, from_residual, to_residual
+
+    space = LatentSpace()  # pixel space: latents are the images in [-1, 1]
+    g = torch.Generator().manual_seed(0)
+    hr = torch.rand(3, 1, 16, 16, generator=g) * 255
+    lr = downsample(hr)
+    bic = bicubic_latents(space, lr, 16)
+    assert bic.shape == (3, 1, 16, 16)
+    assert torch.allclose(bic, space.encode(upsample(lr, 16)))
+    hr_lat = space.encode(hr)
+    res = to_residual(hr_lat, bic, 4.0)
+    assert res.shape == hr_lat.shape
+    assert torch.allclose(res, (hr_lat - bic) * 4.0)
+    assert torch.allclose(from_residual(res, bic, 4.0), hr_lat, atol=1e-6)  # the inverse
+    # a model that samples a zero residual outputs the bicubic upsample: the baseline, exactly
+    assert torch.allclose(space.decode(from_residual(torch.zeros_like(res), bic, 4.0)), upsample(lr, 16), atol=1e-4)
+
+
+def test_the_residual_scale_travels_with_the_checkpoint():
+    from diffusers import UNet2DConditionModel
+
+    from study.experiments.superres.model import residual_scale
+
+    assert residual_scale(widen_for_superres(_base(), 1)) is None  # concat: the SD x4 upscaler's recipe
+    sr = widen_for_superres(_base(), 1, residual_scale=4.0)
+    again = UNet2DConditionModel.from_config(json.loads(json.dumps(dict(sr.config), default=list)))
+    assert residual_scale(again) == 4.0
+    with pytest.raises(ValueError, match="residual_scale"):
+        widen_for_superres(_base(), 1, residual_scale=0.0)
+
+
+def test_the_formulation_is_part_of_the_runs_identity():
+    from study.config import ConfigError, load_config
+    from sweeps.experiments.superres import SuperResExperiment
+
+    exp = SuperResExperiment()
+    concat = exp.options(load_config("tiny", ["superres.formulation=concat"]))
+    residual = exp.options(load_config("tiny", ["superres.formulation=residual"]))
+    scaled = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.residual_scale=2.0"]))
+    assert concat["formulation"] == "concat" and "residual_scale" not in concat
+    assert len({json.dumps(o, sort_keys=True) for o in (concat, residual, scaled)}) == 3
+    with pytest.raises(ConfigError, match="superres.formulation"):
+        load_config("tiny", ["superres.formulation=shift"])

@@ -149,6 +149,52 @@ def _grids(table: pd.DataFrame) -> dict[str, str]:
     return found
 
 
+def curve_table(table: pd.DataFrame, base: pd.DataFrame, steps: int) -> pd.DataFrame:
+    """Per size and distillation milestone (its rows' train_images: images of distillation): the distilled FID at
+    `steps` (best guidance) with its interval, its change since the previous milestone, and its teacher's best
+    FID at the same UNet calls (the baseline it must beat): where the curve flattens."""
+    cell = cells(normalize(table, f"the results table ({EXPERIMENT} rows)", EXPERIMENT))
+    pts = curves(cell)
+    pts = pts[pts["steps"] == steps].sort_values(["width", "train_images"])
+    rows = []
+    for w, g in pts.groupby("width"):
+        same = base[(base["width"] == w) & (base["unet_calls"] == g["unet_calls"].iloc[-1])]
+        teacher = float(same["value"].min()) if len(same) else np.nan
+        prev = None
+        for r in g.itertuples():
+            half = 1.96 * float(r.std) if np.isfinite(r.std) else np.nan
+            # the change's noise: two independent evaluations (common random numbers make it an upper bound)
+            step = (np.nan, np.nan, np.nan) if prev is None else (
+                float(r.value - prev.value), float(r.value - prev.value - 1.96 * np.hypot(r.std, prev.std)),
+                float(r.value - prev.value + 1.96 * np.hypot(r.std, prev.std)))
+            rows.append({"width": int(w), "params": float(r.params), "distill_images": int(r.train_images),
+                         "steps": steps, "distilled_fid": float(r.value), "low": float(r.value) - half,
+                         "high": float(r.value) + half, "change": step[0], "change_low": step[1],
+                         "change_high": step[2], "teacher_fid_same_calls": teacher})
+            prev = r
+    return pd.DataFrame(rows)
+
+
+def _curve_figure(curve: pd.DataFrame, out: Path) -> str | None:
+    """Distilled FID against distillation images, one line per size with its interval; dashed: the teacher's
+    FID at the same UNet calls."""
+    if curve.empty or curve["distill_images"].nunique() < 2:
+        return None
+    fig, (ax,) = new_figure(1)
+    colors = size_colors(curve["params"].unique())
+    for p, g in curve.groupby("params"):
+        ax.errorbar(g["distill_images"], g["distilled_fid"], yerr=[g["distilled_fid"] - g["low"],
+                    g["high"] - g["distilled_fid"]], marker="o", ms=4, capsize=2, color=colors[p],
+                    label=f"{size_label(p)} distilled")
+        ax.axhline(g["teacher_fid_same_calls"].iloc[0], color=colors[p], linestyle="--", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("distillation images")
+    ax.set_ylabel(f"FID, {int(curve['steps'].iloc[0])}-step LCM")
+    ax.legend(fontsize=7)
+    return save(fig, out, "distillation_fid_vs_images")["png"]
+
+
 def _analysis(ev: Evidence) -> dict | None:
     return ev.analyses.get(EXPERIMENT)
 
@@ -261,17 +307,25 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
     matches = match_table(base, b_boot, dist, d_boot, steps)
     gain = gain_table(base, b_boot, dist, d_boot, steps)
     baseline = baseline_table(base, b_boot, dist, d_boot, steps)
+    curve = curve_table(table, base, steps)
     out.mkdir(parents=True, exist_ok=True)
     matches.to_csv(out / "distillation_matches.csv", index=False)
     gain.to_csv(out / "distillation_gain.csv", index=False)
-    figures = {"fid_vs_cost": _figure(base, dist, out), **_grids(table)}
+    curve.to_csv(out / "distillation_curve.csv", index=False)
+    figures = {"fid_vs_cost": _figure(base, dist, out), "fid_vs_images": _curve_figure(curve, out),
+               **_grids(table)}
+    figures = {k: v for k, v in figures.items() if v}
     captions = {"fid_vs_cost": "Dashed: undistilled sizes (best sampler at each step count); solid: distilled "
                                "(LCM); thick steps: each family's frontier. Left the paper's cost, right UNet calls: "
-                               "a distilled point moving left relative to the dashed ones is the guidance it saves."}
+                               "a distilled point moving left relative to the dashed ones is the guidance it saves.",
+                "fid_vs_images": "Distilled FID (best guidance, 95% evaluation-noise interval) against the images "
+                                 "of distillation, one line per size; dashed: the same size undistilled at the "
+                                 "same UNet calls, the baseline a student must beat. Where a line levels off, "
+                                 "more distillation buys nothing at this base."}
     for name in figures:
         if name.startswith("grid_"):
             captions[name] = (f"{name[5:]}: top row the undistilled base model (DDIM), bottom row its distilled "
                               "student (LCM), same prompts, noise, guidance and step count.")
     return {"title": "Distillation: distilled vs undistilled at equal sampling cost", "figures": figures,
-            "captions": captions, "tables": {"matches": matches, "gain": gain, "baseline": baseline},
+            "captions": captions, "tables": {"matches": matches, "gain": gain, "baseline": baseline, "curve": curve},
             "base_widths": sorted(int(w) for w in base["width"].unique())}

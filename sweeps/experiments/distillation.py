@@ -28,16 +28,19 @@ class DistillationExperiment(Experiment):
         return final_milestones(ctx, "base")
 
     def chains(self, ctx: StageContext, sizes: dict) -> list:
-        """The LCM sampler at distill.steps on every milestone; writes the comparison grids first."""
+        """The LCM sampler at distill.steps on the final milestone and distill.curve_steps on the earlier ones;
+        writes the comparison grids first."""
         from study.schedulers import default_timestep_spacing
         from sweeps.eval_grid import Chain
 
         ds, chains = ctx.cfg.distill, []
         spacing = ctx.cfg.eval.timestep_spacing or default_timestep_spacing("lcm")  # LCM's grid ignores it
         for (width, seed), milestones in sorted(sizes.items()):
-            for m in milestones:
+            for i, m in enumerate(milestones):
+                # earlier milestones: the curve's one step count (distill.curve_steps); the last: every one
+                steps = ds.steps if i == len(milestones) - 1 or not ds.curve_steps else [ds.curve_steps]
                 chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), "lcm",
-                                    tuple(sorted(ds.steps)), spacing, milestone=m, experiment=self.name,
+                                    tuple(sorted(steps)), spacing, milestone=m, experiment=self.name,
                                     task=self.task))
         if ds.grid_prompts > 0:
             write_grids(ctx, sizes)

@@ -9,8 +9,8 @@ from sweeps.experiments import Experiment, StageContext, final_milestones
 
 # Keys of the superres section that change what a fine-tune computes (its run identity); the evaluation keys
 # (samplers, steps, noise level at inference, num_eval, the metric networks) may change without retraining.
-TRAINING_KEYS = ("data", "root", "hr_size", "photo_shrink", "base_weights", "train_images", "batch_size", "lr",
-                 "warmup_images", "ema_decay", "max_noise_level")
+TRAINING_KEYS = ("data", "root", "hr_size", "photo_shrink", "base_weights", "formulation", "residual_scale",
+                 "train_images", "batch_size", "lr", "warmup_images", "ema_decay", "max_noise_level")
 
 
 class SuperResExperiment(Experiment):
@@ -19,7 +19,10 @@ class SuperResExperiment(Experiment):
     search = False
 
     def options(self, cfg) -> dict:
-        return {k: getattr(cfg.superres, k) for k in TRAINING_KEYS}
+        o = {k: getattr(cfg.superres, k) for k in TRAINING_KEYS}
+        if o["formulation"] != "residual":  # a scale the concat formulation never reads retrains nothing
+            del o["residual_scale"]
+        return o
 
     def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:
         """Each base (size, seed)'s final milestone (superres.base_weights)."""

@@ -129,3 +129,26 @@ def test_two_sizes_match_the_smaller_undistilled_against_the_larger_distilled(tm
     two = table().query("width in (8, 32)")
     found = analyze(two, tmp_path, n_boot=100)["claims"]["distill_match"]["found"]
     assert found.startswith("The undistilled 0.5M model") and "of the distilled 6.3M" in found
+
+
+def test_curve_of_distilled_fid_against_distillation_images(tmp_path):
+    """Distillation milestones as rows (train_images = images of distillation): one curve point per size and
+    milestone at 4 steps, the change between milestones with its interval, the teacher at equal calls."""
+    rows = [r for r in table().to_dict("records")]
+    for w, (_, nc) in WIDTHS.items():  # earlier milestones of every distilled size: 10 at 256, 7 at 512 images
+        for images, fid in ((256, 10.0), (512, 7.0)):
+            rows.append(_row("distillation", w, "lcm", 4, 3.0, fid, std=0.5, calls=4, images=images))
+    res = analyze(pd.DataFrame(rows), tmp_path, n_boot=100, seed=0)
+    curve = res["tables"]["curve"]
+    g = curve[curve["width"] == 24].set_index("distill_images")
+    assert list(g.index) == [256, 512, 32000] and (curve["steps"] == 4).all()
+    assert g.loc[512, "change"] == pytest.approx(-3.0)
+    assert g.loc[512, "change_low"] < -3.0 < g.loc[512, "change_high"] < 0  # a real improvement
+    assert g.loc[256, "low"] == pytest.approx(10 - 1.96 * 0.5)
+    # the baseline: the undistilled size's best FID at 4 UNet calls (2 guided DDIM steps at the final budget)
+    assert g.loc[256, "teacher_fid_same_calls"] == pytest.approx(2 + 20 / (0.62 ** 0.3 * 2))
+    assert "fid_vs_images" in res["figures"]
+    # the headline comparisons still read the final milestone only
+    gain = res["tables"]["gain"].set_index("width")
+    assert gain.loc[24, "distilled_fid"] == pytest.approx(g.loc[32000, "distilled_fid"])
+    assert g.loc[32000, "distilled_fid"] == pytest.approx(2 + 16 / (0.62 ** 0.3 * 4))

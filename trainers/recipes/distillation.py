@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from study.experiments.distillation.lcd import LCD
+from study.schedulers import LCM_DEFAULT_GRID
 from trainers.recipes import RecipeContext
 from trainers.recipes.base import BaseRecipe
 
@@ -21,7 +22,11 @@ def lcd_options(cfg) -> dict:
     w_min = ds.w_min if ds.w_min is not None else max(0.0, e.guidance_min - 1.0)
     w_max = ds.w_max if ds.w_max is not None else max(w_min, e.guidance_max - 1.0)
     return {"method": ds.method, "w_min": float(w_min), "w_max": float(w_max), "loss": ds.loss,
-            "huber_c": ds.huber_c, "ema_decay": ds.ema_decay, "guidance_embed_dim": ds.guidance_embed_dim}
+            # the target network's decay (the trainer's EMA, distill.ema_decay, is in the train section)
+            "huber_c": ds.huber_c, "ema_decay": ds.ema_decay if ds.target_decay is None else ds.target_decay,
+            "guidance_embed_dim": ds.guidance_embed_dim,
+            # LCM-SD's grid adds no key: runs distilled before the option existed keep their identity
+            **({"skip_grid": ds.skip_grid} if ds.skip_grid != LCM_DEFAULT_GRID else {})}
 
 
 class DistillRecipe(BaseRecipe):
@@ -35,14 +40,18 @@ class DistillRecipe(BaseRecipe):
 
     def model(self, ctx: RecipeContext) -> torch.nn.Module:
         from study.experiments.distillation.student import student_from_teacher
+        from study.schedulers import LCM_GRID_KEY
         from study.weights import load_unet
 
         o = ctx.options or lcd_options(ctx.cfg)
         teacher = load_unet(ctx.init_from, weights="ema")
         student = student_from_teacher(teacher, o["guidance_embed_dim"])
+        grid = o.get("skip_grid", LCM_DEFAULT_GRID)
+        if grid != LCM_DEFAULT_GRID:  # the student samples on the grid it is distilled on (study.sampling reads it)
+            student.register_to_config(**{LCM_GRID_KEY: int(grid)})
         self.lcd = LCD(teacher, student, self.prepared.uncond_embedding(torch.device("cpu")),
                        prediction_type=ctx.cfg.model.prediction_type, w_min=o["w_min"], w_max=o["w_max"],
-                       loss=o["loss"], huber_c=o["huber_c"], target_decay=o["ema_decay"])
+                       loss=o["loss"], huber_c=o["huber_c"], target_decay=o["ema_decay"], solver_steps=grid)
         self._placed = None
         return student
 

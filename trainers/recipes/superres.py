@@ -1,4 +1,5 @@
-"""4x super-resolution fine-tuning from a base milestone: the SD x4 upscaler's objective (issue 12)."""
+"""4x super-resolution fine-tuning from a base milestone: the SD x4 upscaler's objective (issue 12), on the HR
+latents (superres.formulation = concat) or on their residual over the bicubic upsample (residual: SRDiff)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ class SuperResRecipe(Recipe):
         self.scheduler = training_scheduler(ctx.cfg.model.prediction_type)
         self.uncond = self.setup.uncond.to(ctx.device)
         self.max_noise_level = int(ctx.cfg.superres.max_noise_level)
+        o = ctx.cfg.superres
+        self.residual_scale = o.residual_scale if o.formulation == "residual" else None
+        self.hr_size = o.hr_size
         return self
 
     @property
@@ -30,8 +34,14 @@ class SuperResRecipe(Recipe):
         return self.setup.geometry
 
     def batch(self, start: int, count: int, device: torch.device) -> dict:
+        from study.experiments.superres.model import bicubic_latents, to_residual
+
         hr, lr = self.source.train_pairs(start, count)
-        return {"latents": self.space.encode(hr.to(device)),
+        latents = self.space.encode(hr.to(device))
+        if self.residual_scale is not None:
+            latents = to_residual(latents, bicubic_latents(self.space, lr.to(device), self.hr_size),
+                                  self.residual_scale)
+        return {"latents": latents,
                 "lr": self.setup.condition(lr).to(device),
                 "context": self.uncond.expand(count, -1, -1)}  # no text: the empty prompt, as the paper
 
@@ -43,7 +53,7 @@ class SuperResRecipe(Recipe):
         if base.config.out_channels != self.setup.channels:
             raise ValueError(f"the base model outputs {base.config.out_channels} channels, the super-resolution "
                              f"latents have {self.setup.channels}: the base must be trained in the same latent space")
-        return widen_for_superres(base, self.setup.channels_lr)
+        return widen_for_superres(base, self.setup.channels_lr, self.residual_scale)
 
     def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         from study.experiments.superres.model import superres_loss

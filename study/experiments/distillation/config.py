@@ -29,11 +29,24 @@ class DistillConfig:
     loss: str = "huber"  # "l2" | "huber" (pseudo-Huber, the diffusers example's default)
     huber_c: float = 0.001  # pseudo-Huber's c (the diffusers example's default)
     # Target network: EMAModel of the student with this constant decay (the example's 0.95). The trainer's own
-    # EMA, which evaluation reads, uses it too: an average of the same horizon as the target.
+    # EMA, which evaluation reads, uses it too (an average of the same horizon as the target) unless
+    # target_decay is set.
     ema_decay: float = 0.95
+    # The target network's own decay, apart from the weights evaluated; None: ema_decay. 0: the target is the
+    # student itself, without gradient (iCT, Song & Dhariwal 2023, Sec. 3.2: an EMA target slows consistency
+    # training, and its decay is best at 0), while the evaluated weights stay an average.
+    target_decay: Optional[float] = None
     guidance_embed_dim: int = 256  # width of the w embedding (diffusers' LCM-SD time_cond_proj_dim)
+    # The DDIM skip grid of the teacher's solver step and of the LCM sampler: N steps, skip k = 1000 / N (LCM,
+    # Sec. 4.3). LCM-SD's 50 (k = 20) keeps the teacher's ODE error small, but a consistency target travels one
+    # skip per step, so the student needs many steps to reach t = 999 from the boundary; a coarse grid (the
+    # few-step sampler's own timesteps) gets there in a handful, at the teacher's few-step DDIM error.
+    skip_grid: int = 50  # study.schedulers.LCM_DEFAULT_GRID
     # Evaluation: the LCM sampler at these step counts, guidance searched per cell as for base.
     steps: List[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # Milestones before the last: only this step count (the curve of FID against distillation images; the
+    # analysis reads 4, the paper's target); the last milestone gets every one of `steps`. 0: all of them.
+    curve_steps: int = 4
     # Image grid written at evaluation time: this many prompts, undistilled (base, DDIM) vs distilled (LCM).
     grid_prompts: int = 10
     grid_steps: int = 4  # the step count of the grid's distilled and undistilled rows
@@ -57,11 +70,19 @@ def validate(cfg) -> None:
            f"at least distill.w_min ({ds.w_min})", ds.w_max)
     _check(ds.loss in ("l2", "huber"), "distill.loss", "'l2' or 'huber'", ds.loss)
     _check(ds.huber_c > 0, "distill.huber_c", "a positive constant", ds.huber_c)
-    _check(0 < ds.ema_decay < 1, "distill.ema_decay", "a decay in (0, 1)", ds.ema_decay)
+    _check(0 <= ds.ema_decay < 1, "distill.ema_decay", "a decay in [0, 1)", ds.ema_decay)
+    _check(ds.target_decay is None or 0 <= ds.target_decay < 1, "distill.target_decay",
+           "a decay in [0, 1) (0: the target is the student), or null (distill.ema_decay)", ds.target_decay)
     _check(ds.guidance_embed_dim >= 2, "distill.guidance_embed_dim", "an integer >= 2", ds.guidance_embed_dim)
-    # The LCM sampler's schedule is a subset of the 50-step skip grid (original_inference_steps).
-    _check(len(ds.steps) > 0 and all(isinstance(x, int) and 0 < x <= 50 for x in ds.steps), "distill.steps",
-           "a non-empty list of step counts in 1..50", list(ds.steps))
+    _check(isinstance(ds.skip_grid, int) and 1 <= ds.skip_grid <= 1000 and 1000 % ds.skip_grid == 0,
+           "distill.skip_grid", "a divisor of the 1000 training timesteps (50: LCM-SD's; 4: a 4-step grid)",
+           ds.skip_grid)
+    # The LCM sampler's schedule is a subset of the skip grid (its original_inference_steps).
+    _check(len(ds.steps) > 0 and all(isinstance(x, int) and 0 < x <= ds.skip_grid for x in ds.steps),
+           "distill.steps", f"a non-empty list of step counts in 1..{ds.skip_grid} (distill.skip_grid)",
+           list(ds.steps))
+    _check(ds.curve_steps == 0 or ds.curve_steps in ds.steps, "distill.curve_steps",
+           f"0 or one of distill.steps {list(ds.steps)}", ds.curve_steps)
     _check(ds.grid_prompts >= 0, "distill.grid_prompts", "a number of prompts >= 0", ds.grid_prompts)
     _check(ds.grid_steps > 0, "distill.grid_steps", "a positive step count", ds.grid_steps)
 

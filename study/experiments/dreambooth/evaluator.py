@@ -83,9 +83,16 @@ class DreamBoothEvaluator:
         from study.metrics.subject import leave_one_out_fidelity, subject_scores
 
         self.constants = {"subject_fidelity_copy": leave_one_out_fidelity(s.instance_images, self.subject_embed)}
-        if s.class_label is not None:
-            self.constants["subject_fidelity_plain"] = subject_scores(
-                s.plain_references[s.class_label], s.instance_images, self.subject_embed)
+        if s.eval_labels is not None:
+            # The scale's other ends on the evaluation's own prompt mix (subject fidelity averages every prompt's
+            # samples, the novel contexts included): the real digit each prompt asks for without the style
+            # (plain) and in it (styled, the true subject in each context), prompts weighted equally as the
+            # samples are. The instance prompt's plain digit alone would set the plain end above what even the
+            # true subject scores in the contexts (a styled four is far from a styled three).
+            for key, refs in (("subject_fidelity_plain", s.plain_references),
+                              ("subject_fidelity_styled", s.styled_references)):
+                self.constants[key] = float(np.mean([subject_scores(refs[d], s.instance_images, self.subject_embed)
+                                                     for d in s.eval_labels]))
 
     def subject_embed(self, images) -> torch.Tensor:
         """The embedding subject fidelity compares: DINO, else CLIP-I, else the digit classifier's features."""

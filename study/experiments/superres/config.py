@@ -25,6 +25,13 @@ class SuperResConfig:
     feature_epochs: int = 8  # embedded: epochs of the domain network (FID features, LPIPS-style distance)
     lpips_backbone: Optional[str] = None  # real data: torchvision AlexNet state-dict file for LPIPS (no download)
     base_weights: str = "ema"  # the base milestone's weights the fine-tune starts from
+    # What is diffused (study/experiments/superres/model.py): "concat", the HR latents (the SD x4 upscaler's
+    # recipe, the paper's); "residual", HR minus the bicubic upsample, scaled (SRDiff / ResShift), which a short
+    # fine-tune can bring above bicubic (docs/results.md, "Super-resolution").
+    formulation: str = "concat"
+    # Residual only: its std on the embedded patches is ~0.13 against the images' ~0.47 in [-1, 1]; x4 puts it
+    # on the images' scale, so the noise schedule's signal-to-noise ratios mean for it what they mean for images.
+    residual_scale: float = 4.0
     # Fine-tuning budget in HR images seen, from each base's final milestone.
     train_images: int = 4096
     batch_size: int = 64  # HR patches per optimizer step
@@ -59,6 +66,12 @@ def validate(cfg) -> None:
     _check(sr.num_eval > 1, "superres.num_eval", "at least 2 patches (an FID needs 2)", sr.num_eval)
     _check(sr.feature_epochs > 0, "superres.feature_epochs", "a positive number of epochs", sr.feature_epochs)
     _check(sr.base_weights in ("ema", "raw"), "superres.base_weights", "'ema' or 'raw'", sr.base_weights)
+    from study.experiments.superres.model import FORMULATIONS
+
+    _check(sr.formulation in FORMULATIONS, "superres.formulation",
+           "'concat' (the SD x4 upscaler's) or 'residual' (SRDiff's residual over the bicubic upsample)",
+           sr.formulation)
+    _check(sr.residual_scale > 0, "superres.residual_scale", "a positive scale", sr.residual_scale)
     _check(sr.train_images > 0 and sr.batch_size > 0, "superres.train_images",
            "positive train_images and batch_size", sr.train_images)
     _check(sr.lr > 0, "superres.lr", "a positive learning rate", sr.lr)

@@ -105,9 +105,10 @@ class SuperResEvaluator:
     @torch.no_grad()
     def generate(self, unet, sampler: str, steps: int, n: int | None = None) -> torch.Tensor:
         """SR outputs in [0, 255] of the first n held-out patches, from fixed noise (the same for every model)."""
-        from study.experiments.superres.model import upscale
+        from study.experiments.superres.model import bicubic_latents, from_residual, residual_scale, upscale
 
         n = len(self.cond) if n is None else n
+        scale = residual_scale(unet)  # None: the concat formulation diffuses the HR latents themselves
         seed, bs = self.cfg.eval.seed, self.cfg.eval.batch_size
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, self.setup.channels, self.setup.grid, self.setup.grid), generator=gen)
@@ -119,6 +120,9 @@ class SuperResEvaluator:
             lat = upscale(unet, sampler, steps, self.cond[i:i + bs], self.setup.uncond, noise[i:i + bs].to(self.device),
                           step_gen, self.o.eval_noise_level, self.cfg.eval.timestep_spacing,
                           self.cfg.model.prediction_type, aug_generator=aug_gen)
+            if scale is not None:
+                lat = from_residual(lat, bicubic_latents(self.setup.space, self.lr[i:i + bs], self.o.hr_size)
+                                    .to(lat.device), scale)
             out.append(self.setup.space.decode(lat).cpu())
         return torch.cat(out)
 

@@ -1,5 +1,12 @@
 """4x super-resolution as the SD x4 upscaler does it: the low-res image, noise-augmented, concatenated to the
-noisy latents, its noise level given to the UNet as class labels; no text (the empty prompt)."""
+noisy latents, its noise level given to the UNet as class labels; no text (the empty prompt).
+
+Two formulations of what is diffused (superres.formulation), with the same conditioning:
+- "concat": the HR latents themselves (the SD x4 upscaler; SR3 conditions the same way);
+- "residual": the HR latents minus the bicubic upsample's, scaled (SRDiff, Li et al. 2022; ResShift, Yue et al.
+  2023 shift the same residual): the model learns only the detail bicubic misses, and an output whose residual
+  is zero is the bicubic upsample itself, so a briefly trained model starts from the baseline, not below it.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,10 @@ from study.autoencoder import to_unit
 NUM_NOISE_LEVELS = 1000
 MAX_NOISE_LEVEL = 350
 EVAL_NOISE_LEVEL = 20
+FORMULATIONS = ("concat", "residual")
+# Recorded in a widened UNet's config, so a checkpoint says how it samples (hidden "_" keys: diffusers keeps
+# them silently): the residual's scale, absent for "concat".
+RESIDUAL_SCALE_KEY = "_superres_residual_scale"
 
 
 @lru_cache(maxsize=1)
@@ -46,12 +57,13 @@ def lr_condition(lr: torch.Tensor, grid: int) -> torch.Tensor:
     return to_unit(lr.clamp(0, 255))
 
 
-def widen_for_superres(base, lr_channels: int):
+def widen_for_superres(base, lr_channels: int, residual_scale: float | None = None):
     """The base UNet with conv_in widened for the concatenated LR image and a noise-level class embedding.
 
     New input weights and the class embedding are zero, old weights and the bias are kept (instruct-pix2pix
     drops the bias), so before its first step the model computes exactly what the base model did, for any
-    LR image and any noise level.
+    LR image and any noise level. residual_scale: the residual formulation's scale, recorded in its config
+    (None: the concat formulation).
     """
     from diffusers import UNet2DConditionModel
 
@@ -75,6 +87,10 @@ def widen_for_superres(base, lr_channels: int):
     for key in ("prediction_type",):  # settings trainers record on the config survive the surgery
         if key in base.config:
             unet.register_to_config(**{key: base.config[key]})
+    if residual_scale is not None:
+        if not residual_scale > 0:
+            raise ValueError(f"residual_scale={residual_scale}: expected a positive scale (superres.residual_scale)")
+        unet.register_to_config(**{RESIDUAL_SCALE_KEY: float(residual_scale)})
     unet = unet.to(base.device)
     return unet if base.dtype == torch.float32 else unet.to(base.dtype)
 
@@ -86,6 +102,29 @@ def lr_channels(unet) -> int:
         raise ValueError("not a super-resolution UNet (no extra input channels or noise-level embedding): "
                          "widen the base model with widen_for_superres first")
     return extra
+
+
+def residual_scale(unet) -> float | None:
+    """The residual formulation's scale a widened UNet was trained with, or None (the concat formulation)."""
+    scale = unet.config.get(RESIDUAL_SCALE_KEY)
+    return None if scale is None else float(scale)
+
+
+def bicubic_latents(space, lr: torch.Tensor, hr_size: int) -> torch.Tensor:
+    """The latents of the bicubic upsample of LR images in [0, 255]: what the residual formulation adds to."""
+    from study.experiments.superres.data import upsample
+
+    return space.encode(upsample(lr, hr_size))
+
+
+def to_residual(latents: torch.Tensor, bicubic: torch.Tensor, scale: float) -> torch.Tensor:
+    """What the residual formulation diffuses: (HR latents - bicubic latents) x scale."""
+    return (latents - bicubic) * scale
+
+
+def from_residual(residual: torch.Tensor, bicubic: torch.Tensor, scale: float) -> torch.Tensor:
+    """HR latents from a sampled residual (the inverse of to_residual)."""
+    return bicubic.to(residual) + residual / scale
 
 
 def superres_loss(unet, scheduler, latents: torch.Tensor, lr: torch.Tensor, context: torch.Tensor,
