@@ -12,8 +12,8 @@ from study.config import ConfigError, StudyConfig, from_dict, to_dict
 from study import identity
 from study.raycluster import ensure_ray, hush_unread_failures
 from study.errors import is_disk_full
-from sweeps.guidance import (Cell, StorageVanished, StorageWatch, best_guidance, completed_results, open_storage,
-                             search_cell, study_namespace)
+from sweeps.guidance import (Cell, StorageVanished, StorageWatch, best_guidance, checkpoint_fingerprint,
+                             completed_results, open_storage, search_cell, study_namespace)
 from study.results import ResultRow, row_dict, sampling_cost
 from sweeps.results import upsert_results
 
@@ -71,8 +71,9 @@ def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage, training_has
 
     training_hash: identity.training_hash(to_dict(cfg)), when the caller has it (it costs ~0.2 CPU-s)."""
     training_hash = training_hash or identity.training_hash(to_dict(cfg))
+    fingerprint = checkpoint_fingerprint(chain.checkpoint)
     return [_row(cfg, chain, rung, cell, n, g, res, training_hash) for cell in chain.cells()
-            for n, g, res in completed_results(cell, storage)]
+            for n, g, res in completed_results(cell, storage, fingerprint)]
 
 
 def slice_room(cfg: StudyConfig, have: dict) -> int:
@@ -200,6 +201,7 @@ def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, stora
     settings = sampler_settings(make_sampler(chain.sampler, training_scheduler(cfg.model.prediction_type),
                                              cfg.eval.timestep_spacing, lcm_grid=grid))
     lo, hi = cfg.eval.guidance_min, cfg.eval.guidance_max
+    fingerprint = checkpoint_fingerprint(chain.checkpoint)
     prev = None
     try:
         for cell in chain.cells():
@@ -210,7 +212,8 @@ def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, stora
 
             seeds = [min(max(cfg.eval.default_guidance, lo), hi)] + ([prev] if prev is not None else [])
             search_cell(cell, evaluate, storage, cfg.eval, seeds, objective=chain.objective,
-                        fixed=list(chain.fixed_guidance) if chain.fixed_guidance is not None else None)
+                        fixed=list(chain.fixed_guidance) if chain.fixed_guidance is not None else None,
+                        checkpoint=fingerprint)
             prev = best_guidance(cell, storage, chain.objective)
     finally:
         if parts > 1:
@@ -225,8 +228,9 @@ def _trials_target(cfg: StudyConfig, chain: Chain) -> int:
 
 
 def chain_done(cfg: StudyConfig, chain: Chain, storage) -> bool:
-    """Whether every cell of a chain has its trials."""
-    return all(len(completed_results(c, storage)) >= _trials_target(cfg, chain) for c in chain.cells())
+    """Whether every cell of a chain has its trials, of the chain's checkpoint as it is now."""
+    fingerprint = checkpoint_fingerprint(chain.checkpoint)
+    return all(len(completed_results(c, storage, fingerprint)) >= _trials_target(cfg, chain) for c in chain.cells())
 
 
 def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: list[Chain],

@@ -166,19 +166,56 @@ def _has_point(study, g: float) -> bool:
     return False
 
 
+def checkpoint_fingerprint(folder) -> str:
+    """What a cell's trials were evaluated on: a hash of the checkpoint's recorded files (sizes and SHA-256 sums,
+    state.json's record, so nothing is re-hashed); "" for a folder that records none."""
+    from study.identity import stable_hash
+    from study.weights import FILES, read_state
+
+    try:
+        files = read_state(Path(folder)).get(FILES)
+    except (OSError, UserError):
+        return ""
+    return stable_hash(files, 16) if files else ""
+
+
+def _of_checkpoint(study, cell: Cell, storage, eval_cfg, checkpoint: str):
+    """The cell's study, its trials of this checkpoint only. A study holding trials of another checkpoint under
+    the same cell (a size folder deleted and retrained, a milestone rewritten) would report their FIDs as this
+    checkpoint's: it is started over, and said so."""
+    if not checkpoint:
+        return study
+    seen = study.user_attrs.get("checkpoint")
+    if seen is None:  # a new study, or one written before studies recorded their checkpoint
+        study.set_user_attr("checkpoint", checkpoint)
+        return study
+    if seen == checkpoint:
+        return study
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    print(f"note: the guidance search {cell.study_name} held {done} trial(s) of another checkpoint (retrained "
+          f"since): searched again for this one", flush=True)
+    optuna.delete_study(study_name=cell.study_name, storage=storage)
+    study = optuna.create_study(study_name=cell.study_name, storage=storage, direction="minimize",
+                                sampler=_sampler(eval_cfg.optuna_sampler, eval_cfg.seed))
+    study.set_user_attr("checkpoint", checkpoint)
+    return study
+
+
 def search_cell(cell: Cell, evaluate, storage, eval_cfg, seed_points: list[float], on_trial=None, *,
-                objective: str = "fid", fixed: list[float] | None = None) -> list:
+                objective: str = "fid", fixed: list[float] | None = None, checkpoint: str = "") -> list:
     """Run the cell's study to eval.n_trials complete trials (grid mode: every grid point); resumable.
 
     `evaluate(guidance) -> dict` must return at least the `objective` key (FID by default); the dict is stored
     on the trial so the results table can be rebuilt from the study alone. `fixed`: evaluate exactly these
-    guidance scales and search nothing (tasks without guidance use [1.0]).
+    guidance scales and search nothing (tasks without guidance use [1.0]). `checkpoint`: the evaluated
+    checkpoint's fingerprint (checkpoint_fingerprint): trials of another checkpoint in the study are dropped.
     """
     from optuna.study import MaxTrialsCallback
 
     lo, hi = eval_cfg.guidance_min, eval_cfg.guidance_max
     study = optuna.create_study(study_name=cell.study_name, storage=storage, direction="minimize",
                                 load_if_exists=True, sampler=_sampler(eval_cfg.optuna_sampler, eval_cfg.seed))
+    study = _of_checkpoint(study, cell, storage, eval_cfg, checkpoint)
     # A trial left RUNNING belongs to an evaluation that was killed: only one process owns a cell at a time.
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(t.number, state=TrialState.FAIL)
@@ -208,11 +245,14 @@ def search_cell(cell: Cell, evaluate, storage, eval_cfg, seed_points: list[float
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def completed_results(cell: Cell, storage) -> list[tuple[int, float, dict]]:
-    """(trial number, guidance, result dict) of every complete trial of a cell's study."""
+def completed_results(cell: Cell, storage, checkpoint: str = "") -> list[tuple[int, float, dict]]:
+    """(trial number, guidance, result dict) of every complete trial of a cell's study; none where the study's
+    trials are of another checkpoint than `checkpoint` (a fingerprint; "" reads any)."""
     try:
         study = optuna.load_study(study_name=cell.study_name, storage=storage)
     except KeyError:
+        return []
+    if checkpoint and study.user_attrs.get("checkpoint", checkpoint) != checkpoint:
         return []
     return [(t.number, float(t.params["guidance"]), json.loads(t.user_attrs["result"]))
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
