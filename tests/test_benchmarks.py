@@ -66,6 +66,9 @@ FIGURES = {
         (r"^power: settings below the end-gap test's ([0-9]+) of ([0-9]+);", 1, (1,)),
         (rf"^complete; this run {NUM} s$", 1, ()),
     ],
+    "phema_stream.py": [  # per method: median seconds and peak RSS of a post-hoc EMA reconstruction
+        (rf"^ +(?:stream|all_at_once): {NUM} s, peak RSS {NUM} MiB \(median of [0-9]+\)$", 2, (0, 1)),
+    ],
     "gof_level.py": [  # false 'does not fit' rates (may be 0), power against a step, a U and an outlier
         (rf"^  [46] points: {NUM} \(chi-square alone {NUM}, leave-one-out alone {NUM}\)$", 2, ()),
         (rf"^  (?:step|U|one outlier \(6 sd\)): {NUM}$", 3, ()),

@@ -45,7 +45,7 @@ REHEARSAL = [
     "model.widths=[32]", "data.resolution=32", "superres.hr_size=32",
     # budgets: training images and their milestones, sampling steps, Optuna trials per cell
     "train.total_images=128", "train.batch_size=64", "train.milestones=[0.5,1.0]", "train.warmup_images=64",
-    "eval.steps=[4]", "eval.n_trials=2", "distill.total_images=32", "distill.batch_size=16", "distill.steps=[1,2]",
+    "eval.steps=[4]", "eval.n_trials=2", "distill.total_images=32", "distill.batch_size=16", "distill.steps=[1,4]",
     "superres.train_images=32", "superres.batch_size=16", "superres.warmup_images=16", "superres.steps=[4]",
     "dreambooth.train_images=8", "dreambooth.batch_size=4", "dreambooth.steps=[4]", "dreambooth.class_steps=4",
     # sample counts

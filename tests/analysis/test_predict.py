@@ -100,7 +100,7 @@ def _run_folder(tmp_path):
     from study.config import load_config, to_dict
     from study.ladder import study_ladder
 
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", ["model.widths=[8,16,32]"])
     rungs = {r.width: (r.params, r.normalized_cost) for r in study_ladder(cfg)}
     run = tmp_path / "run"
     run.mkdir()
