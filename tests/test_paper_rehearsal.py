@@ -156,7 +156,7 @@ def test_every_experiment_of_the_paper_ran_every_cell_once(rehearsal):
     df = rehearsal["table"]
     assert not df.duplicated(KEY).any() and not df.duplicated([*CELL, "guidance"]).any()
     cells = df.groupby(["experiment", *CELL[1:]]).size()
-    per = {e: cells[e] for e in ("base", "distillation", "superres", "dreambooth")}
+    per = {e: cells[e] for e in ("base", "distillation", "superres", "dreambooth", "ema")}
     assert set(df["experiment"]) == set(per)
     # base: every milestone x sampler x steps, each with its Optuna trials
     assert len(per["base"]) == len(cfg.train.milestones) * len(cfg.eval.samplers) * len(cfg.eval.steps)
@@ -164,6 +164,9 @@ def test_every_experiment_of_the_paper_ran_every_cell_once(rehearsal):
     assert len(per["distillation"]) == len(cfg.distill.steps)
     assert len(per["superres"]) == len(cfg.superres.samplers) * len(cfg.superres.steps)
     assert len(per["dreambooth"]) == len(cfg.dreambooth.samplers) * len(cfg.dreambooth.steps)
+    # post-hoc EMA: the final weights at every sigma_rel of paper.yaml, beside the training's fixed EMA
+    lengths = {"fixed", *(f"sigma-{s:.3f}" for s in cfg.ema.sigma_rels)}
+    assert set(df.loc[df["experiment"] == "ema", "variant"]) == lengths
     assert df["fid"].notna().all() and (df["fid"] > 0).all()
     # The cluster's one PostgreSQL holds every study: this one's cells are under its run id (a second study
     # must not find them complete).
