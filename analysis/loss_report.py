@@ -21,7 +21,7 @@ from analysis.isoflop import isoflop, parabola
 from analysis.loss import loss_points, loss_to_fid
 from analysis.plot_training import draw_training
 from analysis.readable import number_row, undetermined
-from analysis.report import interval_text
+from analysis.report import interval_text, number_text
 from analysis.table import size_label
 from analysis.training import fit_training
 
@@ -47,18 +47,9 @@ def _rows(name: str, fit: dict, quantities: list[tuple[str, str, str]]) -> list[
     return [number_row(name, what, unit, q, fit, flags) for q, what, unit in quantities if q in have]
 
 
-def _shown(r: dict) -> str:
-    if not r["determined"]:
-        return r["note"]
-    if r["unit"] == "params":
-        return f"{size_label(r['value'])} [{size_label(r['low'])}, {size_label(r['high'])}]" \
-            if np.isfinite([r["low"], r["high"]]).all() else f"{size_label(r['value'])} (no interval)"
-    return interval_text(r["value"], r["low"], r["high"])
-
-
 def view(rows: list[dict]) -> pd.DataFrame:
     """What a reader wants of number rows: what, value [95% interval] (or why not)."""
-    return pd.DataFrame({"what": [r["what"] for r in rows], "value [95% interval]": [_shown(r) for r in rows]})
+    return pd.DataFrame({"what": [r["what"] for r in rows], "value [95% interval]": [number_text(r) for r in rows]})
 
 
 def agreement(a: dict, b: dict) -> str:
@@ -104,7 +95,7 @@ def isoflop_part(label: str, pts: pd.DataFrame, joint: dict, n_boot: int, seed: 
             ir = next((r for r in iso_rows if r["quantity"] == iq), None)
             jr = next((r for r in joint_rows if r["quantity"] == jq), None)
             if ir and jr:
-                out["lines"].append(f"{label}, {what}: isoFLOP {_shown(ir)} vs joint law {_shown(jr)}: "
+                out["lines"].append(f"{label}, {what}: isoFLOP {number_text(ir)} vs joint law {number_text(jr)}: "
                                     f"{agreement(ir, jr)}.")
     elif joint.get("skipped", True):
         out["lines"].append(f"{label}: no joint law to compare with ({joint.get('reason', 'not fitted')}).")

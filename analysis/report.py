@@ -13,6 +13,7 @@ import html
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.table import size_label
@@ -96,18 +97,22 @@ def interval_text(value, low, high) -> str:
     return f"{_fmt(float(value))} [{_fmt(float(low))}, {_fmt(float(high))}]"
 
 
+def number_text(r: dict) -> str:
+    """A number row (analysis.readable.number_row) as a reader wants it: value [95% interval], or why not given."""
+    if not r["determined"]:
+        return r["note"]
+    if r["unit"] == "params" and r["value"] is not None:  # sizes read as sizes: 3.86B, not 3.864e+09
+        if not np.isfinite([r["low"], r["high"]]).all():
+            return f"{size_label(r['value'])} (no interval)"
+        return f"{size_label(r['value'])} [{size_label(r['low'])}, {size_label(r['high'])}]"
+    return interval_text(r["value"], r["low"], r["high"])
+
+
 def numbers_view(numbers: pd.DataFrame) -> pd.DataFrame:
     """The predictions as a reader wants them: what, value [95% interval], or why it is not given."""
     if numbers is None or numbers.empty:
         return numbers
-    def shown(r) -> str:
-        if not r.determined:
-            return r.note
-        if r.unit == "params" and r.value is not None:  # sizes read as sizes: 3.86B, not 3.864e+09
-            return f"{size_label(r.value)} [{size_label(r.low)}, {size_label(r.high)}]"
-        return interval_text(r.value, r.low, r.high)
-
-    shown = [shown(r) for r in numbers.itertuples()]
+    shown = [number_text(r) for r in numbers.to_dict("records")]
     return pd.DataFrame({"what the fits predict": numbers["what"],
                          "value [95% interval]": shown, "unit": numbers["unit"]})
 
