@@ -144,8 +144,10 @@ def test_tune_tracebacks_go_to_the_run_log_not_the_console(capfd, tmp_path, full
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     # Ray's console handler keeps the stderr it found when ray was first imported in this process (under xdist,
     # possibly another test's capture): it writes to this test's stderr, which capfd reads.
+    # Only Ray's own handler: under xdist an earlier test on this worker can leave pytest's log-capture handler
+    # (a StreamHandler too, whose stream pytest reads back with getvalue()) on the "ray" logger.
     for h in logging.getLogger("ray").handlers:
-        if isinstance(h, logging.StreamHandler):
+        if isinstance(h, logging.StreamHandler) and type(h).__module__.startswith("ray."):
             monkeypatch.setattr(h, "stream", sys.stderr)
     tune_log = logging.getLogger("ray.tune.execution.tune_controller")
     for run_dir, log in ((tmp_path, tmp_path / "errors.log"), (full_fs, tmp_path / "xdg" / "ldm-scaling" / "logs"
