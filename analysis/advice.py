@@ -81,7 +81,8 @@ def advise(table: pd.DataFrame, key: str, run_dir: str, seed: int = 0, fits: dic
         require_fit(fit)  # no advice from a law that does not fit its cells
         sizes = _sizes(fit, rows)
         target = pick(fit, sizes)
-        samples = int(pd.to_numeric(rows["num_samples"], errors="coerce").min())
+        # the samples of an evaluation (a budget scored by its loss alone drew none)
+        samples = int(pd.to_numeric(rows.loc[rows["fid"].notna(), "num_samples"], errors="coerce").min())
         ranking = plan(fit, target, sizes, samples, seed=seed)
     except ValueError:  # too few cells for the law, a law that does not fit, or a target it leaves undefined
         return None

@@ -171,6 +171,10 @@ class TrainConfig:
     total_images: int = MISSING  # the final training budget, in images seen
     # Milestone budgets as fractions of total_images: one run yields every budget of the study.
     milestones: List[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    # Further budgets scored by the held-out loss alone (a few forward passes, no FID): a milestone checkpoint is
+    # written at each, and the evaluation gives it one row with its loss and no FID (analysis.loss.loss_only). They
+    # spread each size's loss curve over more compute, so that isoFLOP profiles find sizes at a common compute.
+    loss_milestones: List[float] = field(default_factory=list)
     batch_size: int = 64  # global batch = micro_batch x grad_accum x workers
     grad_accum: int = 1  # micro-batches per optimizer step (memory, not maths); on GPU the memory plan's minimum
     # The GPU memory plan (study.memory) picks micro-batch, accumulation and activation checkpointing per width so
@@ -412,7 +416,8 @@ def with_train(cfg: StudyConfig, overrides: dict | None) -> StudyConfig:
     if not overrides:
         return cfg
     d = to_dict(cfg)
-    return from_dict({**d, "train": {**d["train"], **overrides}})
+    # The base's loss-only budgets (fractions of its own total_images) are not a derived run's.
+    return from_dict({**d, "train": {**d["train"], "loss_milestones": [], **overrides}})
 
 
 def from_dict(d: dict) -> StudyConfig:
@@ -495,6 +500,9 @@ def validate(cfg: StudyConfig) -> None:
            "a non-empty list of fractions in (0, 1]", list(t.milestones))
     _check(list(t.milestones) == sorted(set(t.milestones)), "train.milestones",
            "strictly increasing fractions", list(t.milestones))
+    _check(all(0 < f < 1 for f in t.loss_milestones) and list(t.loss_milestones) == sorted(set(t.loss_milestones)),
+           "train.loss_milestones", "strictly increasing fractions in (0, 1) (the full budget is an FID milestone)",
+           list(t.loss_milestones))
     _check(t.batch_size > 0, "train.batch_size", "a positive integer", t.batch_size)
     _check(t.grad_accum > 0, "train.grad_accum", "a positive integer", t.grad_accum)
     _check(t.num_workers > 0, "train.num_workers", "a positive integer", t.num_workers)
@@ -552,6 +560,9 @@ def validate(cfg: StudyConfig) -> None:
     _check(e.heldout_samples == 0 or e.heldout_samples >= 2, "eval.heldout_samples",
            "0 (off) or at least 2 held-out samples (the loss's standard error needs 2)", e.heldout_samples)
     _check(e.heldout_buckets > 0, "eval.heldout_buckets", "a positive number of timestep bands", e.heldout_buckets)
+    _check(not cfg.train.loss_milestones or e.heldout_samples >= 2, "train.loss_milestones",
+           "empty while the held-out loss is off (eval.heldout_samples = 0): a loss-only budget is scored by it",
+           list(cfg.train.loss_milestones))
     _check(e.curve_sampler in e.samplers, "eval.curve_sampler", f"one of eval.samplers {list(e.samplers)}",
            e.curve_sampler)
     _check(e.curve_steps == 0 or e.curve_steps in e.steps, "eval.curve_steps",

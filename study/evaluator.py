@@ -51,30 +51,13 @@ class Evaluator:
             self.clip = ClipScorer.from_pretrained(cfg.eval.clip_path, device=self.device)
 
     def heldout_loss(self, unet) -> dict:
-        """The held-out denoising loss of a UNet (study.heldout) on the first eval.heldout_samples held-out
-        samples: {"heldout_loss", "heldout_loss_se", "heldout_loss_t0".."_t{K-1}" (per timestep band)}; {} when
-        turned off or the prepared data keeps no held-out latents."""
-        from study.heldout import heldout_loss
-        from study.schedulers import training_scheduler
-        from study.shards.format import ShardIndex
+        """The held-out denoising loss of a UNet (study.heldout.HeldoutScorer); {} when turned off or the prepared
+        data keeps no held-out latents."""
+        from study.heldout import HeldoutScorer
 
-        e = self.cfg.eval
-        if e.heldout_samples == 0 or not (self.prep.shards_dir / "index.json").exists():
-            return {}
         if not hasattr(self, "_heldout"):
-            index, lat, ctx = ShardIndex.load(self.prep.shards_dir), [], []
-            for s in index.shards("heldout"):
-                if sum(map(len, lat)) >= e.heldout_samples:
-                    break
-                lat.append(np.asarray(index.latents(s["name"]), dtype=np.float32))
-                ctx.append(np.asarray(index.context(s["name"]), dtype=np.float32))
-            self._heldout = (torch.from_numpy(np.concatenate(lat)[:e.heldout_samples]),
-                             torch.from_numpy(np.concatenate(ctx)[:e.heldout_samples]))
-        lat, ctx = self._heldout
-        res = heldout_loss(unet.to(self.device), training_scheduler(self.cfg.model.prediction_type), lat, ctx,
-                           e.heldout_buckets, e.seed, e.batch_size)
-        return {"heldout_loss": res["loss"], "heldout_loss_se": res["loss_se"],
-                **{f"heldout_loss_t{k}": v for k, v in enumerate(res["buckets"])}}
+            self._heldout = HeldoutScorer(self.cfg, self.prep.shards_dir, self.device)
+        return self._heldout(unet)
 
     def prompt_order(self, n: int) -> torch.Tensor:
         """Which evaluation prompt each of n samples uses: a fixed shuffle, cycled."""

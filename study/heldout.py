@@ -45,3 +45,41 @@ def heldout_loss(unet, scheduler, latents: torch.Tensor, context: torch.Tensor, 
     sample = per.mean(1)
     return {"loss": float(sample.mean()), "loss_se": float(sample.std(unbiased=True) / np.sqrt(n)),
             "buckets": per.mean(0).tolist(), "n": n}
+
+
+class HeldoutScorer:
+    """The held-out loss of UNets on a prepared folder's first eval.heldout_samples held-out samples (loaded once):
+    scorer(unet) -> {"heldout_loss", "heldout_loss_se", "heldout_loss_t0".."_t{K-1}" (per timestep band)}; {} when
+    eval.heldout_samples is 0 or the prepared data keeps no held-out latents. Needs no FID machinery, so a budget
+    scored by its loss alone (train.loss_milestones) loads nothing else."""
+
+    def __init__(self, cfg, shards_dir, device: torch.device | None = None):
+        from pathlib import Path
+
+        self.cfg, self.shards_dir, self.device = cfg, Path(shards_dir), device or torch.device("cpu")
+        self._set = None
+
+    def _heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        from study.shards.format import ShardIndex
+
+        if self._set is None:
+            n, index, lat, ctx = self.cfg.eval.heldout_samples, ShardIndex.load(self.shards_dir), [], []
+            for s in index.shards("heldout"):
+                if sum(map(len, lat)) >= n:
+                    break
+                lat.append(np.asarray(index.latents(s["name"]), dtype=np.float32))
+                ctx.append(np.asarray(index.context(s["name"]), dtype=np.float32))
+            self._set = (torch.from_numpy(np.concatenate(lat)[:n]), torch.from_numpy(np.concatenate(ctx)[:n]))
+        return self._set
+
+    def __call__(self, unet) -> dict:
+        from study.schedulers import training_scheduler
+
+        e = self.cfg.eval
+        if e.heldout_samples == 0 or not (self.shards_dir / "index.json").exists():
+            return {}
+        lat, ctx = self._heldout()
+        res = heldout_loss(unet.to(self.device), training_scheduler(self.cfg.model.prediction_type), lat, ctx,
+                           e.heldout_buckets, e.seed, e.batch_size)
+        return {"heldout_loss": res["loss"], "heldout_loss_se": res["loss_se"],
+                **{f"heldout_loss_t{k}": v for k, v in enumerate(res["buckets"])}}

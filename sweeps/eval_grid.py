@@ -37,6 +37,9 @@ class Chain:
     fixed_guidance: tuple[float, ...] | None = None  # evaluate exactly these, no search (e.g. (1.0,))
     variant: str = ""  # the checkpoint's weights in another form (e.g. a post-hoc EMA length)
     namespace: str = ""  # its study names' prefix in a shared Optuna storage (sweeps.guidance.study_namespace)
+    # A budget of train.loss_milestones: its held-out loss alone (one row, no FID, no sampler), kept beside the
+    # checkpoint (heldout_path) rather than in an Optuna study.
+    loss_only: bool = False
 
     def __post_init__(self):  # a config's Spacing choice travels (and is recorded) as its plain string
         object.__setattr__(self, "spacing", str(self.spacing))
@@ -66,11 +69,80 @@ def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g:
     return row_dict(row, res)
 
 
+def _loss_row(cfg: StudyConfig, chain: Chain, rung: dict, res: dict, training_hash: str) -> dict:
+    """The one row of a loss-only budget: its held-out loss, no sampler, steps, guidance or FID."""
+    m = chain.milestone
+    row = ResultRow(
+        run_id=cfg.name, trial_id=f"w{chain.width}-s{chain.seed}", experiment=chain.experiment, task=chain.task,
+        width=chain.width, params=int(rung["params"]), gflops=float(rung["gflops"]),
+        normalized_cost=float(rung["normalized_cost"]), train_images=chain.train_images,
+        train_flops=float(m["train_flops"]), train_flops_paper=float(m["train_flops_paper"]),
+        sampler="", steps=0, timestep_spacing="", guidance=float("nan"), sampling_cost=0.0, unet_calls=0,
+        fid=float("nan"), kid=None, alignment=None, num_samples=0, seed=chain.seed, checkpoint=chain.checkpoint,
+        config_hash=training_hash, version=__version__, search="none",
+        optuna_study=f"{chain.namespace}loss-w{chain.width}-s{chain.seed}-i{chain.train_images}", optuna_trial=0,
+        partial=bool(m.get("partial", False)), variant=chain.variant)
+    return row_dict(row, res)
+
+
+def heldout_path(cfg: StudyConfig, checkpoint: str) -> Path:
+    """Where a checkpoint's held-out loss is kept, beside its run's checkpoints and keyed by the settings that decide
+    it: computed once for all its chains (samplers) and reruns, and the record of a loss-only budget."""
+    from study.identity import stable_hash
+
+    e = cfg.eval
+    key = stable_hash({"n": e.heldout_samples, "buckets": e.heldout_buckets, "seed": e.seed,
+                       "weights": e.checkpoint, "prediction": cfg.model.prediction_type})
+    ckpt = Path(checkpoint)
+    # A checkpoint as trained (RUN/train/wW-sS/checkpoints/milestone-N) or in another form of the same milestone
+    # (.../phema/sigma-S/milestone-N, one folder per EMA length): the form's folder is part of the name, or
+    # every EMA length would read the first one's loss.
+    form = "" if ckpt.parent.name == "checkpoints" else f"{ckpt.parent.name}-"
+    return ckpt.parent.parent / "heldout" / f"{form}{ckpt.name}-{key}.json"
+
+
+def cached_heldout(cfg: StudyConfig, checkpoint: str) -> dict | None:
+    """A checkpoint's kept held-out loss, None when not computed yet (or its file is unreadable: computed again)."""
+    import json
+
+    try:
+        return json.loads(heldout_path(cfg, checkpoint).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def score_loss(cfg_dict: dict, prepared_dir: str, checkpoint: str) -> dict:
+    """The held-out loss of a checkpoint, computed (and kept) unless already kept: the work of a loss-only chain."""
+    import torch
+
+    from study.atomic import write_json
+    from study.heldout import HeldoutScorer
+    from study.runtime import device
+    from study.weights import load_unet
+
+    cfg = from_dict(cfg_dict)
+    if (res := cached_heldout(cfg, checkpoint)) is not None:
+        return res
+    torch.set_num_threads(max(1, int(cfg.eval.cpus_per_eval)))
+    res = HeldoutScorer(cfg, Path(prepared_dir) / "shards", device(cfg.eval.gpus_per_eval))(
+        load_unet(checkpoint, weights=cfg.eval.checkpoint))
+    if not res:
+        raise ConfigError(f"train.loss_milestones needs the held-out loss, which is off or has no held-out data: "
+                          f"set eval.heldout_samples >= 2 (now {cfg.eval.heldout_samples}), or empty "
+                          f"train.loss_milestones")
+    write_json(heldout_path(cfg, checkpoint), res)
+    return res
+
+
 def chain_rows(cfg: StudyConfig, chain: Chain, rung: dict, storage, training_hash: str | None = None) -> list[dict]:
-    """The results rows of a chain, rebuilt from its Optuna studies (so a resume never duplicates).
+    """The results rows of a chain, rebuilt from its Optuna studies (so a resume never duplicates); a loss-only
+    chain's from its kept loss.
 
     training_hash: identity.training_hash(to_dict(cfg)), when the caller has it (it costs ~0.2 CPU-s)."""
     training_hash = training_hash or identity.training_hash(to_dict(cfg))
+    if chain.loss_only:
+        res = cached_heldout(cfg, chain.checkpoint)
+        return [] if res is None else [_loss_row(cfg, chain, rung, res, training_hash)]
     fingerprint = checkpoint_fingerprint(chain.checkpoint)
     return [_row(cfg, chain, rung, cell, n, g, res, training_hash) for cell in chain.cells()
             for n, g, res in completed_results(cell, storage, fingerprint)]
@@ -85,7 +157,7 @@ def slice_room(cfg: StudyConfig, have: dict) -> int:
 
 def fid_slices(cfg: StudyConfig, chain: Chain) -> int:
     """Tasks one evaluation of the chain is split over: eval.fid_slices for text-to-image FID, else 1."""
-    return cfg.eval.fid_slices if chain.task == "text2image" else 1
+    return cfg.eval.fid_slices if chain.task == "text2image" and not chain.loss_only else 1
 
 
 class _Loaded:
@@ -116,27 +188,15 @@ class _Loaded:
         return {**self.heldout, **res}
 
     def _cached(self, scorer) -> dict:
-        """The held-out loss of this checkpoint, computed once for all its chains (samplers) and reruns: kept
-        beside its run's checkpoints, keyed by the settings that decide it."""
-        import json
-
+        """The held-out loss of this checkpoint, computed once for all its chains (samplers) and reruns
+        (heldout_path)."""
         from study.atomic import write_json
-        from study.identity import stable_hash
 
-        e = self.cfg.eval
-        key = stable_hash({"n": e.heldout_samples, "buckets": e.heldout_buckets, "seed": e.seed,
-                           "weights": e.checkpoint, "prediction": self.cfg.model.prediction_type})
-        ckpt = Path(self.checkpoint)
-        # A checkpoint as trained (RUN/train/wW-sS/checkpoints/milestone-N) or in another form of the same milestone
-        # (.../phema/sigma-S/milestone-N, one folder per EMA length): the form's folder is part of the name, or
-        # every EMA length would read the first one's loss.
-        form = "" if ckpt.parent.name == "checkpoints" else f"{ckpt.parent.name}-"
-        path = ckpt.parent.parent / "heldout" / f"{form}{ckpt.name}-{key}.json"
-        if path.exists():
-            return json.loads(path.read_text())
+        if (res := cached_heldout(self.cfg, self.checkpoint)) is not None:
+            return res
         res = scorer(self.unet)
         if res:
-            write_json(path, res)
+            write_json(heldout_path(self.cfg, self.checkpoint), res)
         return res
 
     def evaluate(self, sampler: str, steps: int, g: float) -> dict:
@@ -192,6 +252,9 @@ def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, stora
     from study.schedulers import LCM_DEFAULT_GRID, make_sampler, sampler_settings, training_scheduler
 
     cfg = from_dict(cfg_dict)
+    if chain.loss_only:
+        score_loss(cfg_dict, prepared_dir, chain.checkpoint)
+        return chain_rows(cfg, chain, rung, None)
     parts = fid_slices(cfg, chain)
     model = (_Sliced(cfg, cfg_dict, prepared_dir, chain, parts) if parts > 1
              else _Loaded(cfg_dict, prepared_dir, chain.task, chain.checkpoint))
@@ -222,13 +285,18 @@ def run_chain(cfg_dict: dict, prepared_dir: str, chain: Chain, rung: dict, stora
 
 
 def _trials_target(cfg: StudyConfig, chain: Chain) -> int:
+    if chain.loss_only:
+        return 1
     if chain.fixed_guidance is not None:
         return len(chain.fixed_guidance)
     return len(cfg.eval.grid) if cfg.eval.search == "grid" else cfg.eval.n_trials
 
 
 def chain_done(cfg: StudyConfig, chain: Chain, storage) -> bool:
-    """Whether every cell of a chain has its trials, of the chain's checkpoint as it is now."""
+    """Whether every cell of a chain has its trials, of the chain's checkpoint as it is now (a loss-only chain: its
+    loss is kept)."""
+    if chain.loss_only:
+        return cached_heldout(cfg, chain.checkpoint) is not None
     fingerprint = checkpoint_fingerprint(chain.checkpoint)
     return all(len(completed_results(c, storage, fingerprint)) >= _trials_target(cfg, chain) for c in chain.cells())
 

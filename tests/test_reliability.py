@@ -47,6 +47,9 @@ def test_bad_config_file_is_one_line_and_logged(monkeypatch, capsys, tmp_path, t
     ("eval.max_steps={ddim: 0}", "eval.max_steps.ddim"), ("eval.max_steps={nope: 4}", "eval.max_steps.nope"),
     ("name=..", "name"), ("name=.", "name"), ("name=/abs/path", "name"), ("name=a/../b", "name"),
     ("eval.workers=2", "eval.workers"),  # the dead key is gone
+    ("train.loss_milestones=[1.0]", "train.loss_milestones"), ("train.loss_milestones=[0.5, 0.25]",
+                                                                "train.loss_milestones"),
+    ("eval.heldout_samples=0", "train.loss_milestones"),  # tiny's loss-only budgets need the held-out loss
 ])
 def test_impossible_values_are_refused_naming_the_key(override, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):

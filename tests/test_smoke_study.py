@@ -101,6 +101,13 @@ def test_results_table(smoke_run):
     # Every experiment of the paper ran through the one table.
     assert set(df["experiment"]) == {"base", "distillation", "superres", "dreambooth", "ema"}
     all_df, df = df, df[df["experiment"] == "base"]
+    # The loss-only budgets (train.loss_milestones): one row each, with its held-out loss, no FID, sampler or steps.
+    loss = df[df["fid"].isna()]
+    assert len(loss) == len(cfg.model.widths) * len(cfg.train.loss_milestones)
+    assert set(loss["train_images"]) == {round(f * cfg.train.total_images) for f in cfg.train.loss_milestones}
+    assert (loss["sampler"] == "").all() and (loss["steps"] == 0).all() and not loss["best"].any()
+    assert loss["heldout_loss"].gt(0).all() and loss["heldout_loss_se"].gt(0).all()
+    df = df[df["fid"].notna()]
     # Every base cell has its trials and exactly one best row, the lowest FID.
     cells = df.groupby(CELL)
     assert (cells.size() == cfg.eval.n_trials).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -79,6 +80,17 @@ def test_milestones_round_to_whole_batches():
     assert b.milestone_steps == (2, 4, 8) and b.total_images == 256
     assert b.point(128) == {"train_images": 128, "train_steps": 4, "train_flops": 3 * 1e6 * 128,
                             "train_flops_paper": 1e6 * 4}
+    # Loss-only budgets join the checkpoints; one on an FID milestone's step is that milestone; a derived run
+    # (with_train) has none of the base's.
+    from study.config import with_train
+
+    lb = plan(replace(tiny_config().train, loss_milestones=[0.125, 0.375, 0.5]), fwd_flops=1e6)
+    assert lb.milestone_steps == (1, 2, 3, 4, 8) and lb.loss_steps == (1, 3)
+    with pytest.raises(ConfigError, match="train.loss_milestones"):
+        plan(replace(tiny_config().train, loss_milestones=[0.1, 0.11]), fwd_flops=1e6)
+    cfg = tiny_config()
+    cfg.train.loss_milestones = [0.125]
+    assert with_train(cfg, {"total_images": 64}).train.loss_milestones == []
     assert warmup_lr(1.0, 0, 32) == 1.0 and warmup_lr(1.0, 128, 32) == 0.25 and warmup_lr(1.0, 128, 512) == 1.0
 
 

@@ -15,6 +15,7 @@ class Budget:
     global_batch: int  # images per optimizer step, all workers and accumulation steps together
     milestone_steps: tuple[int, ...]  # optimizer steps after which a milestone checkpoint is written
     fwd_flops: float  # forward FLOPs per image of this width (study.ladder's Rung.flops)
+    loss_steps: tuple[int, ...] = ()  # those of them scored by the held-out loss alone (train.loss_milestones)
 
     @property
     def total_steps(self) -> int:
@@ -41,7 +42,8 @@ class Budget:
                 "train_flops": self.train_flops(images), "train_flops_paper": self.train_flops_paper(images)}
 
 
-def milestone_steps(total_images: int, fractions, global_batch: int) -> tuple[int, ...]:
+def milestone_steps(total_images: int, fractions, global_batch: int,
+                    key: str = "train.milestones") -> tuple[int, ...]:
     """Optimizer steps of the milestones: the whole global batch nearest to round(f x total_images).
 
     Training advances one global batch at a time, so milestone f lands at
@@ -52,17 +54,21 @@ def milestone_steps(total_images: int, fractions, global_batch: int) -> tuple[in
     steps = [max(1, math.floor(round(f * total_images) / global_batch + 0.5)) for f in fractions]
     for (f0, s0), (f1, s1) in zip(zip(fractions, steps), zip(fractions[1:], steps[1:])):
         if s0 == s1:
-            raise ConfigError(f"config key 'train.milestones': fractions {f0} and {f1} both fall on optimizer "
+            raise ConfigError(f"config key '{key}': fractions {f0} and {f1} both fall on optimizer "
                               f"step {s0} with train.batch_size={global_batch} and train.total_images="
                               f"{total_images}: raise total_images, lower batch_size or drop one fraction")
     return tuple(steps)
 
 
 def plan(train_cfg, fwd_flops: float) -> Budget:
-    """The budget of a TrainConfig for a model of `fwd_flops` forward FLOPs per image."""
-    return Budget(global_batch=train_cfg.batch_size,
-                  milestone_steps=milestone_steps(train_cfg.total_images, train_cfg.milestones, train_cfg.batch_size),
-                  fwd_flops=float(fwd_flops))
+    """The budget of a TrainConfig for a model of `fwd_flops` forward FLOPs per image: its FID milestones and its
+    loss-only ones (train.loss_milestones; one falling on an FID milestone's step is that milestone)."""
+    total, batch = train_cfg.total_images, train_cfg.batch_size
+    fid = milestone_steps(total, train_cfg.milestones, batch)
+    extra = list(getattr(train_cfg, "loss_milestones", None) or [])
+    loss = set(milestone_steps(total, extra, batch, "train.loss_milestones")) - set(fid) if extra else set()
+    return Budget(global_batch=batch, milestone_steps=tuple(sorted(set(fid) | loss)), fwd_flops=float(fwd_flops),
+                  loss_steps=tuple(sorted(loss)))
 
 
 def warmup_lr(lr: float, warmup_images: int, images_after_step: int) -> float:

@@ -31,7 +31,9 @@ def _mean_over_ranks(x: torch.Tensor, world_size: int) -> float:
 
 
 def _milestone_row(budget, images: int, folder: Path, width: int, seed: int, rung: dict) -> dict:
-    return {**budget.point(images), "path": f"checkpoints/{folder.name}", "width": width, "seed": seed, **rung}
+    # loss_only: a budget of train.loss_milestones, scored by its held-out loss alone
+    return {**budget.point(images), "path": f"checkpoints/{folder.name}", "width": width, "seed": seed, **rung,
+            "loss_only": images // budget.global_batch in budget.loss_steps}
 
 
 def _test_hooks(hooks: dict, rank: int, images: int) -> None:

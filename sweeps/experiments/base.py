@@ -27,12 +27,16 @@ class BaseExperiment(Experiment):
         if e.sample_grid > 0:
             write_grids(ctx, sizes, curve_steps)
         chains = []
-        for (width, seed), milestones in sorted(sizes.items()):
+        for (width, seed), rows in sorted(sizes.items()):
+            milestones = [m for m in rows if not m.get("loss_only")]
             for i, sampler, steps in grid(e, len(milestones)):
                 m = milestones[i]
                 spacing = e.timestep_spacing or default_timestep_spacing(sampler)
                 chains.append(Chain(width, seed, int(m["train_images"]), str(m["path"]), sampler, steps, spacing,
                                     milestone=m))
+            # train.loss_milestones: one held-out loss each, no FID
+            chains += [Chain(width, seed, int(m["train_images"]), str(m["path"]), "", (0,), "", milestone=m,
+                             loss_only=True) for m in rows if m.get("loss_only")]
         return chains
 
 
