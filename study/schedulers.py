@@ -11,7 +11,7 @@ from typing import Any
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, LCMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")  # sample: the clean target (superres.prediction_type)
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 
 # DDIM's eta: 0 is deterministic DDIM, the default of StableDiffusionPipeline.__call__.

@@ -194,6 +194,36 @@ def test_the_residual_scale_travels_with_the_checkpoint():
         widen_for_superres(_base(), 1, residual_scale=0.0)
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpmsolver++"])
+def test_a_residual_model_predicting_the_sample_starts_at_bicubic_and_learns(sampler):
+    # superres.prediction_type=sample with the residual formulation (ResShift predicts x0): the output layer starts
+    # at zero, so before training every sampler returns a zero residual (the bicubic upsample); the loss then
+    # regresses the residual itself and reaches the output layer.
+    from diffusers import UNet2DConditionModel
+
+    from study.schedulers import training_scheduler
+
+    sr = widen_for_superres(_base(), 1, residual_scale=4.0, prediction_type="sample")
+    assert sr.config.prediction_type == "sample" and not sr.conv_out.weight.any()
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    lr = lr_condition(torch.rand(2, 1, 4, 4) * 255, 16)
+    out = upscale(sr, sampler, 3, lr, torch.zeros(1, 4, 32), noise, torch.Generator().manual_seed(5),
+                  prediction_type="sample", aug_generator=torch.Generator().manual_seed(6))
+    # (DDIM as SD configures it, set_alpha_to_one=False, ends at abar_0 = 0.99915, not 1: sqrt(1 - abar_0) = 0.03 of
+    # the noise stays, about one grey level of 255 after the residual's scale; DDPM and DPM-Solver++ end at zero.)
+    assert out.std() < (0.04 if sampler == "ddim" else 1e-6) * noise.std(), out.std()
+    target = torch.rand(4, 1, 16, 16) - 0.5
+    loss = superres_loss(sr, training_scheduler("sample"), target, torch.rand(4, 1, 16, 16) * 2 - 1,
+                         torch.zeros(4, 4, 32), 350, torch.Generator().manual_seed(0), torch.float32)
+    assert loss.item() == pytest.approx(float((target ** 2).mean()), rel=1e-5)  # a zero prediction's error
+    loss.backward()
+    assert sr.conv_out.weight.grad.abs().sum() > 0
+    again = UNet2DConditionModel.from_config(json.loads(json.dumps(dict(sr.config), default=list)))
+    assert again.config.prediction_type == "sample"  # the evaluation samples with what it was trained for
+    # Without the residual formulation nothing is zeroed: the concat model keeps the base's output layer.
+    assert widen_for_superres(_base(), 1, prediction_type="sample").conv_out.weight.any()
+
+
 def test_the_formulation_is_part_of_the_runs_identity():
     from study.config import ConfigError, load_config
     from sweeps.experiments.superres import SuperResExperiment
@@ -203,6 +233,10 @@ def test_the_formulation_is_part_of_the_runs_identity():
     residual = exp.options(load_config("tiny", ["superres.formulation=residual"]))
     scaled = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.residual_scale=2.0"]))
     assert concat["formulation"] == "concat" and "residual_scale" not in concat
-    assert len({json.dumps(o, sort_keys=True) for o in (concat, residual, scaled)}) == 3
+    sample = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.prediction_type=sample"]))
+    assert "prediction_type" not in residual  # the base's, as before the key existed
+    assert len({json.dumps(o, sort_keys=True) for o in (concat, residual, scaled, sample)}) == 4
+    with pytest.raises(ConfigError, match="superres.prediction_type"):
+        load_config("tiny", ["superres.prediction_type=x0"])
     with pytest.raises(ConfigError, match="superres.formulation"):
         load_config("tiny", ["superres.formulation=shift"])

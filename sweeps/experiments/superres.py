@@ -10,7 +10,8 @@ from sweeps.experiments import Experiment, StageContext, final_milestones
 # Keys of the superres section that change what a fine-tune computes (its run identity); the evaluation keys
 # (samplers, steps, noise level at inference, num_eval, the metric networks) may change without retraining.
 TRAINING_KEYS = ("data", "root", "hr_size", "photo_shrink", "base_weights", "formulation", "residual_scale",
-                 "train_images", "batch_size", "lr", "warmup_images", "ema_decay", "max_noise_level")
+                 "prediction_type", "train_images", "batch_size", "lr", "warmup_images", "ema_decay",
+                 "max_noise_level")
 
 
 class SuperResExperiment(Experiment):
@@ -22,6 +23,8 @@ class SuperResExperiment(Experiment):
         o = {k: getattr(cfg.superres, k) for k in TRAINING_KEYS}
         if o["formulation"] != "residual":  # a scale the concat formulation never reads retrains nothing
             del o["residual_scale"]
+        if not o["prediction_type"]:  # the base model's, as before the key existed: its runs keep their identity
+            del o["prediction_type"]
         return o
 
     def sources(self, ctx: StageContext) -> dict[tuple[int, int], str]:

@@ -78,6 +78,23 @@ def test_the_sections_recover_the_laws_and_compare_the_two_approaches(tmp_path):
     assert "isoFLOP profiles beside the joint law" in text and "data:image/png;base64" in text
 
 
+def test_budgets_scored_by_their_loss_alone_give_the_loss_its_isoflop_profiles(tmp_path):
+    # FID at each size's final budget only, as the study writes a train.loss_milestones budget the others: one row
+    # with its loss and no FID, sampler or steps (sweeps.eval_grid._loss_row). The loss's isoFLOP law is found
+    # from them; FID, one budget per size, has no profile.
+    t = study()
+    final = t["train_images"] == t["train_images"].max()
+    only = t[~final].drop_duplicates(["width", "train_images"]).assign(
+        fid=np.nan, fid_std=np.nan, sampler="", steps=0, guidance=np.nan, best=False)
+    table = normalize(pd.concat([t[final], only], ignore_index=True))
+    secs, numbers, tables = _sections(table, tmp_path)
+    a = _row(numbers, "isoflop/held-out loss", "a")
+    assert a["determined"] and a["low"] <= BETA / (ALPHA + BETA) <= a["high"], a.to_dict()
+    assert len(tables["isoflop_loss"]) == 5
+    iso = next(s for s in secs if s["id"] == "isoflop")
+    assert not [r for r in numbers.itertuples() if r.fit == "isoflop/FID" and r.determined], iso["lines"]
+
+
 def test_a_law_that_misses_its_points_is_blanked_not_quoted(tmp_path):
     _, numbers, _ = _sections(study(broken=1.5), tmp_path)
     rows = numbers[numbers["fit"] == "loss_power/width=8"]  # the smallest size, with one bad checkpoint

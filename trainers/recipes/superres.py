@@ -21,10 +21,11 @@ class SuperResRecipe(Recipe):
         self.setup = superres_setup(ctx.cfg, ctx.prepared_dir)
         self.source = self.setup.source(ctx.seed)  # crops keyed by the run's seed, as the base data order
         self.space = self.setup.space.to(ctx.device)
-        self.scheduler = training_scheduler(ctx.cfg.model.prediction_type)
+        o = ctx.cfg.superres
+        self.prediction_type = o.prediction_type or ctx.cfg.model.prediction_type
+        self.scheduler = training_scheduler(self.prediction_type)
         self.uncond = self.setup.uncond.to(ctx.device)
         self.max_noise_level = int(ctx.cfg.superres.max_noise_level)
-        o = ctx.cfg.superres
         self.residual_scale = o.residual_scale if o.formulation == "residual" else None
         self.hr_size = o.hr_size
         return self
@@ -53,7 +54,7 @@ class SuperResRecipe(Recipe):
         if base.config.out_channels != self.setup.channels:
             raise ValueError(f"the base model outputs {base.config.out_channels} channels, the super-resolution "
                              f"latents have {self.setup.channels}: the base must be trained in the same latent space")
-        return widen_for_superres(base, self.setup.channels_lr, self.residual_scale)
+        return widen_for_superres(base, self.setup.channels_lr, self.residual_scale, self.prediction_type)
 
     def loss(self, model, batch: dict, gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
         from study.experiments.superres.model import superres_loss

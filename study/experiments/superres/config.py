@@ -32,6 +32,11 @@ class SuperResConfig:
     # Residual only: its std on the embedded patches is ~0.13 against the images' ~0.47 in [-1, 1]; x4 puts it
     # on the images' scale, so the noise schedule's signal-to-noise ratios mean for it what they mean for images.
     residual_scale: float = 4.0
+    # What the fine-tuned UNet predicts: "" the base model's (model.prediction_type), or "sample", the clean target
+    # (ResShift, Yue et al. 2023, predicts x0). With the residual formulation, "sample" also starts the output layer
+    # at zero: before its first step the fine-tune predicts a zero residual and outputs the bicubic upsample
+    # exactly, so its training moves it from bicubic rather than from noise (docs/results.md, "Super-resolution").
+    prediction_type: str = ""
     # Fine-tuning budget in HR images seen, from each base's final milestone.
     train_images: int = 4096
     batch_size: int = 64  # HR patches per optimizer step
@@ -72,6 +77,10 @@ def validate(cfg) -> None:
            "'concat' (the SD x4 upscaler's) or 'residual' (SRDiff's residual over the bicubic upsample)",
            sr.formulation)
     _check(sr.residual_scale > 0, "superres.residual_scale", "a positive scale", sr.residual_scale)
+    from study.schedulers import PREDICTION_TYPES
+
+    _check(sr.prediction_type in ("", *PREDICTION_TYPES), "superres.prediction_type",
+           f"'' (the base model's) or one of {list(PREDICTION_TYPES)}", sr.prediction_type)
     _check(sr.train_images > 0 and sr.batch_size > 0, "superres.train_images",
            "positive train_images and batch_size", sr.train_images)
     _check(sr.lr > 0, "superres.lr", "a positive learning rate", sr.lr)

@@ -113,13 +113,14 @@ class SuperResEvaluator:
         gen = torch.Generator().manual_seed(seed)
         noise = torch.randn((n, self.setup.channels, self.setup.grid, self.setup.grid), generator=gen)
         unet = unet.to(self.device).eval()
+        prediction = unet.config.get("prediction_type") or self.cfg.model.prediction_type  # superres.prediction_type
         out = []
         for i in range(0, n, bs):
             step_gen = torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + i)
             aug_gen = torch.Generator().manual_seed(seed * 1_000_033 + i)
             lat = upscale(unet, sampler, steps, self.cond[i:i + bs], self.setup.uncond, noise[i:i + bs].to(self.device),
-                          step_gen, self.o.eval_noise_level, self.cfg.eval.timestep_spacing,
-                          self.cfg.model.prediction_type, aug_generator=aug_gen)
+                          step_gen, self.o.eval_noise_level, self.cfg.eval.timestep_spacing, prediction,
+                          aug_generator=aug_gen)
             if scale is not None:
                 lat = from_residual(lat, bicubic_latents(self.setup.space, self.lr[i:i + bs], self.o.hr_size)
                                     .to(lat.device), scale)

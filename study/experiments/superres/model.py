@@ -57,13 +57,16 @@ def lr_condition(lr: torch.Tensor, grid: int) -> torch.Tensor:
     return to_unit(lr.clamp(0, 255))
 
 
-def widen_for_superres(base, lr_channels: int, residual_scale: float | None = None):
+def widen_for_superres(base, lr_channels: int, residual_scale: float | None = None,
+                       prediction_type: str | None = None):
     """The base UNet with conv_in widened for the concatenated LR image and a noise-level class embedding.
 
     New input weights and the class embedding are zero, old weights and the bias are kept (instruct-pix2pix
     drops the bias), so before its first step the model computes exactly what the base model did, for any
     LR image and any noise level. residual_scale: the residual formulation's scale, recorded in its config
-    (None: the concat formulation).
+    (None: the concat formulation). prediction_type: what the fine-tune predicts, recorded in its config (None: the
+    base's); "sample" with the residual formulation starts conv_out at zero, so the untrained model predicts a zero
+    residual (the bicubic upsample), as ControlNet's zero convolutions start from the model they extend.
     """
     from diffusers import UNet2DConditionModel
 
@@ -91,6 +94,12 @@ def widen_for_superres(base, lr_channels: int, residual_scale: float | None = No
         if not residual_scale > 0:
             raise ValueError(f"residual_scale={residual_scale}: expected a positive scale (superres.residual_scale)")
         unet.register_to_config(**{RESIDUAL_SCALE_KEY: float(residual_scale)})
+    if prediction_type:
+        unet.register_to_config(prediction_type=prediction_type)
+        if prediction_type == "sample" and residual_scale is not None:
+            with torch.no_grad():
+                unet.conv_out.weight.zero_()
+                unet.conv_out.bias.zero_()
     unet = unet.to(base.device)
     return unet if base.dtype == torch.float32 else unet.to(base.dtype)
 
@@ -137,8 +146,9 @@ def superres_loss(unet, scheduler, latents: torch.Tensor, lr: torch.Tensor, cont
     level = torch.randint(0, max_noise_level + 1, (b,), generator=gen, device=dev)
     cond = augment(lr, level, gen)
     noisy = scheduler.add_noise(latents, noise, t)  # x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4)
-    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" \
-        else noise
+    kind = scheduler.config.prediction_type
+    target = (scheduler.get_velocity(latents, noise, t) if kind == "v_prediction"
+              else latents if kind == "sample" else noise)
     model_input = torch.cat([noisy, cond], dim=1).to(dtype)
     pred = unet(model_input, t, encoder_hidden_states=context.to(dtype), class_labels=level,
                 return_dict=False)[0]
