@@ -81,3 +81,17 @@ def test_sizes_worse_than_bicubic_leave_every_claim_unresolved_and_say_so(tmp_pa
         assert "worse than bicubic upsampling beyond noise): 0.5M FID 5.5 vs bicubic 3" in claim["found"]
     base = res["tables"]["superres_baseline"].set_index("width")
     assert base.loc[8, "below"] and not base.loc[32, "below"]
+
+
+def test_sizes_only_level_with_bicubic_are_under_trained_too(tmp_path):
+    # Both sizes' FIDs (and LPIPS) sit within their noise of bicubic's: neither beats the baseline, so no verdict
+    # on size or cost, and the claim names each size's interval against bicubic's value.
+    fid = lambda w, s: 11.9 if w == 8 else 11.8  # noqa: E731
+    res = analyze(_table(tmp_path, fid, std=0.5), tmp_path / "out", n_boot=200, seed=0)
+    for key in ("superres_cost", "superres_size"):
+        claim = res["claims"][key]
+        assert claim["verdict"] == "not resolved: under-trained", claim
+        assert "Not above the baseline (not better than bicubic upsampling beyond noise): 0.5M FID 11.9" in \
+            claim["found"] and "vs bicubic 12" in claim["found"], claim["found"]
+    base = res["tables"]["superres_baseline"]
+    assert not base["below"].any() and not base["beats"].any()
