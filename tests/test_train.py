@@ -85,7 +85,7 @@ def test_milestones_round_to_whole_batches():
     from study.config import with_train
 
     lb = plan(replace(tiny_config().train, loss_milestones=[0.125, 0.375, 0.5]), fwd_flops=1e6)
-    assert lb.milestone_steps == (1, 2, 3, 4, 8) and lb.loss_steps == (1, 3)
+    assert lb.milestone_steps == (2, 4, 8) and lb.loss_steps == (1, 3)
     with pytest.raises(ConfigError, match="train.loss_milestones"):
         plan(replace(tiny_config().train, loss_milestones=[0.1, 0.11]), fwd_flops=1e6)
     cfg = tiny_config()
@@ -228,6 +228,29 @@ def test_resume_after_kill_matches_clean_run(clean, prep, tmp_path):
     assert not list((size_dir / "checkpoints").glob(".tmp-*"))
     metrics = [json.loads(ln)["train_images"] for ln in (size_dir / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(32, 257, 32))  # resumed from 160: nothing logged twice
+    _assert_same_weights(clean[0], run_dir)
+
+
+def test_loss_only_budgets_are_weights_only_checkpoints_that_change_nothing_the_run_computes(clean, prep, tmp_path):
+    # train.loss_milestones: 32 and 96 images (steps 1 and 3, between the milestones), killed at 160 images.
+    run_dir = tmp_path / "run"
+    size_dir = trainers.run_dir_for(run_dir, 8, 0)
+    loss = "train.loss_milestones=[0.125,0.375]"
+    with pytest.raises(Exception):
+        _train(run_dir, prep, loss, hooks={"kill_after_images": 160, "kill_marker": str(tmp_path / "killed")})
+    # A kill between writing a loss-only checkpoint and indexing it: the rerun indexes it.
+    kept = [r for r in trainers.load_milestones(size_dir) if not r.get("loss_only")]
+    (size_dir / "milestones.json").write_text(json.dumps(kept))
+    rows = _train(run_dir, prep, loss, inline=True)["milestones"]
+    assert [(r["train_images"], r["loss_only"]) for r in rows] == [(32, True), (64, False), (96, True),
+                                                                     (128, False), (256, False)]
+    for r in rows:
+        if r["loss_only"]:  # what the evaluation reads, nothing a resume needs: a third of a milestone
+            folder = size_dir / r["path"]
+            assert {p.name for p in folder.iterdir()} == {"raw.safetensors", "ema.safetensors", "unet.json",
+                                                           ckpt.STATE}
+            assert trainers.load_unet(folder) is not None  # verified against its state.json
+    assert all(f.name.startswith("milestone-") for _, f in ckpt.complete(size_dir / "checkpoints"))  # never resumed
     _assert_same_weights(clean[0], run_dir)
 
 

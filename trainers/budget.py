@@ -15,7 +15,8 @@ class Budget:
     global_batch: int  # images per optimizer step, all workers and accumulation steps together
     milestone_steps: tuple[int, ...]  # optimizer steps after which a milestone checkpoint is written
     fwd_flops: float  # forward FLOPs per image of this width (study.ladder's Rung.flops)
-    loss_steps: tuple[int, ...] = ()  # those of them scored by the held-out loss alone (train.loss_milestones)
+    # Steps of train.loss_milestones: budgets scored by the held-out loss alone, each a weights-only checkpoint
+    loss_steps: tuple[int, ...] = ()
 
     @property
     def total_steps(self) -> int:
@@ -61,14 +62,13 @@ def milestone_steps(total_images: int, fractions, global_batch: int,
 
 
 def plan(train_cfg, fwd_flops: float) -> Budget:
-    """The budget of a TrainConfig for a model of `fwd_flops` forward FLOPs per image: its FID milestones and its
-    loss-only ones (train.loss_milestones; one falling on an FID milestone's step is that milestone)."""
+    """The budget of a TrainConfig for a model of `fwd_flops` forward FLOPs per image: its milestones and its
+    loss-only budgets (train.loss_milestones; one falling on a milestone's step is that milestone)."""
     total, batch = train_cfg.total_images, train_cfg.batch_size
     fid = milestone_steps(total, train_cfg.milestones, batch)
     extra = list(getattr(train_cfg, "loss_milestones", None) or [])
     loss = set(milestone_steps(total, extra, batch, "train.loss_milestones")) - set(fid) if extra else set()
-    return Budget(global_batch=batch, milestone_steps=tuple(sorted(set(fid) | loss)), fwd_flops=float(fwd_flops),
-                  loss_steps=tuple(sorted(loss)))
+    return Budget(global_batch=batch, milestone_steps=fid, fwd_flops=float(fwd_flops), loss_steps=tuple(sorted(loss)))
 
 
 def warmup_lr(lr: float, warmup_images: int, images_after_step: int) -> float:

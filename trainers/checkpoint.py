@@ -24,6 +24,11 @@ def milestone_name(images: int) -> str:
     return f"milestone-{images:010d}"
 
 
+def loss_name(images: int) -> str:
+    """A loss-only budget's weights-only checkpoint (train.loss_milestones): never a resume point."""
+    return f"loss-{images:010d}"
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -220,6 +225,29 @@ def write(root: Path, name: str, engine, ema, state: dict, rank: int, world_size
             raise
         shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the live checkpoints are untouched
         raise disk_full_error(root, checkpoint_bytes(engine, ema)) from err
+    _barrier(world_size)
+    return final
+
+
+def write_weights(root: Path, name: str, engine, ema, state: dict, rank: int, world_size: int) -> Path:
+    """Write a weights-only checkpoint atomically (rank 0): the raw and EMA weights, the UNet's config and state.json
+    with their sums; what an evaluation reads (study.weights.load_unet), not what a resume needs (no optimizer, RNG
+    or post-hoc EMA state: `complete` never lists it). A loss-only budget's, a third of a milestone's bytes."""
+    final, tmp = root / name, root / f".tmp-{name}-{state['train_images']:010d}"
+    if rank == 0:
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_weights(engine.module, ema, tmp)
+            (tmp / STATE).write_text(json.dumps({**state, FILES: manifest(tmp)}, indent=1))
+            publish(tmp, final)
+        except Exception as err:
+            from study.errors import disk_full_error, is_disk_full
+
+            if not is_disk_full(err):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise disk_full_error(root, checkpoint_bytes(engine, ema)) from err
     _barrier(world_size)
     return final
 

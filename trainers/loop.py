@@ -31,9 +31,9 @@ def _mean_over_ranks(x: torch.Tensor, world_size: int) -> float:
 
 
 def _milestone_row(budget, images: int, folder: Path, width: int, seed: int, rung: dict) -> dict:
-    # loss_only: a budget of train.loss_milestones, scored by its held-out loss alone
+    # loss_only: a budget of train.loss_milestones (a weights-only checkpoint), scored by its held-out loss alone
     return {**budget.point(images), "path": f"checkpoints/{folder.name}", "width": width, "seed": seed, **rung,
-            "loss_only": images // budget.global_batch in budget.loss_steps}
+            "loss_only": folder.name.startswith("loss-")}
 
 
 def _test_hooks(hooks: dict, rank: int, images: int) -> None:
@@ -141,6 +141,10 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
         for images, folder in ckpt.complete(root):
             if folder.name.startswith("milestone-") and images not in indexed:
                 add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
+        for folder in root.glob("loss-*"):  # loss-only budgets (weights only: never a resume point)
+            images = int(folder.name.removeprefix("loss-"))
+            if (folder / ckpt.STATE).is_file() and images not in indexed:
+                add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
     tracker = None
     if rank == 0:
         tracker = Tracker(size_dir, cfg, config.get("identity") or config["cfg"], width, seed, budget.total_images, step * B,
@@ -194,6 +198,13 @@ def run_loop(config: dict, rank: int, world: int, device: torch.device, report) 
                 tracker.log(row)
             last_log, loss_sum, n_loss = (images, now), 0.0, 0
 
+        if step in budget.loss_steps:  # train.loss_milestones: the weights the held-out loss scores, no state
+            folder = root / ckpt.loss_name(images)
+            if not (folder / ckpt.STATE).exists():
+                ckpt.write_weights(root, folder.name, engine, ema, {**budget.point(images), "width": width,
+                                                                    "seed": seed, "precision": precision}, rank, world)
+            if rank == 0:
+                add_milestone(size_dir, _milestone_row(budget, images, folder, width, seed, config["rung"]))
         is_milestone = step in budget.milestone_steps
         if is_milestone or (ckpt_steps and step % ckpt_steps == 0):
             state = {**budget.point(images), "ema_step": ema.optimization_step if ema else 0,
