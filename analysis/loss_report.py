@@ -321,7 +321,7 @@ def loss_sections(base: pd.DataFrame, pts: pd.DataFrame, fits: dict, n_boot: int
         sec, lrows = loss_law_section(lp, lfits, out)
         sections.append(sec)
         rows += lrows
-        tables["loss_points"] = lp
+        tables["loss_points"] = lp.rename(columns={"fid": "loss"})  # (the training fits read the value as `fid`)
     maps = loss_to_fid(base, seed=seed)
     sections.append(loss_to_fid_section(base, maps, out))
     if len(maps):

@@ -37,7 +37,8 @@ def grid(runs: int, batch: int, steps: int, inline: bool, tmp: Path) -> tuple[fl
     widths = ",".join(str(8 * (i + 1)) for i in range(runs))
     cfg = load_config(None, [
         "name=launch", "model.ladder=tiny", f"model.widths=[{widths}]", f"train.batch_size={batch}",
-        f"train.total_images={batch * steps}", "train.milestones=[1.0]", "train.warmup_images=0",
+        f"train.total_images={batch * steps}", "train.milestones=[1.0]", "train.loss_milestones=[]",
+        "train.warmup_images=0",
         "train.cpus_per_worker=0.95", "tracking.wandb_mode=disabled", f"runs_dir={tmp}"])
     prep = fake_data(tmp / "prep", 1024, 1, 8, 16, 384)
     tg.inline_training = lambda train_cfg: inline  # the mode under test, whatever the worker count

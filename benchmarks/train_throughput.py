@@ -123,7 +123,8 @@ def config(ladder: str, width: int, batch: int, steps: int, threads: int, use_gp
 
     return load_config(None, [
         "name=bench", f"model.ladder={ladder}", f"model.widths=[{width}]", f"train.batch_size={batch}",
-        f"train.total_images={batch * steps}", "train.milestones=[1.0]", f"train.log_every_images={batch}",
+        f"train.total_images={batch * steps}", "train.milestones=[1.0]", "train.loss_milestones=[]",
+        f"train.log_every_images={batch}",
         "train.num_workers=1", f"train.cpus_per_worker={threads}", f"train.torch_threads={threads}",
         f"train.use_gpu={str(use_gpu).lower()}", "tracking.wandb_mode=disabled", "sweep.max_failures=0"])
 

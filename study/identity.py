@@ -48,6 +48,11 @@ def stable_hash(obj, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
+# Training keys added after run folders existed, whose empty value is what those runs did: left out of the identity
+# while empty, so every such folder keeps its hash and resumes.
+ABSENT_WHEN_EMPTY_TRAIN_KEYS = ("loss_milestones",)
+
+
 def data_identity(data: dict) -> dict:
     """The data section less the keys that change how prepare runs, not what it computes."""
     return {k: v for k, v in data.items() if k not in OPERATIONAL_DATA_KEYS}
@@ -56,7 +61,8 @@ def data_identity(data: dict) -> dict:
 def training_identity(cfg_dict: dict) -> dict:
     """The part of a resolved config that decides what a training run computes."""
     model = {k: v for k, v in cfg_dict["model"].items() if k in ("ladder", "prediction_type")}
-    train = {k: v for k, v in cfg_dict["train"].items() if k not in OPERATIONAL_TRAIN_KEYS}
+    train = {k: v for k, v in cfg_dict["train"].items()
+             if k not in OPERATIONAL_TRAIN_KEYS and not (k in ABSENT_WHEN_EMPTY_TRAIN_KEYS and not v)}
     ident = {"data": data_identity(cfg_dict["data"]), "text_encoder": cfg_dict["text_encoder"],
              "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
     if cfg_dict.get("recipe"):  # a derived run (distillation, fine-tune): its recipe, base checkpoint, options

@@ -301,6 +301,20 @@ def chain_done(cfg: StudyConfig, chain: Chain, storage) -> bool:
     return all(len(completed_results(c, storage, fingerprint)) >= _trials_target(cfg, chain) for c in chain.cells())
 
 
+def _cancel_running(refs) -> None:
+    """Force-cancel the chains still running. A finished one is left alone: Ray (2.60) aborts the driver with a
+    failed check ("Tried to complete task that was not pending") when a force-cancel meets a task whose reply is
+    in, which quick chains (a loss-only budget's few seconds) made likely."""
+    import ray
+
+    refs = list(refs)
+    if not refs:
+        return
+    _, running = ray.wait(refs, num_returns=len(refs), timeout=0)
+    for ref in running:
+        ray.cancel(ref, force=True)
+
+
 def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: list[Chain],
                   rungs: dict[int, dict], storage_url: str, progress: bool = True, name: str = "evaluate") -> dict:
     """Submit every unfinished chain as a Ray task; rows reach the results table as trials complete."""
@@ -374,8 +388,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
         try:
             watch.check()  # before the table is rebuilt from a database that may be another, empty one
         except StorageVanished:
-            for ref in pending:
-                ray.cancel(ref, force=True)
+            _cancel_running(pending)
             bar.close()
             raise
         changed = {id(c) for c in pending.values()}  # the running chains and (below) those just finished
@@ -386,8 +399,7 @@ def run_eval_grid(cfg: StudyConfig, run_dir: Path, prepared_dir: Path, chains: l
             except Exception as err:  # a chain that failed after its retries: keep going, report it
                 if is_disk_full(err):  # but not on a full disk: every other chain would fail the same way
                     hush_unread_failures()
-                    for other in pending:
-                        ray.cancel(other, force=True)
+                    _cancel_running(pending)
                     bar.close()
                     raise
                 failed.append(f"{ch.experiment} evaluation of w{ch.width} at {ch.train_images} images, {ch.sampler}: "

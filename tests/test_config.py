@@ -150,4 +150,6 @@ def test_the_shipped_configs_keep_their_training_identity():
     from study.identity import stable_hash, training_identity
 
     got = {name: stable_hash(training_identity(to_dict(load_config(name)))) for name in ("tiny", "smoke", "paper")}
-    assert got == {"tiny": "26f525bf4e0c", "smoke": "72e7170cb0ae", "paper": "de54d4cacf63"}
+    # tiny and smoke moved with their train.loss_milestones (budgets their runs now also write); paper.yaml, which
+    # has none, kept its hash (an empty loss_milestones is left out of the identity).
+    assert got == {"tiny": "d381d74a61a5", "smoke": "ba3bd8e72992", "paper": "de54d4cacf63"}

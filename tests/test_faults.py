@@ -137,9 +137,12 @@ def test_both_reruns_end_with_the_same_full_table(interrupted, database_deleted)
     cfg = load_config("smoke", SMOKE_TEST_OVERRIDES)
     n_cells = len(cfg.model.widths) * len(cfg.train.milestones) * len(cfg.eval.samplers) * len(cfg.eval.steps)
     tables = []
+    n_loss = len(cfg.model.widths) * len(cfg.train.loss_milestones)  # one row per loss-only budget
     for df in (interrupted["table"], database_deleted["table"]):
-        assert len(df) == n_cells * cfg.eval.n_trials and not df.duplicated(["optuna_study", "optuna_trial"]).any()
-        tables.append(df[[*CELL, "guidance", "fid"]].sort_values([*CELL, "guidance"]).reset_index(drop=True))
+        assert len(df) == n_cells * cfg.eval.n_trials + n_loss
+        assert not df.duplicated(["optuna_study", "optuna_trial"]).any()
+        tables.append(df[[*CELL, "guidance", "fid", "heldout_loss"]].sort_values([*CELL, "guidance"])
+                      .reset_index(drop=True))
     pd.testing.assert_frame_equal(tables[0], tables[1])
 
 
@@ -168,7 +171,7 @@ def disk_full(root):
                 _crash(proc)
         failed = {"code": proc.returncode, "out": out, "seconds": time.monotonic() - t, "gone": _session_gone(proc),
                   "milestones": _milestone_times(mnt / "full")}
-        subprocess.run(["mount", "-o", "remount,size=400m", str(mnt)], check=True)
+        subprocess.run(["mount", "-o", "remount,size=600m", str(mnt)], check=True)  # the base-only smoke: ~410 MB
         proc = _study(args)
         out, _ = proc.communicate(timeout=900)
         assert proc.returncode == 0 and "study finished" in out, out[-4000:]
@@ -216,6 +219,8 @@ def test_a_full_disk_stops_the_study_with_one_line_and_a_rerun_resumes(disk_full
     cfg = load_config("smoke", SMOKE_TEST_OVERRIDES)
     n_cells = len(cfg.model.widths) * len(cfg.train.milestones) * len(cfg.eval.samplers) * len(cfg.eval.steps)
     table = disk_full["table"]
-    assert len(table) == n_cells * cfg.eval.n_trials and not table.duplicated(["optuna_study", "optuna_trial"]).any()
+    n_loss = len(cfg.model.widths) * len(cfg.train.loss_milestones)  # one row per loss-only budget
+    assert len(table) == n_cells * cfg.eval.n_trials + n_loss
+    assert not table.duplicated(["optuna_study", "optuna_trial"]).any()
     print(f"full disk: the study stopped {disk_full['seconds']:.0f} s after it started; other console lines: "
           f"{others[:5]}")

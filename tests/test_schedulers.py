@@ -17,8 +17,9 @@ def test_training_schedule_is_sd15():
     assert (c.num_train_timesteps, c.beta_schedule, c.beta_start, c.beta_end) == (1000, "scaled_linear", 0.00085, 0.012)
     assert c.clip_sample is False and c.prediction_type == "epsilon"
     assert training_scheduler("v_prediction").config.prediction_type == "v_prediction"
-    with pytest.raises(ValueError, match="'epsilon', 'v_prediction'"):
-        training_scheduler("sample")
+    assert training_scheduler("sample").config.prediction_type == "sample"  # superres.prediction_type
+    with pytest.raises(ValueError, match="'epsilon', 'v_prediction', 'sample'"):
+        training_scheduler("x0")
 
 
 @pytest.mark.parametrize(

@@ -230,8 +230,9 @@ def test_the_formulation_is_part_of_the_runs_identity():
 
     exp = SuperResExperiment()
     concat = exp.options(load_config("tiny", ["superres.formulation=concat"]))
-    residual = exp.options(load_config("tiny", ["superres.formulation=residual"]))
-    scaled = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.residual_scale=2.0"]))
+    residual = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.prediction_type=''"]))
+    scaled = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.residual_scale=2.0",
+                                              "superres.prediction_type=''"]))
     assert concat["formulation"] == "concat" and "residual_scale" not in concat
     sample = exp.options(load_config("tiny", ["superres.formulation=residual", "superres.prediction_type=sample"]))
     assert "prediction_type" not in residual  # the base's, as before the key existed

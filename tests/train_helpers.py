@@ -31,5 +31,5 @@ def tiny_config(*overrides: str):
     """Width 8 of the tiny ladder, 256 images in batches of 32, W&B off, one CPU worker."""
     return load_config(None, [
         "name=t", "model.widths=[8]", "train.total_images=256", "train.batch_size=32",
-        "train.milestones=[0.25,0.5,1.0]", "train.lr=1e-3", "train.ema_decay=0.9",
+        "train.milestones=[0.25,0.5,1.0]", "train.loss_milestones=[]", "train.lr=1e-3", "train.ema_decay=0.9",
         "tracking.wandb_mode=disabled", "sweep.max_failures=0", *overrides])

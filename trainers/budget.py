@@ -67,7 +67,9 @@ def plan(train_cfg, fwd_flops: float) -> Budget:
     total, batch = train_cfg.total_images, train_cfg.batch_size
     fid = milestone_steps(total, train_cfg.milestones, batch)
     extra = list(getattr(train_cfg, "loss_milestones", None) or [])
-    loss = set(milestone_steps(total, extra, batch, "train.loss_milestones")) - set(fid) if extra else set()
+    # Two loss-only fractions on one step are one budget (they are extra points of a curve, not milestones a
+    # study's cells are keyed on), as is one on a milestone's step.
+    loss = {max(1, math.floor(round(f * total) / batch + 0.5)) for f in extra} - set(fid)
     return Budget(global_batch=batch, milestone_steps=fid, fwd_flops=float(fwd_flops), loss_steps=tuple(sorted(loss)))
 
 

@@ -149,7 +149,8 @@ def baseline_table(per: pd.DataFrame, baselines: dict) -> pd.DataFrame:
                 half = 1.96 * sd if np.isfinite(sd) else 0.0
                 worse, better = r[m] - half > baselines[m], r[m] + half < baselines[m]
                 row |= {m: float(r[m]), f"bicubic_{m}": float(baselines[m]), f"{m}_worse": bool(worse),
-                        f"{m}_better": bool(better), f"{m}_low": float(r[m] - half), f"{m}_high": float(r[m] + half)}
+                        f"{m}_better": bool(better), f"{m}_low": max(0.0, float(r[m] - half)),  # distances: >= 0
+                        f"{m}_high": float(r[m] + half)}
                 row["below"] |= bool(worse)
                 row["beats"] &= bool(better)
         rows.append(row)
