@@ -49,39 +49,39 @@ class Chain:
                      self.variant, self.namespace) for s in self.steps]
 
 
+def _checkpoint_fields(cfg: StudyConfig, chain: Chain, rung: dict, training_hash: str) -> dict:
+    """The ResultRow fields every row of a chain's checkpoint shares: what was trained, how far, and its identity."""
+    m = chain.milestone
+    return dict(run_id=cfg.name, trial_id=f"w{chain.width}-s{chain.seed}", experiment=chain.experiment,
+                task=chain.task, width=chain.width, params=int(rung["params"]), gflops=float(rung["gflops"]),
+                normalized_cost=float(rung["normalized_cost"]), train_images=chain.train_images,
+                train_flops=float(m["train_flops"]), train_flops_paper=float(m["train_flops_paper"]),
+                seed=chain.seed, checkpoint=chain.checkpoint, config_hash=training_hash, version=__version__,
+                partial=bool(m.get("partial", False)), variant=chain.variant)
+
+
 def _row(cfg: StudyConfig, chain: Chain, rung: dict, cell: Cell, number: int, g: float, res: dict,
          training_hash: str) -> dict:
-    m = chain.milestone
     row = ResultRow(
-        run_id=cfg.name, trial_id=f"w{chain.width}-s{chain.seed}", experiment=chain.experiment, task=chain.task,
-        width=chain.width, params=int(rung["params"]), gflops=float(rung["gflops"]),
-        normalized_cost=float(rung["normalized_cost"]), train_images=chain.train_images,
-        train_flops=float(m["train_flops"]), train_flops_paper=float(m["train_flops_paper"]),
+        **_checkpoint_fields(cfg, chain, rung, training_hash),
         sampler=chain.sampler, steps=cell.steps, timestep_spacing=chain.spacing, guidance=g,
         sampling_cost=sampling_cost(rung["normalized_cost"], cell.steps), unet_calls=int(res.get("unet_calls", 0)),
         fid=res["fid"], kid=res.get("kid"), alignment=res.get("alignment"), num_samples=int(res["num_samples"]),
-        seed=chain.seed, checkpoint=chain.checkpoint, config_hash=training_hash,
-        version=__version__, fid_std=res.get("fid_std"), kid_std=res.get("kid_std"),
+        fid_std=res.get("fid_std"), kid_std=res.get("kid_std"),
         fid_floor=res.get("fid_floor"), alignment_metric=res.get("alignment_metric"),
         search="none" if chain.fixed_guidance is not None else cfg.eval.search, optuna_study=cell.study_name,
         optuna_trial=number, sampler_settings=res.get("sampler_settings"), eval_seconds=res.get("eval_seconds"),
-        objective=res.get(chain.objective), partial=bool(m.get("partial", False)), variant=chain.variant)
+        objective=res.get(chain.objective))
     return row_dict(row, res)
 
 
 def _loss_row(cfg: StudyConfig, chain: Chain, rung: dict, res: dict, training_hash: str) -> dict:
     """The one row of a loss-only budget: its held-out loss, no sampler, steps, guidance or FID."""
-    m = chain.milestone
     row = ResultRow(
-        run_id=cfg.name, trial_id=f"w{chain.width}-s{chain.seed}", experiment=chain.experiment, task=chain.task,
-        width=chain.width, params=int(rung["params"]), gflops=float(rung["gflops"]),
-        normalized_cost=float(rung["normalized_cost"]), train_images=chain.train_images,
-        train_flops=float(m["train_flops"]), train_flops_paper=float(m["train_flops_paper"]),
+        **_checkpoint_fields(cfg, chain, rung, training_hash),
         sampler="", steps=0, timestep_spacing="", guidance=float("nan"), sampling_cost=0.0, unet_calls=0,
-        fid=float("nan"), kid=None, alignment=None, num_samples=0, seed=chain.seed, checkpoint=chain.checkpoint,
-        config_hash=training_hash, version=__version__, search="none",
-        optuna_study=f"{chain.namespace}loss-w{chain.width}-s{chain.seed}-i{chain.train_images}", optuna_trial=0,
-        partial=bool(m.get("partial", False)), variant=chain.variant)
+        fid=float("nan"), kid=None, alignment=None, num_samples=0, search="none",
+        optuna_study=f"{chain.namespace}loss-w{chain.width}-s{chain.seed}-i{chain.train_images}", optuna_trial=0)
     return row_dict(row, res)
 
 

@@ -43,8 +43,7 @@ class Budget:
                 "train_flops": self.train_flops(images), "train_flops_paper": self.train_flops_paper(images)}
 
 
-def milestone_steps(total_images: int, fractions, global_batch: int,
-                    key: str = "train.milestones") -> tuple[int, ...]:
+def milestone_steps(total_images: int, fractions, global_batch: int) -> tuple[int, ...]:
     """Optimizer steps of the milestones: the whole global batch nearest to round(f x total_images).
 
     Training advances one global batch at a time, so milestone f lands at
@@ -55,7 +54,7 @@ def milestone_steps(total_images: int, fractions, global_batch: int,
     steps = [max(1, math.floor(round(f * total_images) / global_batch + 0.5)) for f in fractions]
     for (f0, s0), (f1, s1) in zip(zip(fractions, steps), zip(fractions[1:], steps[1:])):
         if s0 == s1:
-            raise ConfigError(f"config key '{key}': fractions {f0} and {f1} both fall on optimizer "
+            raise ConfigError(f"config key 'train.milestones': fractions {f0} and {f1} both fall on optimizer "
                               f"step {s0} with train.batch_size={global_batch} and train.total_images="
                               f"{total_images}: raise total_images, lower batch_size or drop one fraction")
     return tuple(steps)
