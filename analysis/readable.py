@@ -1,8 +1,8 @@
 """Fits reported by what they predict, and parameters the data does not determine said so.
 
 A fitted parameter is "not determined by these points" when the fit put it on a search bound
-(`at_bound`), or when its bootstrap interval spans more than two decades (a positive quantity) or
-more than ten times its own size (one that may change sign). Such a number is flagged in
+(`at_bound`), or when its bootstrap interval spans more than two decades (a positive quantity), reaches 0 (a
+model size) or spans more than ten times its own size (one that may change sign). Such a number is flagged in
 fits.json and W&B and never printed as if it were a measurement. A law that fails its goodness-of-fit
 test (analysis.gof) is a different finding, "the law does not fit these points": none of its numbers
 is printed, and the note names the worst residual.
@@ -21,10 +21,16 @@ MAX_RATIO = 100.0  # high / low of a positive quantity's interval: two decades i
 MAX_SPAN = 10.0  # (high - low) / |value| of a signed quantity
 
 
-def _vague(v: dict) -> str | None:
+# Quantities that are positive by construction (model sizes): an interval reaching 0 bounds them from one side only.
+POSITIVE = ("n_opt_at_max_compute", "n_opt_at_10x_compute")
+
+
+def _vague(v: dict, positive: bool = False) -> str | None:
     lo, hi, val = v.get("low"), v.get("high"), v.get("value")
     if lo is None or hi is None or val is None or not all(map(math.isfinite, (lo, hi, val))):
         return None  # no interval: said as such where it is printed
+    if positive and lo <= 0 < val:
+        return "its interval reaches 0: the resamples bound it from above only"
     if lo > 0 and hi / lo > MAX_RATIO:
         return f"interval spans {math.log10(hi / lo):.0f} decades"
     if lo <= 0 and (hi - lo) > MAX_SPAN * max(abs(val), 1e-300):
@@ -42,7 +48,7 @@ def undetermined(fit: dict) -> dict[str, str]:
         out[q] = f"at its {side} search bound"
     for kind in ("params", "derived"):
         for q, v in fit.get(kind, {}).items():
-            why = _vague(v)
+            why = _vague(v, q in POSITIVE)
             if why and q not in out:
                 out[q] = why
     # A prediction built on an undetermined parameter inherits it only when it is vague itself;
@@ -79,7 +85,9 @@ def number_row(name: str, what: str, unit: str, q: str, fit: dict, flags: dict[s
     not fit, a number the points do not determine)."""
     v = fit["params"].get(q) or fit["derived"].get(q)
     # A law that misses its points is the wrong model: none of its numbers is a measurement.
-    note = (not_fit_text(fit) if not fits(fit) else f"{NOT_DETERMINED} ({flags[q]})" if q in flags else "")
+    evidence = (fit.get("evidence") or {}).get(q)  # the points' own reason, where the fit recorded one
+    note = (not_fit_text(fit) if not fits(fit) else
+            f"{NOT_DETERMINED} ({flags[q]}{'; ' + evidence if evidence else ''})" if q in flags else "")
     return {"fit": name, "quantity": q, "what": what, "unit": unit,
             "value": None if note else v["value"], "low": None if note else v["low"],
             "high": None if note else v["high"], "determined": not note, "note": note}

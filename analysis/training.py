@@ -151,4 +151,24 @@ def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
                 "n_opt_at_max_compute": _n_opt}, progress, pts, pts["noise"].values)
     out["flops_per_param_image"] = c
     out["max_compute"] = top
+    if "alpha" in (out.get("at_bound") or {}):
+        out["evidence"] = {"alpha": size_tie_evidence(pts)}
     return out
+
+
+def size_tie_evidence(pts: pd.DataFrame) -> str:
+    """Why the points leave the joint law's size exponent open, in their own numbers: each size's FID at the
+    largest training budget every size reached (95 % evaluation noise), and whether size helps there beyond it."""
+    shared = pts.groupby("train_images")["params"].nunique()
+    shared = shared[shared == pts["params"].nunique()]
+    if shared.empty:
+        return "no training budget holds every size, so no size comparison at equal data"
+    d = int(shared.index.max())
+    at = pts[pts["train_images"] == d].groupby("params").agg(fid=("fid", "mean"), sd=("noise", "max")).sort_index()
+    fids = ", ".join(f"{size_label(n)} {r.fid:.3g} ± {1.96 * r.sd:.2g}" for n, r in at.iterrows())
+    small, large = at.iloc[0], at.iloc[-1]
+    gap, noise = small.fid - large.fid, 1.96 * float(np.hypot(small.sd, large.sd))
+    verdict = ("the largest size is better beyond noise, but by less than a power law in size needs"
+               if gap > noise else "the sizes do not improve with size beyond noise, so the size term has "
+               "nothing to fit (a harder data set or earlier budgets separate them)")
+    return f"at {d:,} training images FID is {fids} (95 % evaluation noise): {verdict}"

@@ -151,3 +151,34 @@ def test_the_joint_law_refuses_to_predict_when_it_does_not_fit():
     fit = fit_joint(table, "ddim", n_boot=0)
     with pytest.raises(ValueError, match="the law does not fit these points .*worst residual: 142M at 8 steps"):
         require_fit(fit)
+
+
+def test_sizes_that_tie_at_the_largest_budget_leave_the_size_exponent_open_and_the_numbers_say_why():
+    """The demo's case (issue 34): every size near the same FID at the last budget. The joint law's size exponent
+    runs to its bound, and the Numbers table gives the points' own reason beside "not determined"."""
+    from analysis.training import size_tie_evidence
+
+    rng = np.random.default_rng(0)
+    falling = lambda a: list(1.8 + a * (IMAGES / 1024) ** -1.2 + rng.normal(0, 0.05, 4))  # noqa: E731
+    pts = _points({1.7e6: falling(9.0), 3.67e6: falling(8.0), 6.3e6: falling(8.5)})
+    pts["std"] = 0.3
+    pts = pts.assign(noise=point_noise(pts))
+    text = size_tie_evidence(pts)
+    assert text.startswith("at 8,192 training images FID is 1.7M") and "do not improve with size beyond noise" in text
+    fits = fit_training(pts, n_boot=20)
+    assert "alpha" in fits["chinchilla"]["at_bound"] and fits["chinchilla"]["evidence"]["alpha"] == text
+    row = prediction_table(fits).set_index(["fit", "quantity"]).loc[("chinchilla", "alpha")]
+    assert not row["determined"] and text in row["note"] and row["note"].startswith("not determined")
+    # Separated sizes say so instead
+    apart = pts.copy()
+    apart.loc[apart["params"] == 6.3e6, "fid"] -= 1.5
+    assert "the largest size is better beyond noise" in size_tie_evidence(apart)
+
+
+def test_a_model_size_whose_interval_reaches_zero_is_not_determined():
+    from analysis.readable import undetermined
+
+    fit = {"params": {}, "derived": {"n_opt_at_max_compute": {"value": 2.16e6, "low": 0.0, "high": 4.47e6},
+                                     "n_opt_exponent": {"value": 0.2, "low": 0.0, "high": 0.4}}}
+    flags = undetermined(fit)
+    assert "reaches 0" in flags["n_opt_at_max_compute"] and "n_opt_exponent" not in flags
