@@ -49,8 +49,7 @@ def rate(encoder, mode: str, width: int, size: int, batch: int, steps: int, warm
     t, d = encoder.max_length, encoder.dim
     rng = np.random.default_rng(0)
     captions = [f"a photo of object {i} number {rng.integers(1000)}" for i in range(batch)]
-    tok = encoder.tokenizer(captions, padding="max_length", truncation=True, max_length=t, return_tensors="pt")
-    ids, mask = tok["input_ids"].to(torch.int32), tok.get("attention_mask")
+    ids = torch.from_numpy(encoder.tokenize(captions)).long()  # what the shards hold in "tokens" mode
     states = encoder.encode(captions).half()  # what the shards hold in "states" mode
     latents = torch.from_numpy(rng.standard_normal((batch, 4, size, size), dtype=np.float32))
     torch.manual_seed(0)
@@ -61,9 +60,8 @@ def rate(encoder, mode: str, width: int, size: int, batch: int, steps: int, warm
     for step in range(steps):
         if mode == "states":
             context = states.float()
-        else:  # the frozen encoder in the step, under the step's precision (float32 on CPU)
-            with torch.no_grad():
-                context = encoder.model(input_ids=ids.long(), attention_mask=mask)[0].float()
+        else:  # the frozen encoder in the step, as trainers/recipes/base.py runs it (float32 on CPU)
+            context = encoder.encode_ids(ids).float()
         loss = diffusion_loss(unet, sched, latents, context, uncond, 0.1, torch.Generator().manual_seed(step),
                               torch.float32)
         loss.backward()

@@ -97,6 +97,9 @@ class WandbMode(Choice):
     disabled = "disabled"
 
 
+CAPTION_STORAGE = ("tokens", "states")  # data.captions
+
+
 @dataclass
 class DataConfig:
     # A data set of the registry (study/datasets.py). "digits": scikit-learn's handwritten digits,
@@ -126,6 +129,11 @@ class DataConfig:
     read_retries: int = 4
     read_retry_backoff_s: float = 1.0
     keep_parts: bool = False  # keep parts/ (source records, floor images) after index.json (debugging)
+    # What the shards keep of each caption: "tokens" (its token ids, 4 bytes a token; the frozen text encoder runs
+    # in the training step, as SD's training scripts do) or "states" (the encoder's fp16 hidden states, computed
+    # once by prepare: CLIP's 77x768 are 118 KB a sample, 15x SD's latents at 256 px). States suit small sets
+    # whose step the encoder would slow (the digits; docs/benchmarks.md, "Caption storage").
+    captions: str = "tokens"
     resolution: int = 8  # digits are natively 8x8; upsampling adds cost, not information
     eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
     # COCO-2014 caption annotations (captions_val2014.json) for evaluation prompts on real data.
@@ -481,6 +489,9 @@ def validate(cfg: StudyConfig) -> None:
     _check(d.resolution > 0 and d.resolution % 8 == 0, "data.resolution", "a positive multiple of 8",
            d.resolution)
     _check(0 < d.eval_fraction < 1, "data.eval_fraction", "a fraction in (0, 1)", d.eval_fraction)
+    _check(d.captions in CAPTION_STORAGE, "data.captions",
+           "tokens (token ids; the text encoder runs in the training step) or states (hidden states from prepare)",
+           d.captions)
     _check(te.kind != "clip" or te.path is not None, "text_encoder.path",
            "a local SD-style folder with text_encoder/ and tokenizer/ when kind=clip", te.path)
     _check(te.max_length > 1, "text_encoder.max_length", "an integer > 1", te.max_length)

@@ -68,8 +68,16 @@ class HeldoutScorer:
                 if sum(map(len, lat)) >= n:
                     break
                 lat.append(np.asarray(index.latents(s["name"]), dtype=np.float32))
-                ctx.append(np.asarray(index.context(s["name"]), dtype=np.float32))
-            self._set = (torch.from_numpy(np.concatenate(lat)[:n]), torch.from_numpy(np.concatenate(ctx)[:n]))
+                ctx.append(np.asarray(index.context(s["name"]),
+                                      dtype=np.int32 if index.captions == "tokens" else np.float32))
+            lat, ctx = np.concatenate(lat)[:n], np.concatenate(ctx)[:n]
+            if index.captions == "tokens":  # token ids: the frozen text encoder's states, once per scorer
+                from study.text import load_text_encoder
+
+                text = load_text_encoder(self.cfg.text_encoder)
+                text.model.to(self.device)
+                ctx = torch.cat([text.encode_ids(ctx[a:a + 256]).float().cpu() for a in range(0, len(ctx), 256)])
+            self._set = torch.from_numpy(lat), torch.as_tensor(ctx)
         return self._set
 
     def __call__(self, unet) -> dict:

@@ -53,9 +53,15 @@ def stable_hash(obj, n: int = 12) -> str:
 ABSENT_WHEN_EMPTY_TRAIN_KEYS = ("loss_milestones",)
 
 
+# Data keys added after run folders existed, with the value that is what those runs did: left out of the identity
+# at that value, so every such folder keeps its hash (captions: prepare stored hidden states before token ids).
+ABSENT_AT_DATA_VALUES = {"captions": "states"}
+
+
 def data_identity(data: dict) -> dict:
     """The data section less the keys that change how prepare runs, not what it computes."""
-    return {k: v for k, v in data.items() if k not in OPERATIONAL_DATA_KEYS}
+    return {k: v for k, v in data.items()
+            if k not in OPERATIONAL_DATA_KEYS and not (k in ABSENT_AT_DATA_VALUES and v == ABSENT_AT_DATA_VALUES[k])}
 
 
 def training_identity(cfg_dict: dict) -> dict:

@@ -10,6 +10,8 @@ What a training step holds on the GPU of rank 0 (the worst: it also keeps the EM
   after the backward, so it counts against the activations; each rank's share of the post-hoc EMA profiles;
 - activations: measured bytes per image (study/memory_table.json, trainers.memory_measure) x micro-batch, and the
   micro-batch's own inputs (fp32 latents and text-encoder states);
+- the frozen text encoder at the training precision, where the shards keep token ids (data.captions = tokens) and
+  the step encodes them (base and distillation runs; its no-grad forward frees its activations before the UNet's);
 - derived experiments: distillation's frozen teacher and target network (16-bit) and their no-grad forwards
   (the teacher's with guidance, 2x the micro-batch); DreamBooth's class images (prior preservation doubles the
   micro-batch).
@@ -140,8 +142,27 @@ class Job:
     frozen_copies: int = 0  # 16-bit copies of the model beside it (distillation: teacher and target)
     nograd_forwards: int = 0  # no-grad forwards per image in the step (distillation: 2 teacher + 1 target)
     side: int | None = None  # latent side, if not the base data's (super-resolution)
+    base_captions: bool = True  # its batches are the prepared data's captions (not its own prompts or none)
     guided_eval: bool = True  # evaluation with classifier-free guidance (2 UNet inputs per image)
     train: dict = field(default_factory=dict)  # its runs' train overrides (workers, batch, ...: the spec's)
+
+
+MINILM_PARAMS = 22_713_216  # all-MiniLM-L6-v2
+
+
+def text_encoder_params(cfg) -> int:
+    """Parameters of the configured text encoder, from its local config (CLIP; SD1.5's ViT-L/14 text tower,
+    123,060,480, where the folder is absent) without loading it."""
+    from study.ladder import _local_config
+
+    te = cfg.text_encoder
+    if te.kind == "minilm":
+        return MINILM_PARAMS
+    c = _local_config(te.path, "text_encoder") or {}
+    d, inner, layers = c.get("hidden_size", 768), c.get("intermediate_size", 3072), c.get("num_hidden_layers", 12)
+    embeddings = (c.get("vocab_size", 49408) + c.get("max_position_embeddings", 77)) * d
+    layer = 4 * d * d + 4 * d + 2 * d * inner + inner + d + 4 * d  # attention, MLP, two LayerNorms
+    return int(embeddings + layers * layer + 2 * d)
 
 
 def _traits(name: str, cfg) -> dict:
@@ -153,9 +174,9 @@ def _traits(name: str, cfg) -> dict:
         return {"frozen_copies": 2, "nograd_forwards": 3, "guided_eval": False}
     if name == "superres":  # HR latents of superres.hr_size pixels; evaluated without guidance
         factor = max(1, cfg.data.resolution // geometry(cfg).sample_size)
-        return {"side": max(1, cfg.superres.hr_size // factor), "guided_eval": False}
-    if name == "dreambooth":  # prior preservation adds a class image to every instance image
-        return {"images_per_sample": 2 if cfg.dreambooth.prior_preservation else 1}
+        return {"side": max(1, cfg.superres.hr_size // factor), "guided_eval": False, "base_captions": False}
+    if name == "dreambooth":  # prior preservation adds a class image to every instance image; its own prompts
+        return {"images_per_sample": 2 if cfg.dreambooth.prior_preservation else 1, "base_captions": False}
     return {}
 
 
@@ -206,6 +227,8 @@ def train_bytes(cfg, job: Job, width: int, params: int, side: int, mb: int, ckpt
     nodes = max(1, -(-t.num_workers // kind.gpus_per_node))
     states = model_states_bytes(params, t.zero_stage, min(t.num_workers, kind.gpus_per_node), nodes)
     states += job.frozen_copies * 2 * params
+    if job.base_captions and cfg.data.captions == "tokens":  # the frozen text encoder the step runs
+        states += (4 if prec == "fp32" else 2) * text_encoder_params(cfg)
     # The fp32 EMA on rank 0, and this rank's share of the post-hoc EMA profiles (trainers.phema_track).
     phema = 4 * params * len(t.phema_sigma_rels) / max(1, t.num_workers) if t.phema_snapshots > 0 else 0
     ema = 4 * params + phema

@@ -154,7 +154,12 @@ def _write_embedded(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
         order = (sorted(range(len(s)), key=lambda i: sample_order(s.keys[i])) if dataset(d.name).hash_order
                  else list(range(len(s))))
         lat = space.encode(torch.from_numpy(np.asarray(s.images)[order])).half().numpy()
-        table, index, _ = embed_captions(encoder, [s.captions[i] for i in order])
+        texts = [s.captions[i] for i in order]
+        if d.captions == "tokens":  # token ids: the training step runs the encoder
+            context = encoder.tokenize(texts)
+        else:  # each distinct caption's hidden states, once
+            table, index, _ = embed_captions(encoder, texts)
+            context = table[index]
         records[split] = []
         for k, a in enumerate(range(0, len(order), d.shard_size)):
             rows, name = order[a:a + d.shard_size], shard_name(split, k)
@@ -162,11 +167,12 @@ def _write_embedded(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
             if done is None:
                 meta = [{"key": s.keys[i], "caption": s.captions[i], "label": int(s.labels[i])} for i in rows]
                 sl = slice(a, a + len(rows))
-                done = write_shard(folder, name, lat[sl], table[index[sl]], meta,
+                done = write_shard(folder, name, lat[sl], context[sl], meta,
                                    images=np.asarray(s.images)[rows] if split == "heldout" else None)
             records[split].append({k2: done[k2] for k2 in ("name", "n", "sha256")})
     write_atomic(folder / UNCOND, lambda f: np.save(f, encoder.encode([""]).half().numpy()))
-    write_index(folder, d.shard_size, lat.shape[1:], table.shape[1:], records, bad_samples=0)
+    write_index(folder, d.shard_size, lat.shape[1:], (encoder.max_length, encoder.dim), records, bad_samples=0,
+                captions=d.captions)
     return sets
 
 

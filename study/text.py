@@ -9,7 +9,11 @@ import torch
 
 
 class TextEncoder:
-    """Token-level hidden states for cross-attention; the unconditional embedding is the empty prompt's."""
+    """Token-level hidden states for cross-attention; the unconditional embedding is the empty prompt's.
+
+    Two halves, so a data set can store either: `tokenize` (text -> token ids, on any CPU) and `encode_ids`
+    (token ids -> hidden states, the frozen model). Ids are int32 with -1 where the encoder's attention mask
+    is 0 (the padding), so one array carries both and `encode_ids(tokenize(t))` is exactly `encode(t)`."""
 
     def __init__(self, tokenizer, model, max_length: int, name: str):
         self.tokenizer, self.model, self.max_length, self.name = tokenizer, model.eval(), max_length, name
@@ -19,16 +23,36 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.vocab_size)
+
+    def tokenize(self, texts: list[str]) -> np.ndarray:
+        """[B, max_length] int32 token ids, padded like SD pads CLIP prompts; -1 where the attention mask is 0."""
+        tok = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        ids = np.asarray(tok["input_ids"], dtype=np.int32).reshape(len(texts), self.max_length)
+        mask = tok.get("attention_mask")
+        if mask is not None:
+            ids[np.asarray(mask).reshape(ids.shape) == 0] = -1
+        return ids
+
+    @torch.no_grad()
+    def encode_ids(self, ids) -> torch.Tensor:
+        """[B, max_length, dim] hidden states of token ids from `tokenize` (numpy or tensor, any device): on the
+        model's device, in its dtype (the training step runs the frozen encoder at the training precision)."""
+        dev = next(self.model.parameters()).device
+        ids = (ids if torch.is_tensor(ids) else torch.from_numpy(np.array(ids, dtype=np.int64))).to(dev, torch.long)
+        mask = ids >= 0
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # No attention mask downstream (SD1.5 feeds the padded sequence); the encoder still masks pads.
+        return self.model(input_ids=torch.where(mask, ids, pad), attention_mask=mask.long())[0]
+
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
-        """[B, max_length, dim] float32 hidden states, padded like SD pads CLIP prompts."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            tok = self.tokenizer(list(texts[i:i + batch_size]), padding="max_length", truncation=True,
-                                 max_length=self.max_length, return_tensors="pt")
-            # No attention mask downstream (SD1.5 feeds the padded sequence); the encoder still masks pads.
-            hidden = self.model(input_ids=tok["input_ids"], attention_mask=tok.get("attention_mask"))[0]
-            out.append(hidden.float())
+        """[B, max_length, dim] float32 hidden states of texts (`encode_ids` of `tokenize`, in batches)."""
+        out = [self.encode_ids(self.tokenize(texts[i:i + batch_size])).float()
+               for i in range(0, len(texts), batch_size)]
         return torch.cat(out) if out else torch.empty(0, self.max_length, self.dim)
 
 

@@ -150,6 +150,7 @@ def test_the_shipped_configs_keep_their_training_identity():
     from study.identity import stable_hash, training_identity
 
     got = {name: stable_hash(training_identity(to_dict(load_config(name)))) for name in ("tiny", "smoke", "paper")}
-    # tiny and smoke moved with their train.loss_milestones (budgets their runs now also write); paper.yaml, which
-    # has none, kept its hash (an empty loss_milestones is left out of the identity).
-    assert got == {"tiny": "d381d74a61a5", "smoke": "ba3bd8e72992", "paper": "de54d4cacf63"}
+    # paper.yaml moved with data.captions = tokens (its shards keep token ids and CLIP runs in the step: float
+    # rounding of the states changes); tiny and smoke keep hidden states, which is what they did before the key
+    # existed, so it is left out of their identity and they keep their hashes.
+    assert got == {"tiny": "d381d74a61a5", "smoke": "ba3bd8e72992", "paper": "324b6351f776"}

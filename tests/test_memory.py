@@ -181,3 +181,20 @@ def test_gpu_hours_are_the_ladders_training_flops_on_the_plans_gpu():
     assert {e for e, _, _ in rows} == {"base", "distillation", "superres", "dreambooth"}
     slow = {(r.experiment, r.stage, r.width): r.gpu_hours for r in study_cost(cfg, mfu=0.25)}
     assert all(slow[k] == pytest.approx(2 * r.gpu_hours) for k, r in rows.items())
+
+
+def test_token_id_captions_put_the_frozen_text_encoder_in_the_plan_of_the_runs_that_read_them():
+    """paper.yaml's shards keep token ids: base and distillation steps hold CLIP's text tower at the training
+    precision (bf16: 2 bytes x 123,060,480); super-resolution and DreamBooth bring their own conditioning."""
+    from study.memory import text_encoder_params
+
+    h100 = [k for k in cluster_kinds(load_config("paper")) if k.resource == "gpu_h100_80gb"]
+    fixed = ["train.micro_batch=32", "train.checkpointing=true"]
+    plans = {c: {(r.experiment, r.width): r for r in memory_plan(load_config("paper", [f"data.captions={c}", *fixed]),
+                                                                 h100, widths=[320])}
+             for c in ("tokens", "states")}
+    assert text_encoder_params(load_config("paper")) == 123_060_480
+    for key, tok in plans["tokens"].items():
+        extra = tok.states_gb - plans["states"][key].states_gb
+        want = 2 * 123_060_480 / 1e9 if key[0] in ("base", "distillation") else 0.0
+        assert extra == pytest.approx(want, abs=1e-3), key

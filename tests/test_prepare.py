@@ -20,7 +20,8 @@ def test_prepare_builds_the_contract(smoke_prepared):
     # Latents are scaled to unit variance by the factor measured on the data (SD's 0.18215 convention).
     assert 0.8 < float(np.asarray(lat, dtype=np.float32).std()) < 1.2
     context = np.concatenate([shards.context(s["name"]) for s in shards.shards("train")])
-    assert context.shape == (meta["n_train"], cfg.text_encoder.max_length, 384)
+    assert shards.captions == cfg.data.captions == "states"  # smoke.yaml: hidden states (tokens: test_captions.py)
+    assert context.shape == (meta["n_train"], cfg.text_encoder.max_length, 384) and context.dtype == np.float16
     assert shards.uncond().shape == prep.array("uncond").shape == (1, cfg.text_encoder.max_length, 384)
     assert (prep.autoencoder_dir / "config.json").exists()
     ref = json.loads(prep.reference_path().read_text())

@@ -197,6 +197,26 @@ def test_prepare_writes_each_source_into_its_own_shards_in_arrival_order(tmp_pat
     assert budgets == [8 * 2 * 5 * 3 * 8 * 8]
 
 
+def test_token_id_captions_go_through_the_pipeline_beside_the_same_latents(tmp_path, full_run):
+    """data.captions = tokens (paper.yaml's): the encoder actors tokenize, the shards keep int32 ids and no hidden
+    states, and the latents are the same bytes in the same shards as the states run's."""
+    from study.text import load_text_encoder
+
+    root, folder, _ = full_run
+    cfg = _cfg(root, "data.captions=tokens")
+    _run(cfg, tmp_path / "t" / "shards")
+    s, t = ShardIndex.load(folder), ShardIndex.load(tmp_path / "t" / "shards", verify_hashes=True)
+    assert (s.captions, t.captions) == ("states", "tokens") and t.context_shape == s.context_shape == (16, 384)
+    for split in ("train", "heldout"):
+        assert [(r["name"], r["sha256"]) for r in t.shards(split)] == [(r["name"], r["sha256"]) for r in s.shards(split)]
+    name = t.shards("train")[0]["name"]
+    ids = np.asarray(t.context(name))
+    assert ids.dtype == np.int32 and ids.shape == (t.shards("train")[0]["n"], 16)
+    assert not t.paths(name)["context"].exists() and not s.paths(name)["tokens"].exists()
+    states = load_text_encoder(cfg.text_encoder).encode_ids(ids).numpy()
+    np.testing.assert_allclose(states, np.asarray(s.context(name), np.float32), atol=2e-3)
+
+
 def test_killed_prepare_redoes_only_unfinished_sources(tmp_path, full_run, monkeypatch):
     from study.shards.pipeline import FAIL_AFTER_ENV
 

@@ -141,14 +141,15 @@ class _ShardFiles:
         records = index.shards("train")
         self.names, self.sizes = [r["name"] for r in records], [int(r["n"]) for r in records]
         self._open: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self.prefetch = _Prefetch([[index.paths(n)["latents"], index.paths(n)["context"]] for n in self.names])
+        self.prefetch = _Prefetch([[index.paths(n)["latents"], index.paths(n)[index.caption_file]]
+                                   for n in self.names])
 
     def arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._open:
             name, n = self.names[shard], self.sizes[shard]
             pair = self.index.latents(name), self.index.context(name)
-            for kind, a, want in zip(("latents", "context"), pair,
-                                     (self.index.latent_shape, self.index.context_shape)):
+            for kind, a, want in zip(("latents", self.index.caption_file), pair,
+                                     (self.index.latent_shape, self.index.caption_shape)):
                 if tuple(a.shape) != (n, *want):
                     raise ValueError(f"{self.index.paths(name)[kind]} has shape {tuple(a.shape)}, index.json says "
                                      f"{(n, *want)}: the shard set is incomplete or mixed; rerun `study prepare`")
@@ -220,6 +221,7 @@ class _LegacyArrays:
             raise ValueError(f"{root}/caption_index.npy points past caption_table.npy; rerun `study prepare`")
         self.sizes = [n]
         self.prefetch = None  # one file, read by its memory map
+        self.captions = "states"
 
     def read(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.latents[rows], self.table[np.asarray(self.caption_index[rows])]
@@ -234,11 +236,13 @@ class PreparedData:
         if (shards / INDEX).exists():
             index = ShardIndex.load(shards)
             self.source = _ShardFiles(index)
+            self.captions = index.captions
             shape, context, shard_size = index.latent_shape, index.context_shape, index.shard_size
             uncond = shards / index.raw["uncond"]
         elif all((self.root / f).exists() for f in LEGACY_FILES):
             meta = json.loads((self.root / "meta.json").read_text())
             self.source = _LegacyArrays(self.root, meta)
+            self.captions = "states"
             shape, context, uncond = meta["latent_shape"], meta["context_shape"], self.root / "uncond.npy"
             shard_size = meta["n_train"]
         else:
@@ -289,11 +293,13 @@ class PreparedData:
         self._ahead_of = (first, last)
 
     def arrays(self, start: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """Latents [count, C, H, W] and caption embeddings [count, T, D], float16, at stream positions."""
+        """Latents [count, C, H, W] (float16) and captions at stream positions: hidden states [count, T, D]
+        (float16) or, where the shards keep token ids (self.captions == "tokens"), ids [count, T] (int32)."""
         self._read_ahead(start, count)
         shard, row = self.order.locate(start, count)
         lat = np.empty((count, *self.latent_shape), np.float16)
-        ctx = np.empty((count, *self.context_shape), np.float16)
+        ctx = (np.empty((count, self.context_shape[0]), np.int32) if self.captions == "tokens"
+               else np.empty((count, *self.context_shape), np.float16))
         for s in np.unique(shard):
             at = np.flatnonzero(shard == s)
             at = at[np.argsort(row[at], kind="stable")]  # read each memory map in file order
@@ -301,17 +307,18 @@ class PreparedData:
         return lat, ctx
 
     def batch(self, start: int, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents and caption embeddings as float32 tensors on device, at stream positions."""
+        """Latents (float32) and captions on device, at stream positions: hidden states (float32) or token ids
+        (int64, for the text encoder: `study.text.TextEncoder.encode_ids`)."""
         lat, ctx = self.arrays(start, count)
-        return _to_device(lat, device), _to_device(ctx, device)
+        return _to_device(lat, device), _to_device(ctx, device, np.int64 if self.captions == "tokens" else np.float32)
 
     def uncond_embedding(self, device: torch.device) -> torch.Tensor:
         """The empty prompt's hidden states [1, T, D], used when a caption is dropped."""
         return _to_device(self.uncond, device)
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+def _to_device(a: np.ndarray, device: torch.device, dtype=np.float32) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
     if device.type == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)

@@ -2,11 +2,13 @@
 
 A shard set is a folder holding, per split (`train`, `heldout`), shards of at most `shard_size` samples
     NAME.latents.npy   float16 [n, C, H, W]  (memory-mappable)
-    NAME.context.npy   float16 [n, T, D]     (text-encoder hidden states of each caption)
+    NAME.tokens.npy    int32 [n, T]          (each caption's token ids, -1 where the encoder masks; data.captions
+                                             = tokens, the default: the training step runs the text encoder)
+ or NAME.context.npy   float16 [n, T, D]     (the text encoder's hidden states of each caption; data.captions = states)
     NAME.meta.jsonl    one {"key", "caption", "label"} object per sample
     NAME.images.npy    uint8 [n, C, H, W]    (optional: heldout shards, for FID statistics)
     NAME.done.json     the shard's record, written last: its presence marks the shard complete
-and `index.json`, written last of all. A streamed set's shards belong to one source each (a tar, a
+and `index.json`, written last of all (its "captions" says which caption file the shards have). A streamed set's shards belong to one source each (a tar, a
 parquet file: NAME = {split}-{source:06d}-{k:05d}) and hold its samples in the order they were read;
 every shard of a source but its last holds exactly `shard_size` samples. Embedded sets are one source
 (NAME = {split}-{k:06d}). The shards are a function of the data set, whatever the number of workers
@@ -29,9 +31,15 @@ VERSION = 2  # 2: shards in arrival order, one source each (1: one global key-ha
 SPLITS = ("train", "heldout")
 INDEX = "index.json"
 UNCOND = "uncond.npy"
-FILES = ("latents", "context", "meta")  # every shard has these; "images" is optional
-SUFFIX = {"latents": ".latents.npy", "context": ".context.npy", "meta": ".meta.jsonl",
+FILES = ("latents", "meta")  # every shard has these and its caption file; "images" is optional
+CAPTION_FILE = {"states": "context", "tokens": "tokens"}  # data.captions -> the caption file's kind
+SUFFIX = {"latents": ".latents.npy", "context": ".context.npy", "tokens": ".tokens.npy", "meta": ".meta.jsonl",
           "images": ".images.npy", "done": ".done.json"}
+
+
+def caption_storage(context: np.ndarray) -> str:
+    """"tokens" for integer token ids, "states" for hidden states."""
+    return "tokens" if np.issubdtype(np.asarray(context).dtype, np.integer) else "states"
 
 
 def shard_name(split: str, k: int, source: int | None = None) -> str:
@@ -67,7 +75,8 @@ def write_shard(folder: str | Path, name: str, latents: np.ndarray, context: np.
                 images: np.ndarray | None = None, extra: dict | None = None) -> dict:
     """Write one shard, each file atomically, then its done record; returns {"name", "n", "sha256"}.
 
-    The done record (written last) carries the SHA-256 of the latents file: a shard counts as done
+    `context` is the captions' token ids (integers: written as NAME.tokens.npy, int32) or their hidden states
+    (floats: NAME.context.npy, float16). The done record (written last) carries the SHA-256 of the latents file: a shard counts as done
     only when every file exists and the latents match it (see `shard_done`)."""
     n = len(latents)
     if len(context) != n or len(meta) != n or (images is not None and len(images) != n):
@@ -78,7 +87,11 @@ def write_shard(folder: str | Path, name: str, latents: np.ndarray, context: np.
             raise ValueError(f"shard {name}: meta rows need exactly key, caption, label; got {sorted(row)}")
     paths = shard_paths(folder, name)
     Path(folder).mkdir(parents=True, exist_ok=True)
-    _save_npy(paths["context"], np.ascontiguousarray(context, dtype=np.float16))
+    captions = caption_storage(context)
+    kind = CAPTION_FILE[captions]
+    _save_npy(paths[kind], np.ascontiguousarray(context, dtype=np.int32 if captions == "tokens" else np.float16))
+    for other in set(CAPTION_FILE.values()) - {kind}:
+        paths[other].unlink(missing_ok=True)  # a stale file from an earlier write with the other storage
     lines = "".join(json.dumps({"key": str(r["key"]), "caption": str(r["caption"]),
                                 "label": None if r.get("label") is None else int(r["label"])},
                                ensure_ascii=False) + "\n" for r in meta)
@@ -88,7 +101,8 @@ def write_shard(folder: str | Path, name: str, latents: np.ndarray, context: np.
     elif paths["images"].exists():
         paths["images"].unlink()  # a stale file from an earlier, different write
     _save_npy(paths["latents"], np.ascontiguousarray(latents, dtype=np.float16))
-    record = {"name": name, "n": n, "sha256": sha256_file(paths["latents"]), "images": images is not None}
+    record = {"name": name, "n": n, "sha256": sha256_file(paths["latents"]), "images": images is not None,
+              "captions": captions}
     write_json(paths["done"], {**record, **(extra or {})})
     return {k: record[k] for k in ("name", "n", "sha256")}
 
@@ -102,7 +116,7 @@ def shard_done(folder: str | Path, name: str, sha256: str | None = None) -> dict
         record = json.loads(paths["done"].read_text())
     except json.JSONDecodeError:
         return None
-    need = list(FILES) + (["images"] if record.get("images") else [])
+    need = [*FILES, CAPTION_FILE[record.get("captions", "states")]] + (["images"] if record.get("images") else [])
     if any(not paths[k].exists() for k in need):
         return None
     if sha256 is not None and record.get("sha256") != sha256:
@@ -113,10 +127,11 @@ def shard_done(folder: str | Path, name: str, sha256: str | None = None) -> dict
 
 
 def write_index(folder: str | Path, shard_size: int, latent_shape, context_shape, splits: dict[str, list[dict]],
-                bad_samples: int, **extra) -> None:
-    """Write index.json (atomically, after every shard): the shard list of each split with its hashes."""
+                bad_samples: int, captions: str = "states", **extra) -> None:
+    """Write index.json (atomically, after every shard): the shard list of each split with its hashes.
+    context_shape is the text encoder's output [T, D] whichever caption file the shards keep (`captions`)."""
     index = {"version": VERSION, "shard_size": int(shard_size), "latent_shape": [int(v) for v in latent_shape],
-             "context_shape": [int(v) for v in context_shape],
+             "context_shape": [int(v) for v in context_shape], "captions": captions,
              "splits": {s: {"n": int(sum(r["n"] for r in recs)), "shards": [dict(r) for r in recs]}
                         for s, recs in splits.items()},
              "uncond": UNCOND, "bad_samples": int(bad_samples), **extra}
@@ -169,7 +184,7 @@ class ShardIndex:
                                      f"shard but the last of its source must hold shard_size={size}; rerun "
                                      f"`study prepare`")
                 paths = shard_paths(self.folder, s["name"])
-                gone = [str(paths[k]) for k in FILES if not paths[k].exists()]
+                gone = [str(paths[k]) for k in (*FILES, self.caption_file) if not paths[k].exists()]
                 if gone:
                     raise FileNotFoundError(f"shard {s['name']} lacks {', '.join(gone)}: rerun `study prepare`")
                 if verify_hashes and sha256_file(paths["latents"]) != s["sha256"]:
@@ -186,7 +201,23 @@ class ShardIndex:
 
     @property
     def context_shape(self) -> tuple[int, ...]:
+        """The text encoder's hidden states of one caption, [T, D] (what the UNet's cross-attention reads)."""
         return tuple(self.raw["context_shape"])
+
+    @property
+    def captions(self) -> str:
+        """What the shards keep of each caption: "tokens" (token ids) or "states" (hidden states; sets written
+        before the choice existed)."""
+        return self.raw.get("captions", "states")
+
+    @property
+    def caption_file(self) -> str:
+        return CAPTION_FILE[self.captions]
+
+    @property
+    def caption_shape(self) -> tuple[int, ...]:
+        """One sample's row of the caption file: [T] token ids or [T, D] hidden states."""
+        return self.context_shape[:1] if self.captions == "tokens" else self.context_shape
 
     def splits(self) -> list[str]:
         return list(self.raw["splits"])
@@ -207,8 +238,8 @@ class ShardIndex:
         return np.load(self.paths(name)["latents"], mmap_mode="r")
 
     def context(self, name: str) -> np.ndarray:
-        """A shard's caption hidden states, memory-mapped."""
-        return np.load(self.paths(name)["context"], mmap_mode="r")
+        """A shard's captions, memory-mapped: int32 token ids [n, T] or float16 hidden states [n, T, D] (`captions`)."""
+        return np.load(self.paths(name)[self.caption_file], mmap_mode="r")
 
     def images(self, name: str) -> np.ndarray | None:
         """A shard's uint8 images (memory-mapped) where it has them, else None."""

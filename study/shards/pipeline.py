@@ -121,7 +121,8 @@ class EncodeChunks:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.space = load_latent_space(cfg.autoencoder, autoencoder_dir).to(self.device)
         self.text = load_text_encoder(cfg.text_encoder)
-        self.text.model.to(self.device)
+        if cfg.data.captions == "states":  # token ids need only the tokenizer: the model stays off the GPU
+            self.text.model.to(self.device)
         self.d, self.parts = cfg.data, Path(parts_dir)
 
     def __call__(self, batch: dict) -> dict:
@@ -138,7 +139,9 @@ class EncodeChunks:
                 b = self.d.prepare_encode_batch
                 if good:
                     lat = self.space.encode(torch.from_numpy(images), batch_size=b).half().cpu().numpy()
-                    ctx = self.text.encode([g["caption"] for g in good], batch_size=b).half().cpu().numpy()
+                    texts = [g["caption"] for g in good]
+                    ctx = (self.text.tokenize(texts) if self.d.captions == "tokens"
+                           else self.text.encode(texts, batch_size=b).half().cpu().numpy())
                 else:  # every sample of the chunk was bad: nothing to encode, and nothing reads these files
                     lat = ctx = np.zeros((0,), np.float16)
             keep = [j for j, g in enumerate(good) if keeps_image(g["key"], g["split"], self.d)]
@@ -341,8 +344,8 @@ def prepare_shards(cfg, folder: Path, autoencoder_dir: Path, uncond: np.ndarray,
                     for r in records for x in r["shards"][s]] for s in SPLITS}
     first = by_split["train"][0]["name"]
     lat = np.load(folder / f"{first}.latents.npy", mmap_mode="r")
-    ctx = np.load(folder / f"{first}.context.npy", mmap_mode="r")
-    write_index(folder, d.shard_size, lat.shape[1:], ctx.shape[1:], by_split, len(bad),
+    # the encoder's output shape is the empty prompt's, whichever caption file the shards keep
+    write_index(folder, d.shard_size, lat.shape[1:], uncond.shape[1:], by_split, len(bad), captions=d.captions,
                 **({"floor_images": FLOOR_FILE} if (folder / FLOOR_FILE).exists() else {}))
     _kill_point("indexed")
     finish_staging(folder, d.keep_parts)

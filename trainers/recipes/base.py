@@ -10,7 +10,10 @@ from trainers.recipes import Recipe, RecipeContext
 
 
 class BaseRecipe(Recipe):
-    """SD1.5's objective (epsilon or v) with caption dropout for classifier-free guidance."""
+    """SD1.5's objective (epsilon or v) with caption dropout for classifier-free guidance.
+
+    Where the shards keep token ids (data.captions = tokens), the frozen text encoder runs in the step, on the
+    trainer's device at the training precision (as SD's training scripts cast it to their weight dtype)."""
 
     name = "base"
 
@@ -21,7 +24,19 @@ class BaseRecipe(Recipe):
         self.scheduler = training_scheduler(ctx.cfg.model.prediction_type)
         self.uncond = self.prepared.uncond_embedding(ctx.device)
         self.cond_drop_prob = ctx.cfg.train.cond_drop_prob
+        self.text, self._text_cfg = None, ctx.cfg if self.prepared.captions == "tokens" else None
         return self
+
+    def _text_encoder(self, device: torch.device):
+        """The frozen text encoder, loaded on first use (in the worker: the driver's data() needs the geometry only)."""
+        if self.text is None:
+            from study.text import load_text_encoder
+            from trainers.engine import module_dtype, resolve_precision
+
+            cfg = self._text_cfg
+            self.text = load_text_encoder(cfg.text_encoder)
+            self.text.model.to(device, module_dtype(resolve_precision(cfg.train.precision, device.type == "cuda")))
+        return self.text
 
     @property
     def geometry(self):
@@ -29,6 +44,8 @@ class BaseRecipe(Recipe):
 
     def batch(self, start: int, count: int, device: torch.device) -> dict:
         latents, context = self.prepared.batch(start, count, device)
+        if self._text_cfg is not None:  # token ids -> hidden states (no grad), float32 like stored states
+            context = self._text_encoder(device).encode_ids(context).float()
         return {"latents": latents, "context": context}
 
     def model(self, ctx: RecipeContext) -> torch.nn.Module:
