@@ -23,10 +23,6 @@ class TextEncoder:
     def dim(self) -> int:
         return int(self.model.config.hidden_size)
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.model.config.vocab_size)
-
     def tokenize(self, texts: list[str]) -> np.ndarray:
         """[B, max_length] int32 token ids, padded like SD pads CLIP prompts; -1 where the attention mask is 0."""
         tok = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,

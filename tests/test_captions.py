@@ -34,7 +34,8 @@ def test_tokenize_then_encode_ids_is_the_encoders_own_output(kind, tmp_path):
     if kind == "clip":
         from standins import sd_folder
 
-        over = ["text_encoder.kind=clip", f"text_encoder.path={sd_folder(tmp_path / 'sd')}", "text_encoder.max_length=12"]
+        over = ["text_encoder.kind=clip", f"text_encoder.path={sd_folder(tmp_path / 'sd')}",
+                "text_encoder.max_length=12"]
     enc = load_text_encoder(load_config("smoke", over).text_encoder)
     texts = ["a handwritten digit three", "", "seven, slanted, in thin strokes by a hurried hand, and far too long"]
     tok = enc.tokenizer(texts, padding="max_length", truncation=True, max_length=enc.max_length, return_tensors="pt")

@@ -221,7 +221,6 @@ class _LegacyArrays:
             raise ValueError(f"{root}/caption_index.npy points past caption_table.npy; rerun `study prepare`")
         self.sizes = [n]
         self.prefetch = None  # one file, read by its memory map
-        self.captions = "states"
 
     def read(self, shard: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.latents[rows], self.table[np.asarray(self.caption_index[rows])]

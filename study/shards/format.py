@@ -8,8 +8,9 @@ A shard set is a folder holding, per split (`train`, `heldout`), shards of at mo
     NAME.meta.jsonl    one {"key", "caption", "label"} object per sample
     NAME.images.npy    uint8 [n, C, H, W]    (optional: heldout shards, for FID statistics)
     NAME.done.json     the shard's record, written last: its presence marks the shard complete
-and `index.json`, written last of all (its "captions" says which caption file the shards have). A streamed set's shards belong to one source each (a tar, a
-parquet file: NAME = {split}-{source:06d}-{k:05d}) and hold its samples in the order they were read;
+and `index.json`, written last of all (its "captions" says which caption file the shards have). A
+streamed set's shards belong to one source each (a tar, a parquet file: NAME = {split}-{source:06d}-{k:05d})
+and hold its samples in the order they were read;
 every shard of a source but its last holds exactly `shard_size` samples. Embedded sets are one source
 (NAME = {split}-{k:06d}). The shards are a function of the data set, whatever the number of workers
 that wrote them; the training reader shuffles across them (trainers/data.py).
@@ -76,8 +77,8 @@ def write_shard(folder: str | Path, name: str, latents: np.ndarray, context: np.
     """Write one shard, each file atomically, then its done record; returns {"name", "n", "sha256"}.
 
     `context` is the captions' token ids (integers: written as NAME.tokens.npy, int32) or their hidden states
-    (floats: NAME.context.npy, float16). The done record (written last) carries the SHA-256 of the latents file: a shard counts as done
-    only when every file exists and the latents match it (see `shard_done`)."""
+    (floats: NAME.context.npy, float16). The done record (written last) carries the SHA-256 of the latents
+    file: a shard counts as done only when every file exists and the latents match it (see `shard_done`)."""
     n = len(latents)
     if len(context) != n or len(meta) != n or (images is not None and len(images) != n):
         raise ValueError(f"shard {name}: latents ({n}), context ({len(context)}), meta ({len(meta)})"
