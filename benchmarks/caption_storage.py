@@ -1,5 +1,5 @@
 """Captions stored as text-encoder hidden states against token ids with the frozen encoder run in the training
-step: bytes per sample and training images/s, on CPU, measured in one run (issue 26's item 4 decision).
+step: bytes per sample and training images/s, on CPU, measured in one run (what data.captions chooses between).
 
     python benchmarks/caption_storage.py            # tiny ladder c=16, 4x16x16 latents, batch 32, CPU
     python benchmarks/caption_storage.py --tiny     # seconds

@@ -1,6 +1,7 @@
 """`study prepare` throughput and memory on synthetic WebDataset sets: images/s and the peak resident
 memory of every process (the driver and each Ray worker), for several set sizes, resolutions, Ray
-worker counts and latent spaces. Memory must not grow with the set: peak at 100K <= 1.2x peak at 2K.
+worker counts, latent spaces and caption storage (data.captions: token ids, the default, or hidden states).
+Memory must not grow with the set: peak at 100K <= 1.2x peak at 2K.
 
     python benchmarks/prepare_throughput.py                      # 2K and 20K at 64 px, 1 and 2 workers
     python benchmarks/prepare_throughput.py --sizes 2000 20000 100000 --px 64 256
@@ -105,7 +106,7 @@ def _by_mapping(p) -> str:
     return f"shm={shm >> 20} files={files >> 20} anon={anon >> 20}"
 
 
-def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
+def one(data: str, px: int, workers: int, space: str, out_dir: str, captions: str = "tokens") -> dict:
     """Run one prepare in this process and measure it."""
     import numpy as np
     import psutil
@@ -116,7 +117,8 @@ def one(data: str, px: int, workers: int, space: str, out_dir: str) -> dict:
 
     overrides = ["data.name=webdataset", f"data.root={data}", f"data.resolution={px}", "data.eval_fraction=0.01",
                  "data.shard_size=1024", f"data.prepare_actors={workers}", "data.prepare_writers=2",
-                 "eval.feature_extractor=inception", f"eval.inception_path={data}", "eval.num_samples=64"]
+                 "eval.feature_extractor=inception", f"eval.inception_path={data}", "eval.num_samples=64",
+                 f"data.captions={captions}"]
     ae_dir = Path(out_dir) / "autoencoder"
     if space == "small-vae":
         overrides += ["autoencoder.kind=train"]
@@ -195,10 +197,13 @@ def main() -> None:
     ap.add_argument("--px", type=int, nargs="+", default=[64])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--spaces", nargs="+", default=["identity", "small-vae"])
+    ap.add_argument("--captions", nargs="+", default=["tokens"], choices=["tokens", "states"],
+                    help="what the shards keep of each caption (data.captions): token ids, or hidden states")
     ap.add_argument("--big-px-size", type=int, default=20000, help="set size for resolutions above 64 px")
     ap.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "prepare-bench"))
     ap.add_argument("--fresh", action="store_true", help="measure again the rows results.json already holds")
-    ap.add_argument("--one", nargs=5, metavar=("DATA", "PX", "WORKERS", "SPACE", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--one", nargs=6, metavar=("DATA", "PX", "WORKERS", "SPACE", "OUT", "CAPTIONS"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--tiny", action="store_true", help="two small sets, one configuration, in seconds "
                                                         "(tests/test_benchmarks.py)")
     args = ap.parse_args()
@@ -207,64 +212,67 @@ def main() -> None:
                         root=os.path.join(tempfile.gettempdir(), "prepare-bench-tiny"))
         args = ap.parse_args()
     if args.one:
-        data, px, workers, space, out = args.one
-        print(json.dumps(one(data, int(px), int(workers), space, out)))
+        data, px, workers, space, out, captions = args.one
+        print(json.dumps(one(data, int(px), int(workers), space, out, captions)))
         return
     root = Path(args.root)
     # Rows already measured are kept (a long matrix resumes by rerunning); --fresh measures them again.
     saved = root / "results.json"
     rows = [] if args.fresh or not saved.exists() else json.loads(saved.read_text())
-    head = ("images", "px", "workers", "space", "img/s", "driver MB", "private", "worker MB", "private", "store MB",
+    head = ("images", "px", "workers", "space", "captions", "img/s", "driver MB", "private", "worker MB", "private", "store MB",
             "B/sample", "files/1M", "disk peak", "disk end")
     print(" ".join(f"{h:>9}" for h in head))
     for px in args.px:
         for n in (args.sizes if px == 64 else [args.big_px_size]):
-            for space in args.spaces:
-                for w in args.workers:
-                    r = next((r for r in rows if (r["n"], r["px"], r["workers"], r["space"]) == (n, px, w, space)),
-                             None)
-                    if r is None:
-                        r = {"n": n, "px": px, "workers": w, "space": space, **_measure(root, n, px, w, space)}
-                        rows.append(r)
-                        root.mkdir(parents=True, exist_ok=True)
-                        saved.write_text(json.dumps(rows, indent=1))
-                    print(" ".join(f"{v:>9}" for v in (n, px, w, space, r["images_per_s"], r["driver_peak_mb"],
-                                                        r["driver_private_mb"], r["worker_peak_mb"],
-                                                        r["worker_private_mb"], r["object_store_mb"],
-                                                        r.get("bytes_per_sample", "-"), r.get("files_per_1m", "-"),
-                                                        r.get("disk_peak_mb", "-"), r.get("disk_final_mb", "-"))),
-                          flush=True)
+            for space, w, cap in ((s_, w_, c_) for s_ in args.spaces for w_ in args.workers for c_ in args.captions):
+                r = next((r for r in rows if _key(r) == (n, px, w, space, cap)), None)
+                if r is None:
+                    r = {"n": n, "px": px, "workers": w, "space": space, "captions": cap,
+                         **_measure(root, n, px, w, space, cap)}
+                    rows.append(r)
+                    root.mkdir(parents=True, exist_ok=True)
+                    saved.write_text(json.dumps(rows, indent=1))
+                print(" ".join(f"{v:>9}" for v in (n, px, w, space, cap, r["images_per_s"], r["driver_peak_mb"],
+                                                    r["driver_private_mb"], r["worker_peak_mb"], r["worker_private_mb"],
+                                                    r["object_store_mb"], r.get("bytes_per_sample", "-"),
+                                                    r.get("files_per_1m", "-"), r.get("disk_peak_mb", "-"),
+                                                    r.get("disk_final_mb", "-"))), flush=True)
     sizes = sorted({r["n"] for r in rows if r["px"] == 64 and r["n"] in args.sizes})
     if len(sizes) > 1:
         # The target is on each process's own memory (private) and the object store's; a worker's resident
         # set also counts the object-store pages it has touched, which are shared and counted once in the store.
-        for space in args.spaces:
-            for w in args.workers:
-                sel = {r["n"]: r for r in rows if r["px"] == 64 and r["space"] == space and r["workers"] == w}
-                if sizes[0] not in sel or sizes[-1] not in sel:
-                    continue
-                lo, hi = sel[sizes[0]], sel[sizes[-1]]
-                for key in ("driver_private_mb", "worker_private_mb", "driver_peak_mb", "worker_peak_mb",
-                            "other_peak_mb"):
-                    ratio = hi[key] / max(1, lo[key])
-                    print(f"{space}, {w} workers, {key}: {sizes[-1]} vs {sizes[0]} images = {ratio:.2f}x "
-                          f"({'flat' if ratio <= 1.2 else 'GROWS'})")
-                # The store holds the read-ahead, capped at data.prepare_readahead chunks per encoder actor: a
-                # set smaller than that (2K images are 8 chunks) never fills the cap, so a ratio against the
-                # smallest set says nothing; the peaks by size do (flat once the cap is reached).
-                print(f"{space}, {w} workers, object_store_mb by size: "
-                      + ", ".join(f"{n}: {sel[n]['object_store_mb']}" for n in sizes if n in sel))
+        for space, w, cap in ((s_, w_, c_) for s_ in args.spaces for w_ in args.workers for c_ in args.captions):
+            sel = {r["n"]: r for r in rows if _key(r)[1:] == (64, w, space, cap)}
+            if sizes[0] not in sel or sizes[-1] not in sel:
+                continue
+            lo, hi = sel[sizes[0]], sel[sizes[-1]]
+            for key in ("driver_private_mb", "worker_private_mb", "driver_peak_mb", "worker_peak_mb",
+                        "other_peak_mb"):
+                ratio = hi[key] / max(1, lo[key])
+                print(f"{space}, {w} workers, captions as {cap}, {key}: {sizes[-1]} vs {sizes[0]} images = "
+                      f"{ratio:.2f}x ({'flat' if ratio <= 1.2 else 'GROWS'})")
+            # The store holds the read-ahead, capped at data.prepare_readahead chunks per encoder actor: a
+            # set smaller than that (2K images are 8 chunks) never fills the cap, so a ratio against the
+            # smallest set says nothing; the peaks by size do (flat once the cap is reached).
+            print(f"{space}, {w} workers, captions as {cap}, object_store_mb by size: "
+                  + ", ".join(f"{n}: {sel[n]['object_store_mb']}" for n in sizes if n in sel))
 
 
-def _measure(root: Path, n: int, px: int, workers: int, space: str) -> dict:
+def _key(row: dict) -> tuple:
+    """A row's configuration; rows measured before captions were a choice stored hidden states."""
+    return row["n"], row["px"], row["workers"], row["space"], row.get("captions", "states")
+
+
+def _measure(root: Path, n: int, px: int, workers: int, space: str, captions: str) -> dict:
     data = make_set(root, n, px)
     with tempfile.TemporaryDirectory(dir=root) as out:
-        res = subprocess.run([sys.executable, __file__, "--one", str(data), str(px), str(workers), space, out],
-                             capture_output=True, text=True)
+        res = subprocess.run([sys.executable, __file__, "--one", str(data), str(px), str(workers), space, out,
+                              captions], capture_output=True, text=True)
     if res.returncode:
         print(res.stderr[-2000:], file=sys.stderr)
-        raise SystemExit(f"prepare failed for {n} images at {px} px, {workers} workers, {space}")
+        raise SystemExit(f"prepare failed for {n} images at {px} px, {workers} workers, {space}, captions as {captions}")
     return json.loads(res.stdout.splitlines()[-1])
+
 
 if __name__ == "__main__":
     main()

@@ -51,11 +51,11 @@ FIGURES = {
     "superres_throughput.py": [
         (rf"^ +8 +{NUM} +{NUM} +{NUM}$", 1, (0, 1, 2)),  # width 8: base img/s, SR img/s, SR/base
     ],
-    "prepare_throughput.py": [  # images, px, workers, space; img/s, driver MB, private, worker MB, private, store MB,
-        # bytes per sample, files per 1M samples, disk peak MB, disk MB at the end
-        (rf"^ +(?:256|512) +64 +1 +identity +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM}$", 2,
-         (0, 1, 2, 3, 4, 6, 7, 8, 9)),
-        (rf"identity, 1 workers, driver_private_mb: 512 vs 256 images = {NUM}x", 1, (0,)),
+    "prepare_throughput.py": [  # images, px, workers, space, captions; img/s, driver MB, private, worker MB, private,
+        # store MB, bytes per sample, files per 1M samples, disk peak MB, disk MB at the end
+        (rf"^ +(?:256|512) +64 +1 +identity +tokens +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} +{NUM} "
+         rf"+{NUM}$", 2, (0, 1, 2, 3, 4, 6, 7, 8, 9)),
+        (rf"identity, 1 workers, captions as tokens, driver_private_mb: 512 vs 256 images = {NUM}x", 1, (0,)),
     ],
     "caption_storage.py": [  # per encoder: bytes per sample and images/s of each mode, the ratio tokens / states
         (rf"^minilm +states +{NUM} B/sample +{NUM} images/s$", 1, (0, 1)),
