@@ -132,7 +132,7 @@ class DataConfig:
     # What the shards keep of each caption: "tokens" (its token ids, 4 bytes a token; the frozen text encoder runs
     # in the training step, as SD's training scripts do) or "states" (the encoder's fp16 hidden states, computed
     # once by prepare: CLIP's 77x768 are 118 KB a sample, 15x SD's latents at 256 px). States suit small sets
-    # whose step the encoder would slow (the digits; docs/benchmarks.md, "Caption storage").
+    # whose step the encoder would slow (the digits; docs/benchmarks.md, "Data at 100M images").
     captions: str = "tokens"
     resolution: int = 8  # digits are natively 8x8; upsampling adds cost, not information
     eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
