@@ -158,7 +158,8 @@ def _joint(pts: pd.DataFrame, n_boot: int, seed: int, progress: bool) -> dict:
 
 def size_tie_evidence(pts: pd.DataFrame) -> str:
     """Why the points leave the joint law's size exponent open, in their own numbers: each size's FID at the
-    largest training budget every size reached (95 % evaluation noise), and whether size helps there beyond it."""
+    largest training budget every size reached (with its 95 % noise), and whether the largest size beats the
+    smallest there beyond it."""
     shared = pts.groupby("train_images")["params"].nunique()
     shared = shared[shared == pts["params"].nunique()]
     if shared.empty:
@@ -168,7 +169,7 @@ def size_tie_evidence(pts: pd.DataFrame) -> str:
     fids = ", ".join(f"{size_label(n)} {r.fid:.3g} ± {1.96 * r.sd:.2g}" for n, r in at.iterrows())
     small, large = at.iloc[0], at.iloc[-1]
     gap, noise = small.fid - large.fid, 1.96 * float(np.hypot(small.sd, large.sd))
-    verdict = ("the largest size is better beyond noise, but by less than a power law in size needs"
-               if gap > noise else "the sizes do not improve with size beyond noise, so the size term has "
-               "nothing to fit (a harder data set or earlier budgets separate them)")
-    return f"at {d:,} training images FID is {fids} (95 % evaluation noise): {verdict}"
+    verdict = (f"the largest beats the smallest by {gap:.3g} ± {noise:.2g}" if gap > noise else
+               f"the largest does not beat the smallest beyond noise ({gap:.3g} ± {noise:.2g}), so the size term has "
+               f"nothing to fit")
+    return f"at {d:,} training images FID is {fids} (95 % noise): {verdict}"

@@ -164,7 +164,7 @@ def test_sizes_that_tie_at_the_largest_budget_leave_the_size_exponent_open_and_t
     pts["std"] = 0.3
     pts = pts.assign(noise=point_noise(pts))
     text = size_tie_evidence(pts)
-    assert text.startswith("at 8,192 training images FID is 1.7M") and "do not improve with size beyond noise" in text
+    assert text.startswith("at 8,192 training images FID is 1.7M") and "does not beat the smallest beyond noise" in text
     fits = fit_training(pts, n_boot=20)
     assert "alpha" in fits["chinchilla"]["at_bound"] and fits["chinchilla"]["evidence"]["alpha"] == text
     row = prediction_table(fits).set_index(["fit", "quantity"]).loc[("chinchilla", "alpha")]
@@ -172,7 +172,7 @@ def test_sizes_that_tie_at_the_largest_budget_leave_the_size_exponent_open_and_t
     # Separated sizes say so instead
     apart = pts.copy()
     apart.loc[apart["params"] == 6.3e6, "fid"] -= 1.5
-    assert "the largest size is better beyond noise" in size_tie_evidence(apart)
+    assert "the largest beats the smallest by" in size_tie_evidence(apart)
 
 
 def test_a_model_size_whose_interval_reaches_zero_is_not_determined():
