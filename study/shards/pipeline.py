@@ -120,8 +120,9 @@ class EncodeChunks:
         cfg = from_dict(cfg_dict)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.space = load_latent_space(cfg.autoencoder, autoencoder_dir).to(self.device)
-        self.text = load_text_encoder(cfg.text_encoder)
-        if cfg.data.captions == "states":  # token ids need only the tokenizer: the model stays off the GPU
+        # token ids need only the tokenizer: no text model in the actor's memory or on its GPU
+        self.text = load_text_encoder(cfg.text_encoder, tokenizer_only=cfg.data.captions == "tokens")
+        if self.text.model is not None:
             self.text.model.to(self.device)
         self.d, self.parts = cfg.data, Path(parts_dir)
 
