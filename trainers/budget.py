@@ -43,6 +43,11 @@ class Budget:
                 "train_flops": self.train_flops(images), "train_flops_paper": self.train_flops_paper(images)}
 
 
+def _nearest_step(fraction: float, total_images: int, global_batch: int) -> int:
+    """The optimizer step whose whole global batch is nearest to round(fraction x total_images) images."""
+    return max(1, math.floor(round(fraction * total_images) / global_batch + 0.5))
+
+
 def milestone_steps(total_images: int, fractions, global_batch: int) -> tuple[int, ...]:
     """Optimizer steps of the milestones: the whole global batch nearest to round(f x total_images).
 
@@ -51,7 +56,7 @@ def milestone_steps(total_images: int, fractions, global_batch: int) -> tuple[in
     The full budget (f = 1) is always a milestone, so every run ends on a checkpoint.
     """
     fractions = sorted(set(float(f) for f in fractions) | {1.0})
-    steps = [max(1, math.floor(round(f * total_images) / global_batch + 0.5)) for f in fractions]
+    steps = [_nearest_step(f, total_images, global_batch) for f in fractions]
     for (f0, s0), (f1, s1) in zip(zip(fractions, steps), zip(fractions[1:], steps[1:])):
         if s0 == s1:
             raise ConfigError(f"config key 'train.milestones': fractions {f0} and {f1} both fall on optimizer "
@@ -68,7 +73,7 @@ def plan(train_cfg, fwd_flops: float) -> Budget:
     extra = list(getattr(train_cfg, "loss_milestones", None) or [])
     # Two loss-only fractions on one step are one budget (they are extra points of a curve, not milestones a
     # study's cells are keyed on), as is one on a milestone's step.
-    loss = {max(1, math.floor(round(f * total) / batch + 0.5)) for f in extra} - set(fid)
+    loss = {_nearest_step(f, total, batch) for f in extra} - set(fid)
     return Budget(global_batch=batch, milestone_steps=fid, fwd_flops=float(fwd_flops), loss_steps=tuple(sorted(loss)))
 
 
