@@ -48,27 +48,27 @@ def stable_hash(obj, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-# Training keys added after run folders existed, whose empty value is what those runs did: left out of the identity
-# while empty, so every such folder keeps its hash and resumes.
-ABSENT_WHEN_EMPTY_TRAIN_KEYS = ("loss_milestones",)
+# Keys added after run folders existed, by section, with the value that is what those runs did: left out of the
+# identity at that value, so every such folder keeps its hash and resumes (loss_milestones: none were scored;
+# captions: prepare stored hidden states before token ids).
+ABSENT_AT = {"train": {"loss_milestones": []}, "data": {"captions": "states"}}
 
 
-# Data keys added after run folders existed, with the value that is what those runs did: left out of the identity
-# at that value, so every such folder keeps its hash (captions: prepare stored hidden states before token ids).
-ABSENT_AT_DATA_VALUES = {"captions": "states"}
+def _identity_keys(section: str, values: dict, operational: tuple[str, ...]) -> dict:
+    """A config section less its operational keys and its later keys at their old value (ABSENT_AT)."""
+    old = ABSENT_AT.get(section, {})
+    return {k: v for k, v in values.items() if k not in operational and not (k in old and v == old[k])}
 
 
 def data_identity(data: dict) -> dict:
     """The data section less the keys that change how prepare runs, not what it computes."""
-    return {k: v for k, v in data.items()
-            if k not in OPERATIONAL_DATA_KEYS and not (k in ABSENT_AT_DATA_VALUES and v == ABSENT_AT_DATA_VALUES[k])}
+    return _identity_keys("data", data, OPERATIONAL_DATA_KEYS)
 
 
 def training_identity(cfg_dict: dict) -> dict:
     """The part of a resolved config that decides what a training run computes."""
     model = {k: v for k, v in cfg_dict["model"].items() if k in ("ladder", "prediction_type")}
-    train = {k: v for k, v in cfg_dict["train"].items()
-             if k not in OPERATIONAL_TRAIN_KEYS and not (k in ABSENT_WHEN_EMPTY_TRAIN_KEYS and not v)}
+    train = _identity_keys("train", cfg_dict["train"], OPERATIONAL_TRAIN_KEYS)
     ident = {"data": data_identity(cfg_dict["data"]), "text_encoder": cfg_dict["text_encoder"],
              "autoencoder": cfg_dict["autoencoder"], "model": model, "train": train}
     if cfg_dict.get("recipe"):  # a derived run (distillation, fine-tune): its recipe, base checkpoint, options
