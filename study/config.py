@@ -135,7 +135,9 @@ class DataConfig:
     # whose step the encoder would slow (the digits; docs/benchmarks.md, "Data at 100M images").
     captions: str = "tokens"
     resolution: int = 8  # digits are natively 8x8; upsampling adds cost, not information
-    eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits)
+    eval_fraction: float = 0.3  # held-out split, used only for evaluation (digits; photos: a share of columns)
+    photo_patches: int = 1536  # photos: training patches per photograph (13 photographs)
+    photo_heldout: int = 48  # photos: held-out patches per photograph (the FID reference)
     # COCO-2014 caption annotations (captions_val2014.json) for evaluation prompts on real data.
     eval_captions: Optional[str] = None
     max_eval_prompts: int = 30000  # COCO-30k as the paper: prompts drawn for evaluation
@@ -588,7 +590,7 @@ def validate(cfg: StudyConfig) -> None:
     _check(e.reference_shards > 0, "eval.reference_shards", "a positive number of pieces", e.reference_shards)
     _check(e.reference_workers > 0, "eval.reference_workers", "a positive number of tasks", e.reference_workers)
     _check(e.feature_extractor != "classifier" or dataset(d.name).classifier, "eval.feature_extractor",
-           f"'inception' for data.name={d.name} (the domain classifier exists for digits only)",
+           f"'inception' for data.name={d.name} (the domain classifier exists for the embedded sets only)",
            e.feature_extractor)
     _check(len(s.seeds) > 0, "sweep.seeds", "a non-empty list of seeds", list(s.seeds))
     for exp in SPECS.values():  # each experiment checks its own section

@@ -1,4 +1,5 @@
-"""The embedded digits (in memory) and COCO caption prompts; real data sets are streamed (study/shards/)."""
+"""The embedded sets (in memory: the digits, the photograph patches) and COCO caption prompts; real data sets
+are streamed (study/shards/)."""
 
 from __future__ import annotations
 
@@ -70,6 +71,68 @@ def load_digits_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
     return pick(tr), pick(ho)
 
 
+# -- photograph patches ------------------------------------------------------------------------------------
+# The photographs in scikit-image's wheel that super-resolution trains on (its held-out four stay unseen by every
+# base model), each named in its captions; the label is the photograph (the domain classifier's class).
+PHOTO_NAMES = {"astronaut.png": "astronaut", "brick.png": "brick wall", "cell.png": "cell", "chelsea.png": "cat",
+               "coins.png": "coins", "grass.png": "grass", "hubble_deep_field.jpg": "galaxies",
+               "ihc.png": "tissue", "motorcycle_left.png": "motorcycle", "page.png": "book page",
+               "retina.jpg": "retina", "rocket.jpg": "rocket", "text.png": "text"}
+PHOTO_TEMPLATES = (
+    "a patch of the {name} photograph",
+    "a small grey crop of {name}",
+    "a close-up of the {name}",
+    "{name}",
+)
+PHOTO_SHRINK = 4  # photographs shrunk 4x first: an 8x8 patch then spans 32x32 pixels of the original
+
+
+def _dihedral_np(x: np.ndarray, f: int) -> np.ndarray:
+    x = np.rot90(x, f % 4, axes=(-2, -1))
+    return np.ascontiguousarray(x[..., ::-1] if f >= 4 else x)
+
+
+def load_photo_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
+    """Grey data.resolution-square patches of 13 photographs in scikit-image's wheel, shrunk 4x, each patch in
+    one of the 8 rotations/flips. Held out by place: the right data.eval_fraction of every photograph's columns
+    gives the held-out patches, the rest the training patches, so no held-out pixel is ever trained on.
+    data.photo_patches training and data.photo_heldout held-out patches per photograph, drawn by data.split_seed."""
+    from study.experiments.superres.data import _read, embedded_dir
+
+    s, base = data_cfg.resolution, embedded_dir()
+    rng = np.random.default_rng([data_cfg.split_seed, 0x9E07])
+    parts = {"train": ([], [], []), "heldout": ([], [], [])}
+    for label, (file, name) in enumerate(PHOTO_NAMES.items()):
+        img = _read(base / file, 1, PHOTO_SHRINK)[0]
+        h, w = img.shape
+        cut = int(round(w * (1 - data_cfg.eval_fraction)))
+        for split, (x0, x1), n in (("train", (0, cut), data_cfg.photo_patches),
+                                   ("heldout", (cut, w), data_cfg.photo_heldout)):
+            if x1 - x0 < s or h < s:
+                raise ValueError(f"{file} shrunk {PHOTO_SHRINK}x is {w}x{h}: its {split} part is narrower than "
+                                 f"data.resolution={s}; lower data.resolution or data.eval_fraction")
+            ys = rng.integers(0, h - s + 1, n)
+            xs = rng.integers(x0, x1 - s + 1, n)
+            flips = rng.integers(0, 8, n)
+            images, labels, keys = parts[split]
+            for k, (y, x, f) in enumerate(zip(ys, xs, flips)):
+                images.append(_dihedral_np(img[y:y + s, x:x + s], int(f)))
+                labels.append(label)
+                keys.append(f"photos-{Path(file).stem}-{split}-{k:05d}")
+    out = []
+    for split in ("train", "heldout"):
+        images, labels, keys = parts[split]
+        labels = np.asarray(labels, dtype=np.int64)
+        picks = rng.integers(0, len(PHOTO_TEMPLATES), len(labels))
+        names = list(PHOTO_NAMES.values())
+        captions = [PHOTO_TEMPLATES[p].format(name=names[k]) for p, k in zip(picks, labels)]
+        # a fixed shuffle: a shard (and a batch window) mixes every photograph
+        order = rng.permutation(len(labels))
+        out.append(ImageCaptionSet(np.stack(images)[order][:, None], [captions[i] for i in order], labels[order],
+                                   [keys[i] for i in order]))
+    return out[0], out[1]
+
+
 def _load_image(path: Path, resolution: int) -> np.ndarray:
     """One image file, resized on its short side and centre-cropped: uint8 [3, H, W] (the readers' decode)."""
     from study.shards.readers import decode_image
@@ -85,4 +148,4 @@ def load_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
     if dataset(data_cfg.name).layout is not None:
         raise ValueError(f"data.name={data_cfg.name} is streamed, not loaded in memory: run `study prepare` and "
                          f"read its shards (study.shards.format.ShardIndex)")
-    return load_digits_splits(data_cfg)
+    return load_photo_splits(data_cfg) if data_cfg.name == "photos" else load_digits_splits(data_cfg)

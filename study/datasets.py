@@ -65,6 +65,9 @@ class DataSet:
 DATASETS: dict[str, DataSet] = {
     "digits": DataSet("digits", channels=1, layout=None, classifier=True, eval_prompts=_held_out_prompts,
                       validate=_no_checks, hash_order=False),
+    # grey patches of the photographs in scikit-image's wheel, labelled by photograph (study/data.py)
+    "photos": DataSet("photos", channels=1, layout=None, classifier=True, eval_prompts=_held_out_prompts,
+                      validate=_no_checks, hash_order=False),
     "imagefolder": DataSet("imagefolder", 3, "imagefolder", False, _held_out_prompts,
                            _needs_root("a folder (or s3:// prefix) with images and metadata.jsonl")),
     "webdataset": DataSet("webdataset", 3, "webdataset", False, _held_out_prompts,

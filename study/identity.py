@@ -51,7 +51,8 @@ def stable_hash(obj, n: int = 12) -> str:
 # Keys added after run folders existed, by section, with the value that is what those runs did: left out of the
 # identity at that value, so every such folder keeps its hash and resumes (loss_milestones: none were scored;
 # captions: prepare stored hidden states before token ids).
-ABSENT_AT = {"train": {"loss_milestones": []}, "data": {"captions": "states"}}
+ABSENT_AT = {"train": {"loss_milestones": []},
+             "data": {"captions": "states", "photo_patches": 1536, "photo_heldout": 48}}
 
 
 def _identity_keys(section: str, values: dict, operational: tuple[str, ...]) -> dict:

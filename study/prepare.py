@@ -250,16 +250,18 @@ def _prepare_text(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool)
 
 def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool) -> None:
     from study.metrics import InceptionExtractor, compute_reference, save_classifier, train_digit_classifier
+    from study.metrics.classifier import ClassifierConfig
     from study.paths import reference_folder
 
     if prep.reference_path().exists():
         return
     if cfg.eval.feature_extractor == "classifier":
         if not (prep.evaluator_dir / "config.json").exists():
-            _say(f"training the digit classifier (the domain-FID features) on {len(sets.train_images)} images",
+            _say(f"training the domain classifier (the domain-FID features) on {len(sets.train_images)} images",
                  progress)
+            classes = int(np.max(sets.train_labels)) + 1  # digits: 10; photographs: 13
             clf = train_digit_classifier(sets.train_images, sets.train_labels, seed=cfg.data.split_seed,
-                                         progress=progress)
+                                         config=ClassifierConfig(num_classes=classes), progress=progress)
             save_classifier(clf, prep.evaluator_dir)
         make = functools.partial(_classifier_extractor, str(prep.evaluator_dir))
     else:

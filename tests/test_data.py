@@ -1,4 +1,5 @@
-"""Data sets: the embedded digits, COCO caption prompts, the text encoder (streamed sets: test_shards_prepare)."""
+"""Data sets: the embedded digits and photograph patches, COCO caption prompts, the text encoder (streamed sets:
+test_shards_prepare)."""
 
 import json
 
@@ -7,11 +8,11 @@ import pytest
 
 from study.config import load_config
 from study.captions import load_coco_captions
-from study.data import DIGIT_NAMES, load_splits
+from study.data import DIGIT_NAMES, PHOTO_NAMES, PHOTO_SHRINK, load_splits
 
 
 def test_digits_split_is_held_out_and_captioned():
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", ["data.name=digits", "dreambooth.data=digits"])
     train, held = load_splits(cfg.data)
     assert len(train) + len(held) == 1797
     assert abs(len(held) / 1797 - cfg.data.eval_fraction) < 0.01
@@ -29,6 +30,52 @@ def test_digits_split_is_held_out_and_captioned():
         assert abs((held.labels == k).sum() / n_k - cfg.data.eval_fraction) < 0.02
     t2, h2 = load_splits(cfg.data)
     assert t2.keys == train.keys and (h2.images == held.images).all() and h2.captions == held.captions  # deterministic
+
+
+def _places(photo: np.ndarray, patch: np.ndarray) -> set[int]:
+    """The left columns x of every crop of photo that equals patch under one of the 8 rotations/flips."""
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    s = patch.shape[-1]
+    windows = sliding_window_view(photo, (s, s))  # [H - s + 1, W - s + 1, s, s]
+    found = set()
+    for f in range(8):
+        p = np.rot90(patch, f % 4)
+        p = p[:, ::-1] if f >= 4 else p
+        found |= set(np.argwhere((windows == p).all(axis=(-2, -1)))[:, 1].tolist())
+    return found
+
+
+def test_photo_patches_are_held_out_by_place_and_captioned():
+    from study.experiments.superres.data import _read, embedded_dir
+
+    cfg = load_config("tiny", ["data.photo_patches=40", "data.photo_heldout=6"])
+    assert cfg.data.name == "photos"  # the embedded default
+    train, held = load_splits(cfg.data)
+    names = list(PHOTO_NAMES.values())
+    assert len(train) == 40 * len(names) and len(held) == 6 * len(names)
+    assert train.images.dtype == np.uint8 and train.images.shape[1:] == (1, 8, 8)
+    assert np.bincount(train.labels).tolist() == [40] * len(names)
+    for cap, k in zip(train.captions, train.labels):
+        assert names[k] in cap  # the prompt names the photograph, so it determines the class
+    assert not set(train.keys) & set(held.keys)
+    # Held out by place: a training patch lies in the left (1 - eval_fraction) of its photograph, a held-out one
+    # right of that cut, so no held-out pixel is trained on.
+    for split, sub in (("train", train), ("heldout", held)):
+        for i in range(0, len(sub), 7):
+            file = list(PHOTO_NAMES)[sub.labels[i]]
+            photo = _read(embedded_dir() / file, 1, PHOTO_SHRINK)[0]
+            cut = int(round(photo.shape[1] * (1 - cfg.data.eval_fraction)))
+            xs = _places(photo, sub.images[i, 0])
+            assert xs, f"{sub.keys[i]} is no crop of {file}"
+            if split == "train":
+                assert min(xs) + 8 <= cut
+            else:
+                assert max(xs) >= cut
+    t2, h2 = load_splits(cfg.data)
+    assert t2.keys == train.keys and (h2.images == held.images).all() and h2.captions == held.captions  # deterministic
+    with pytest.raises(ValueError, match="narrower than data.resolution"):
+        load_splits(load_config("tiny", ["data.resolution=64"]).data)
 
 
 def test_digits_upsampled_for_the_latent_path():

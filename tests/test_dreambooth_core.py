@@ -13,7 +13,7 @@ from PIL import Image
 from study.config import ConfigError, load_config
 from study.experiments.dreambooth import prior
 from study.experiments.dreambooth.subject import (SYMMETRIC_DIGITS, digits_subject, folder_subject, google_subject, mirror,
-                                      read_prompts_and_classes)
+                                      negative, photos_subject, read_prompts_and_classes)
 from study.metrics.subject import DinoEmbedder, clip_image_embeds, leave_one_out_fidelity, mean_cosine
 
 from dreambooth_helpers import make_base
@@ -56,7 +56,7 @@ def _cfg(*overrides):
 def test_digits_subject_is_mirrored_unseen_and_has_novel_contexts():
     from study.data import load_digits_splits
 
-    cfg = _cfg()
+    cfg = _cfg("data.name=digits", "dreambooth.data=digits")
     s = digits_subject(cfg.data, cfg.dreambooth)
     assert s.instance_images.shape == (4, 1, 8, 8) and s.instance_images.dtype == np.uint8
     assert s.instance_prompt == "a handwritten digit three in sks style"
@@ -74,6 +74,41 @@ def test_digits_subject_is_mirrored_unseen_and_has_novel_contexts():
     # the true subject in each context: held-out digits of that class, mirrored
     assert set(s.styled_references) == set(s.eval_labels)
     assert np.array_equal(s.styled_references[5], mirror(s.plain_references[5]))
+    assert s.style is mirror
+
+
+def test_photos_subject_is_inverted_unseen_and_has_novel_contexts():
+    from study.data import PHOTO_NAMES, load_photo_splits
+
+    cfg = _cfg("data.photo_patches=200", "data.photo_heldout=8")
+    assert cfg.dreambooth.data == "photos" and cfg.dreambooth.photo == "cat"
+    s = photos_subject(cfg.data, cfg.dreambooth)
+    cat = list(PHOTO_NAMES.values()).index("cat")
+    assert s.instance_images.shape == (4, 1, 8, 8) and s.instance_images.dtype == np.uint8
+    assert s.instance_prompt == "a patch of the cat photograph in sks style"
+    assert s.class_prompt == "a patch of the cat photograph" and s.class_label == cat
+    assert s.eval_labels[0] == cat and len(s.eval_labels) == 4 and len(set(s.eval_labels)) == 4
+    train, _ = load_photo_splits(cfg.data)
+    flat = train.images.reshape(len(train), -1)
+    for img in s.instance_images:
+        # unseen: no training patch is the inverted instance; the instance is a cat patch inverted
+        assert not (flat == img.reshape(-1)).all(axis=1).any()
+        plain = (flat == negative(img).reshape(-1)).all(axis=1)
+        assert plain.any() and (train.labels[plain] == cat).all()
+    k = s.eval_labels[2]
+    assert np.array_equal(s.styled_references[k], negative(s.plain_references[k])) and s.style is negative
+    assert np.array_equal(negative(negative(s.instance_images)), s.instance_images)  # the style undoes itself
+    with pytest.raises(ValueError, match="dreambooth.photo='dog'"):
+        photos_subject(cfg.data, _cfg("dreambooth.photo=dog").dreambooth)
+
+
+def test_an_embedded_subject_needs_its_own_data_set():
+    with pytest.raises(ConfigError, match="dreambooth.data"):
+        _cfg("dreambooth.data=digits")  # the photographs' base models with a digits subject
+    with pytest.raises(ConfigError, match="dreambooth.data"):
+        _cfg("data.name=digits")  # tiny's photos subject on digits
+    assert _cfg("data.name=digits", "dreambooth.data=digits", ).dreambooth.data == "digits"
+    assert _cfg("data.name=digits", "dreambooth.enabled=false").data.name == "digits"  # off: not checked
 
 
 def _write_images(folder, n, size=20):

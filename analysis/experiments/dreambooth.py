@@ -118,7 +118,7 @@ def _fig_vs_size(sizes: pd.DataFrame, cells: pd.DataFrame, out: Path) -> str:
         if metric == "subject_fidelity":
             for col, style, text in (("subject_fidelity_copy", "--", "instances among themselves"),
                                      ("subject_fidelity_styled", "-.", "true subject in each prompt's context"),
-                                     ("subject_fidelity_plain", ":", "real digits of the prompts, no style")):
+                                     ("subject_fidelity_plain", ":", "real images of the prompts, no style")):
                 if col in cells and cells[col].notna().any():
                     ax.axhline(float(cells[col].mean()), color="0.4", linestyle=style, label=text)
         ax.set_xscale("log")
@@ -202,7 +202,7 @@ def size_gaps(cells: pd.DataFrame, n_boot: int, rng) -> pd.DataFrame:
 
 def plain_end(sizes: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
     """Per size, its best subject fidelity at the most steps against the plain-class end of the scale (what the
-    real digits the evaluation's prompts ask for score without the subject's style; the evaluator's
+    real images the evaluation's prompts ask for score without the subject's style; the evaluator's
     subject_fidelity_plain): `at_plain_end` when its interval does not clear it."""
     if "subject_fidelity_plain" not in cells or cells["subject_fidelity_plain"].isna().all():
         return pd.DataFrame()
@@ -265,7 +265,7 @@ def analyze(table: pd.DataFrame, out: Path, n_boot: int = 500, seed: int = 0) ->
     captions = {
         "fidelity_vs_size": "Subject and prompt fidelity at each size's searched guidance; the dashed line is what a "
                             "copy of the instances scores, the dash-dotted one the true subject in each prompt's "
-                            "context, the dotted one the real digits the prompts ask for without the subject's style "
+                            "context, the dotted one the real images the prompts ask for without the subject's style "
                             "(both on the evaluation's own prompts).",
         "fidelity_vs_cost": "The same against sampling cost, one curve per size; the black step is the frontier: "
                             "where a smaller size lies on it, it wins at that cost.",

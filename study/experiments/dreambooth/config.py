@@ -8,6 +8,8 @@ from typing import List, Optional
 from study.errors import check as _check
 from study.experiments.spec import check_cells
 
+EMBEDDED_SUBJECTS = ("digits", "photos")  # dreambooth.data values made from an embedded data set of that name
+
 
 @dataclass
 class DreamBoothConfig:
@@ -17,15 +19,17 @@ class DreamBoothConfig:
     # The subject: "digits" (embedded: mirror-written digits, see docs/experiments.md, "DreamBooth"),
     # "google" (Google's DreamBooth data set: root = its dataset/ folder, subject = a folder in it), or
     # "folder" (root = a folder of 3-6 instance images, class_noun = their class).
+    # "photos" (embedded, data.name=photos: inverted patches of one photograph, docs/experiments.md).
     data: str = "digits"
     root: Optional[str] = None  # data=google or folder: where the subject's images are
     subject: str = "dog"  # data=google: a folder of Google's data set
     class_noun: str = ""  # data=folder: the subject's class ("dog")
     identifier: str = "sks"  # the rare token of the paper and the script's "a photo of sks dog"
     digit: int = 3  # digits: the instances are mirrored training digits of this class (an asymmetric one)
-    num_instances: int = 4  # digits: the paper uses 3-5 images of a subject
-    num_contexts: int = 3  # digits: novel contexts = other asymmetric digits "in sks style"
-    seed: int = 0  # digits: which training digits become the instances
+    photo: str = "cat"  # photos: the instances are inverted training patches of this photograph (study/data.py)
+    num_instances: int = 4  # digits, photos: the paper uses 3-5 images of a subject
+    num_contexts: int = 3  # digits: novel contexts = other asymmetric digits "in sks style" (photos: photographs)
+    seed: int = 0  # digits, photos: which training images become the instances
     max_prompts: int = 0  # real data: evaluation prompts kept from the paper's list (0: all 25)
     # Prior preservation: class images sampled from each base checkpoint with the class prompt, cached per
     # base. 200 as the paper's ~200 (the script's default is 100); weight 1 as the script's example.
@@ -64,8 +68,13 @@ def validate(cfg) -> None:
     from study.schedulers import SAMPLERS
 
     db = cfg.dreambooth
-    _check(db.data in ("digits", "google", "folder"), "dreambooth.data", "'digits', 'google' or 'folder'", db.data)
-    _check(db.data == "digits" or db.root is not None, "dreambooth.root",
+    _check(db.data in ("digits", "photos", "google", "folder"), "dreambooth.data",
+           "'digits', 'photos', 'google' or 'folder'", db.data)
+    # On an embedded base, the embedded subject is made of the same set (its domain classifier reads the class).
+    _check(not db.enabled or cfg.data.name not in EMBEDDED_SUBJECTS or db.data not in EMBEDDED_SUBJECTS
+           or db.data == cfg.data.name, "dreambooth.data",
+           f"{cfg.data.name!r} (the subject made of data.name={cfg.data.name}), 'google' or 'folder'", db.data)
+    _check(db.data in EMBEDDED_SUBJECTS or db.root is not None, "dreambooth.root",
            "the dataset/ folder of Google's DreamBooth data (data=google) or a folder of instance images", db.root)
     _check(db.data != "folder" or bool(db.class_noun), "dreambooth.class_noun",
            "the instances' class noun (e.g. dog) when data=folder", db.class_noun)
@@ -101,4 +110,5 @@ def train_overrides(cfg) -> dict:
 def inputs(cfg) -> list[tuple[str, object]]:
     """The local files DreamBooth reads: the subject's data set, the DINO model."""
     db = cfg.dreambooth
-    return [("dreambooth.root", db.root if db.data != "digits" else None), ("dreambooth.dino_path", db.dino_path)]
+    return [("dreambooth.root", db.root if db.data not in EMBEDDED_SUBJECTS else None),
+            ("dreambooth.dino_path", db.dino_path)]

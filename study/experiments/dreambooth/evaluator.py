@@ -6,8 +6,10 @@ Embedded digits (their documented analogues of the paper's metrics, on the domai
   prompt samples to those of the instance images (DINO's definition, the classifier in DINO's place);
 - context_fidelity: the same against the true subject in each prompt's context (held-out digits of the
   prompted class, in the subject's style), which only synthetic data can give;
-- prompt_fidelity: the fraction of samples the classifier reads as the prompted digit, in either orientation
-  (the style mirrors the digit; the context, i.e. which digit, is what the prompt asks for).
+- prompt_fidelity: the fraction of samples the classifier reads as the prompted digit, with or without the style
+  undone (the style mirrors the digit; the context, i.e. which digit, is what the prompt asks for).
+The embedded photographs ("photos") use the same metrics: the photograph in place of the digit, the negative in
+place of the mirror.
 Real data: subject_fidelity is DINO when dreambooth.dino_path is given (else CLIP-I), prompt_fidelity CLIP-T
 (the prompt without the identifier), from eval.clip_path; dino, clip_i and clip_t are reported when available.
 Language drift: FID of the class-prompt samples of the fine-tuned UNet against those of its base (same noise),
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 
 from study.config import StudyConfig
-from study.experiments.dreambooth.subject import Subject, load_subject, mirror
+from study.experiments.dreambooth.subject import Subject, load_subject
 from study.prepare import Prepared
 
 BASE_KEY = "_dreambooth_base"  # (hidden: diffusers keeps "_" keys silently) the recipe records the base checkpoint in the fine-tuned UNet's config
@@ -155,11 +157,12 @@ class DreamBoothEvaluator:
         if s.eval_labels is not None:
             labels = torch.tensor(s.eval_labels).repeat_interleave(k)
             reads = domain_predictions(self.classifier, images)
-            reads_mirrored = domain_predictions(self.classifier, torch.from_numpy(mirror(images.numpy())))
-            right = ((reads == labels) | (reads_mirrored == labels)).double()
+            unstyled = torch.from_numpy(s.style(images.round().clamp(0, 255).to(torch.uint8).numpy())).float()
+            reads_unstyled = domain_predictions(self.classifier, unstyled)
+            right = ((reads == labels) | (reads_unstyled == labels)).double()
             res["prompt_fidelity"], res["prompt_fidelity_std"] = float(right.mean()), _sem(right)
-            # the style without the digit: how often the sample reads right only once mirrored back
-            res["style_rate"] = float(((reads_mirrored == labels) & (reads != labels)).float().mean())
+            # the style without the class: how often the sample reads right only once its style is undone
+            res["style_rate"] = float(((reads_unstyled == labels) & (reads != labels)).float().mean())
             res["context_fidelity"] = float(np.mean([
                 mean_cosine(gen_emb[i * k:(i + 1) * k], self.subject_embed(s.styled_references[d]).cpu())
                 for i, d in enumerate(s.eval_labels)]))

@@ -6,6 +6,11 @@ Three sources, one `Subject`:
   digits "in sks style". No training digit is mirrored, so the base models have never seen the style, and the
   style is a known pixel transform, so the true subject in every novel context exists (the held-out digits of
   that class, mirrored): fidelity can be measured against it, not only against the instances.
+- "photos" (embedded, offline; data.name=photos): the same design on the photograph patches, with the photographic
+  negative as the style (the patches' rotations and flips are training augmentations, so a mirror is no new
+  style there): a handful of inverted patches of one photograph are "a patch of the cat photograph in sks style",
+  the novel contexts the other photographs "in sks style", the true subject in each their held-out patches
+  inverted.
 - "google": Google's DreamBooth data set layout (dataset/<subject>/NN.jpg and dataset/prompts_and_classes.txt,
   github.com/google/dreambooth): the subject's class noun and the paper's prompt lists come from that file.
 - "folder": any folder of instance images plus a class noun (dreambooth.class_noun).
@@ -16,10 +21,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from study.data import DIGIT_NAMES
+from study.data import DIGIT_NAMES, PHOTO_NAMES, PHOTO_TEMPLATES
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 # Digits whose mirror image is itself (0, 1, 8 at 8x8) would show no style: they are never contexts.
@@ -46,6 +52,7 @@ class Subject:
     class_label: int | None = None
     styled_references: dict[int, np.ndarray] = field(default_factory=dict)
     plain_references: dict[int, np.ndarray] = field(default_factory=dict)
+    style: Callable | None = None  # embedded data: the style's pixel transform (its own inverse)
 
     def __post_init__(self):
         if not 1 <= len(self.instance_images) <= 64:
@@ -58,6 +65,11 @@ class Subject:
 def mirror(images: np.ndarray) -> np.ndarray:
     """The embedded subject's style: each image flipped left to right (mirror writing)."""
     return np.ascontiguousarray(np.asarray(images)[..., ::-1])
+
+
+def negative(images: np.ndarray) -> np.ndarray:
+    """The photographs' subject style: the photographic negative of each image in [0, 255]."""
+    return (255 - np.asarray(images, dtype=np.int16)).astype(np.uint8)
 
 
 def digit_prompt(digit: int, identifier: str | None = None) -> str:
@@ -84,7 +96,36 @@ def digits_subject(data_cfg, db) -> Subject:
                    instance_prompt=digit_prompt(db.digit, db.identifier), class_prompt=digit_prompt(db.digit),
                    eval_prompts=[digit_prompt(d, db.identifier) for d in labels], eval_labels=labels,
                    class_label=db.digit, styled_references={d: mirror(r) for d, r in refs.items()},
-                   plain_references=refs)
+                   plain_references=refs, style=mirror)
+
+
+def photo_prompt(label: int, identifier: str | None = None) -> str:
+    """'a patch of the cat photograph' (a training caption template), or '... in sks style' with an identifier."""
+    base = PHOTO_TEMPLATES[0].format(name=list(PHOTO_NAMES.values())[label])
+    return f"{base} in {identifier} style" if identifier else base
+
+
+def photos_subject(data_cfg, db) -> Subject:
+    """The embedded photographs' subject: `db.num_instances` inverted training patches of `db.photo`, and the other
+    photographs as contexts."""
+    from study.data import load_photo_splits
+
+    names = list(PHOTO_NAMES.values())
+    if db.photo not in names:
+        raise ValueError(f"dreambooth.photo={db.photo!r}: choose one of {', '.join(names)}")
+    train, held = load_photo_splits(data_cfg)
+    label = names.index(db.photo)
+    pool = np.flatnonzero(train.labels == label)
+    # A fixed draw from the training patches: the base models saw these patches, never inverted.
+    pick = np.sort(np.random.default_rng(db.seed).choice(pool, size=db.num_instances, replace=False))
+    contexts = [k for k in range(len(names)) if k != label][: db.num_contexts]
+    labels = [label, *contexts]
+    refs = {k: np.asarray(held.images[held.labels == k]) for k in labels}
+    return Subject(name=f"negative-{db.photo.replace(' ', '-')}", instance_images=negative(train.images[pick]),
+                   instance_prompt=photo_prompt(label, db.identifier), class_prompt=photo_prompt(label),
+                   eval_prompts=[photo_prompt(k, db.identifier) for k in labels], eval_labels=labels,
+                   class_label=label, styled_references={k: negative(r) for k, r in refs.items()},
+                   plain_references=refs, style=negative)
 
 
 def read_prompts_and_classes(path: str | Path) -> tuple[dict[str, str], dict[str, list[str]]]:
@@ -148,10 +189,12 @@ def google_subject(root: str | Path, subject: str, identifier: str, resolution: 
 
 
 def load_subject(cfg) -> Subject:
-    """The configured subject (cfg.dreambooth.data: digits | google | folder)."""
+    """The configured subject (cfg.dreambooth.data: digits | photos | google | folder)."""
     db = cfg.dreambooth
     if db.data == "digits":
         return digits_subject(cfg.data, db)
+    if db.data == "photos":
+        return photos_subject(cfg.data, db)
     if db.data == "google":
         return google_subject(db.root, db.subject, db.identifier, cfg.data.resolution, db.max_prompts)
     return folder_subject(db.root, db.class_noun, db.identifier, cfg.data.resolution, max_prompts=db.max_prompts)
