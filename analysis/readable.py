@@ -2,7 +2,8 @@
 
 A fitted parameter is "not determined by these points" when the fit put it on a search bound
 (`at_bound`), or when its bootstrap interval spans more than two decades (a positive quantity), reaches 0 (a
-model size) or spans more than ten times its own size (one that may change sign). Such a number is flagged in
+model size, or an exponent searched from 0) or spans more than ten times its own size (one that may change sign).
+A determined number whose interval ends on the search bound says so beside it. Such a number is flagged in
 fits.json and W&B and never printed as if it were a measurement. A law that fails its goodness-of-fit
 test (analysis.gof) is a different finding, "the law does not fit these points": none of its numbers
 is printed, and the note names the worst residual.
@@ -23,6 +24,16 @@ MAX_SPAN = 10.0  # (high - low) / |value| of a signed quantity
 
 # Quantities that are positive by construction (model sizes): an interval reaching 0 bounds them from one side only.
 POSITIVE = ("n_opt_at_max_compute", "n_opt_at_10x_compute")
+
+
+def search_bounds(fit: dict, q: str) -> tuple[float | None, float | None] | None:
+    """The fit's search bounds of a published parameter that is fitted as itself (the exponents), else None."""
+    from analysis.laws import LAWS
+
+    law = LAWS.get(fit.get("law", ""))
+    if law is None or q not in law.params or law.theta_names[law.params.index(q)] != q:
+        return None
+    return law.bounds[law.params.index(q)]
 
 
 def _vague(v: dict, positive: bool = False) -> str | None:
@@ -48,7 +59,8 @@ def undetermined(fit: dict) -> dict[str, str]:
         out[q] = f"at its {side} search bound"
     for kind in ("params", "derived"):
         for q, v in fit.get(kind, {}).items():
-            why = _vague(v, q in POSITIVE)
+            # an exponent searched from 0 up is positive too: an interval reaching 0 says it may not fall at all
+            why = _vague(v, q in POSITIVE or (search_bounds(fit, q) or (None,))[0] == 0)
             if why and q not in out:
                 out[q] = why
     # A prediction built on an undetermined parameter inherits it only when it is vague itself;
@@ -88,9 +100,14 @@ def number_row(name: str, what: str, unit: str, q: str, fit: dict, flags: dict[s
     evidence = (fit.get("evidence") or {}).get(q)  # the points' own reason, where the fit recorded one
     note = (not_fit_text(fit) if not fits(fit) else
             f"{NOT_DETERMINED} ({flags[q]}{'; ' + evidence if evidence else ''})" if q in flags else "")
+    determined = not note
+    bounds = search_bounds(fit, q)
+    if determined and bounds and bounds[1] is not None and v["high"] is not None and v["high"] >= bounds[1] - 1e-6:
+        # the resamples piled up at the bound: the interval's upper end is the search's, not the points'
+        note = f"the interval's upper end is the search bound ({bounds[1]:g}): the points bound it from below only"
     return {"fit": name, "quantity": q, "what": what, "unit": unit,
-            "value": None if note else v["value"], "low": None if note else v["low"],
-            "high": None if note else v["high"], "determined": not note, "note": note}
+            "value": v["value"] if determined else None, "low": v["low"] if determined else None,
+            "high": v["high"] if determined else None, "determined": determined, "note": note}
 
 
 def prediction_table(fits: dict) -> pd.DataFrame:

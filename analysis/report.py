@@ -101,11 +101,12 @@ def number_text(r: dict) -> str:
     """A number row (analysis.readable.number_row) as a reader wants it: value [95% interval], or why not given."""
     if not r["determined"]:
         return r["note"]
+    aside = f" ({r['note']})" if r.get("note") else ""  # e.g. an interval ending on the search bound
     if r["unit"] == "params" and r["value"] is not None:  # sizes read as sizes: 3.86B, not 3.864e+09
         if not np.isfinite([r["low"], r["high"]]).all():
             return f"{size_label(r['value'])} (no interval)"
-        return f"{size_label(r['value'])} [{size_label(r['low'])}, {size_label(r['high'])}]"
-    return interval_text(r["value"], r["low"], r["high"])
+        return f"{size_label(r['value'])} [{size_label(r['low'])}, {size_label(r['high'])}]{aside}"
+    return interval_text(r["value"], r["low"], r["high"]) + aside
 
 
 def numbers_view(numbers: pd.DataFrame) -> pd.DataFrame:
@@ -181,9 +182,8 @@ def findings_markdown(page: dict, report_name: str = "report.html") -> str:
     nums = page["numbers"]
     if nums is not None and not nums.empty:
         lines += ["", "| what the fits predict | value [95% interval] |", "|---|---|"]
-        for r in nums.itertuples():
-            val = interval_text(r.value, r.low, r.high) if r.determined else r.note
-            lines.append(f"| {_md_cell(r.what)} | {_md_cell(val)} |")
+        for r in nums.to_dict("records"):
+            lines.append(f"| {_md_cell(r['what'])} | {_md_cell(number_text(r))} |")
     lines += ["", f"Full report with figures: `{report_name}`.", ""]
     return "\n".join(lines)
 

@@ -182,3 +182,24 @@ def test_a_model_size_whose_interval_reaches_zero_is_not_determined():
                                      "n_opt_exponent": {"value": 0.2, "low": 0.0, "high": 0.4}}}
     flags = undetermined(fit)
     assert "reaches 0" in flags["n_opt_at_max_compute"] and "n_opt_exponent" not in flags
+
+
+def test_an_exponent_interval_on_a_search_bound_is_said():
+    """An exponent searched in [0, 5]: an interval reaching 0 leaves it undetermined (it may not fall at all); one
+    whose upper end is the bound 5 keeps its value with the bound named beside it, in the report's text too."""
+    from analysis.readable import number_row, undetermined
+    from analysis.report import number_text
+
+    gof = {"statistic": 1.0, "dof": 4, "p": 0.9, "fits": True}
+    fit = {"law": "chinchilla", "gof": gof,
+           "params": {"alpha": {"value": 2.7, "low": 1.7, "high": 5.0}, "beta": {"value": 0.8, "low": 0.0, "high": 4.9},
+                      "E": {"value": 2.0, "low": 1.0, "high": 3.0}}, "derived": {}}
+    flags = undetermined(fit)
+    assert "reaches 0" in flags["beta"] and "alpha" not in flags
+    row = number_row("chinchilla", "size exponent", "", "alpha", fit, flags)
+    assert row["determined"] and row["high"] == 5.0 and "upper end is the search bound (5)" in row["note"]
+    assert number_text(row).startswith("2.7 [1.7, 5] (the interval's upper end is the search bound (5)")
+    inside = {**fit, "params": {**fit["params"], "alpha": {"value": 2.7, "low": 1.7, "high": 4.2}}}
+    assert number_row("chinchilla", "size exponent", "", "alpha", inside, undetermined(inside))["note"] == ""
+    # the floor E is fitted in log space: its bounds are not its own, so no note
+    assert number_row("chinchilla", "floor", "", "E", fit, flags)["note"] == ""
