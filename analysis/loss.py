@@ -147,7 +147,9 @@ def loss_cells(table: pd.DataFrame, curve: str | None = None) -> pd.DataFrame:
     """Cells (as analysis.table.cells shapes them) of the loss-only checkpoints: at every (curve, steps) whose
     loss-to-FID map has >= MIN_POINTS checkpoints, the FID predicted from the checkpoint's loss (predict_fid), its
     95 % prediction interval (low, high) and `std` = FID x the interval's half-width in log / 1.96, so that a fit
-    weighs it by its uncertainty as it does an evaluation noise. `from_loss` = True marks them."""
+    weighs it by its uncertainty as it does an evaluation noise. `from_loss` = True marks them. A checkpoint whose
+    loss lies outside the losses the map was fitted on gets no FID: the line is evidence only over its own range
+    (steep maps extrapolated a few budgets back predicted FIDs of 10^6)."""
     only = loss_only(table)
     if only.empty:
         return pd.DataFrame()
@@ -159,8 +161,11 @@ def loss_cells(table: pd.DataFrame, curve: str | None = None) -> pd.DataFrame:
         if (curve is not None and cv != curve) or len(g) < MIN_POINTS:
             continue
         spacing = g["timestep_spacing"].iloc[0] if "timestep_spacing" in g else ""
-        f = _line(np.log(g["heldout_loss"].to_numpy(float)), np.log(g["value"].to_numpy(float)))
+        seen = g["heldout_loss"].to_numpy(float)
+        f = _line(np.log(seen), np.log(g["value"].to_numpy(float)))
         for r in only.itertuples():
+            if not seen.min() <= r.heldout_loss <= seen.max():
+                continue
             pred, half = _predict(f, float(np.log(r.heldout_loss)))  # as predict_fid, the map fitted once
             p = {"fid": float(np.exp(pred)), "low": float(np.exp(pred - half)), "high": float(np.exp(pred + half))}
             rows.append({"width": r.width, "seed": r.seed, "train_images": r.train_images, "curve": cv,

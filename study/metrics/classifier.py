@@ -115,7 +115,7 @@ def train_digit_classifier(
     # 10x more than they save (measured: 2.6 s CPU single-threaded vs 36 s with 2 threads for 10 epochs)
     torch.set_num_threads(1)
     try:
-        bar = tqdm(range(epochs), desc="digit classifier", disable=not progress)
+        bar = tqdm(range(epochs), desc="domain classifier", disable=not progress)
         for _ in bar:
             perm = torch.randperm(len(x), generator=generator)
             total = 0.0

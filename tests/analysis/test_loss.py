@@ -82,6 +82,20 @@ def test_a_budget_scored_by_its_loss_alone_gets_its_fid_with_an_interval(tmp_pat
     assert len(got) == 1 and got[0]["low"] < got[0]["fid"] < got[0]["high"]
 
 
+def test_the_loss_to_fid_map_is_not_extrapolated():
+    """A loss-only budget whose loss lies outside the losses the map was fitted on gets no FID (a steep map a few
+    budgets back predicts absurd FIDs); one inside the range does."""
+    from analysis.loss import loss_cells
+
+    t, _ = _loss_only(_table(0.001), 128, 8e6)
+    t = normalize(t)
+    seen = t[t["fid"].notna()]["heldout_loss"]
+    assert len(loss_cells(t, "ddim")) > 0  # inside the range
+    mine = (t["width"] == 128) & (t["train_images"] == 8e6)
+    for outside in (seen.max() * 1.5, seen.min() / 1.5):
+        assert loss_cells(t.assign(heldout_loss=t["heldout_loss"].where(~mine, outside)), "ddim").empty
+
+
 def test_only_a_loss_only_row_may_leave_its_steps_empty():
     t = _table(0.001)
     bad = t.copy()
