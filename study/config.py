@@ -103,7 +103,8 @@ CAPTION_STORAGE = ("tokens", "states")  # data.captions
 @dataclass
 class DataConfig:
     # A data set of the registry (study/datasets.py). "digits": scikit-learn's handwritten digits,
-    # shipped with the package (embedded default); "imagefolder": images + metadata.jsonl (file_name,
+    # shipped with the package; "photos": grey patches of the photographs in scikit-image's wheel (the tiny
+    # config's; study/data.py); "imagefolder": images + metadata.jsonl (file_name,
     # text), as HF imagefolder; "webdataset": tar shards as img2dataset writes them (.jpg + .txt);
     # "parquet": files with an image-bytes and a caption column. root may be a path or s3://bucket/prefix.
     name: str = "digits"

@@ -98,6 +98,8 @@ def test_photos_subject_is_inverted_unseen_and_has_novel_contexts():
     k = s.eval_labels[2]
     assert np.array_equal(s.styled_references[k], negative(s.plain_references[k])) and s.style is negative
     assert np.array_equal(negative(negative(s.instance_images)), s.instance_images)  # the style undoes itself
+    samples = np.array([[[[0.0, 12.5], [254.6, 255.0]]]])  # the evaluator's float samples stay float
+    assert np.allclose(negative(samples), [[[[255.0, 242.5], [0.4, 0.0]]]]) and negative(samples).dtype == float
     with pytest.raises(ValueError, match="dreambooth.photo='dog'"):
         photos_subject(cfg.data, _cfg("dreambooth.photo=dog").dreambooth)
 

@@ -255,18 +255,21 @@ def test_bad_samples_are_skipped_and_listed(tmp_path, local_ray):
     assert not (tmp_path / "q" / "shards" / "index.json").exists()
 
 
-def test_digits_go_through_the_same_shards(tmp_path):
+@pytest.mark.parametrize("embedded", [["data.name=digits", "dreambooth.data=digits"],
+                                      ["data.name=photos", "data.photo_patches=100"]], ids=["digits", "photos"])
+def test_embedded_sets_go_through_the_same_shards(tmp_path, embedded):
     from study.data import load_splits
     from study.prepare import _write_embedded, prepared_paths
 
-    cfg = load_config("tiny", [f"cache_dir={tmp_path}", "data.shard_size=500"])
+    cfg = load_config("tiny", [f"cache_dir={tmp_path}", "data.shard_size=500", *embedded])
     prep = prepared_paths(cfg)
     prep.dir.mkdir(parents=True)
     _write_embedded(cfg, prep, progress=False)
     idx = ShardIndex.load(prep.shards_dir, verify_hashes=True)
     train, held = load_splits(cfg.data)
     assert idx.n("train") == len(train) and idx.n("heldout") == len(held)
-    assert [s["n"] for s in idx.shards("train")] == [500, 500, len(train) - 1000]
+    full, rest = divmod(len(train), 500)
+    assert [s["n"] for s in idx.shards("train")] == [500] * full + ([rest] if rest else [])
     lat = np.concatenate([idx.latents(s["name"]) for s in idx.shards("train")])
     # Native order, the identity latent space: bit for bit the in-memory arrays of before.
     assert np.array_equal(lat, (train.images.astype(np.float32) / 127.5 - 1).astype(np.float16))

@@ -157,8 +157,7 @@ class DreamBoothEvaluator:
         if s.eval_labels is not None:
             labels = torch.tensor(s.eval_labels).repeat_interleave(k)
             reads = domain_predictions(self.classifier, images)
-            unstyled = torch.from_numpy(s.style(images.round().clamp(0, 255).to(torch.uint8).numpy())).float()
-            reads_unstyled = domain_predictions(self.classifier, unstyled)
+            reads_unstyled = domain_predictions(self.classifier, torch.from_numpy(s.style(images.numpy())))
             right = ((reads == labels) | (reads_unstyled == labels)).double()
             res["prompt_fidelity"], res["prompt_fidelity_std"] = float(right.mean()), _sem(right)
             # the style without the class: how often the sample reads right only once its style is undone

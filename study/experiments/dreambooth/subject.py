@@ -1,6 +1,6 @@
 """The DreamBooth subject: a few instance images, an identifier prompt, a class prompt, novel-context prompts.
 
-Three sources, one `Subject`:
+Four sources, one `Subject`:
 - "digits" (embedded, offline): mirror-written digits. A handful of scikit-learn threes, flipped left to right,
   are the instances of "a handwritten digit three in sks style"; the novel contexts are the other asymmetric
   digits "in sks style". No training digit is mirrored, so the base models have never seen the style, and the
@@ -68,8 +68,9 @@ def mirror(images: np.ndarray) -> np.ndarray:
 
 
 def negative(images: np.ndarray) -> np.ndarray:
-    """The photographs' subject style: the photographic negative of each image in [0, 255]."""
-    return (255 - np.asarray(images, dtype=np.int16)).astype(np.uint8)
+    """The photographs' subject style: the photographic negative of each image in [0, 255] (uint8 stays uint8)."""
+    a = np.asarray(images)
+    return (255 - a.astype(np.int16)).astype(np.uint8) if a.dtype == np.uint8 else 255.0 - a
 
 
 def digit_prompt(digit: int, identifier: str | None = None) -> str:
