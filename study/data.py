@@ -87,23 +87,20 @@ PHOTO_TEMPLATES = (
 PHOTO_SHRINK = 4  # photographs shrunk 4x first: an 8x8 patch then spans 32x32 pixels of the original
 
 
-def _dihedral_np(x: np.ndarray, f: int) -> np.ndarray:
-    x = np.rot90(x, f % 4, axes=(-2, -1))
-    return np.ascontiguousarray(x[..., ::-1] if f >= 4 else x)
-
-
 def load_photo_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
     """Grey data.resolution-square patches of 13 photographs in scikit-image's wheel, shrunk 4x, each patch in
     one of the 8 rotations/flips. Held out by place: the right data.eval_fraction of every photograph's columns
     gives the held-out patches, the rest the training patches, so no held-out pixel is ever trained on.
     data.photo_patches training and data.photo_heldout held-out patches per photograph, drawn by data.split_seed."""
-    from study.experiments.superres.data import _read, embedded_dir
+    import torch
 
-    s, base = data_cfg.resolution, embedded_dir()
+    from study.experiments.superres.data import _dihedral, _read, embedded_dir
+
+    s, base, names = data_cfg.resolution, embedded_dir(), list(PHOTO_NAMES.values())
     rng = np.random.default_rng([data_cfg.split_seed, 0x9E07])
     parts = {"train": ([], [], []), "heldout": ([], [], [])}
-    for label, (file, name) in enumerate(PHOTO_NAMES.items()):
-        img = _read(base / file, 1, PHOTO_SHRINK)[0]
+    for label, file in enumerate(PHOTO_NAMES):
+        img = torch.tensor(_read(base / file, 1, PHOTO_SHRINK)[0])
         h, w = img.shape
         cut = int(round(w * (1 - data_cfg.eval_fraction)))
         for split, (x0, x1), n in (("train", (0, cut), data_cfg.photo_patches),
@@ -116,7 +113,7 @@ def load_photo_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
             flips = rng.integers(0, 8, n)
             images, labels, keys = parts[split]
             for k, (y, x, f) in enumerate(zip(ys, xs, flips)):
-                images.append(_dihedral_np(img[y:y + s, x:x + s], int(f)))
+                images.append(_dihedral(img[y:y + s, x:x + s], int(f)).numpy())
                 labels.append(label)
                 keys.append(f"photos-{Path(file).stem}-{split}-{k:05d}")
     out = []
@@ -124,7 +121,6 @@ def load_photo_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
         images, labels, keys = parts[split]
         labels = np.asarray(labels, dtype=np.int64)
         picks = rng.integers(0, len(PHOTO_TEMPLATES), len(labels))
-        names = list(PHOTO_NAMES.values())
         captions = [PHOTO_TEMPLATES[p].format(name=names[k]) for p, k in zip(picks, labels)]
         # a fixed shuffle: a shard (and a batch window) mixes every photograph
         order = rng.permutation(len(labels))
