@@ -141,7 +141,8 @@ def load_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
     WebDataset, parquet) are never held whole: `study prepare` reads them into shards."""
     from study.datasets import dataset
 
-    if dataset(data_cfg.name).layout is not None:
+    entry = dataset(data_cfg.name)
+    if entry.load is None:
         raise ValueError(f"data.name={data_cfg.name} is streamed, not loaded in memory: run `study prepare` and "
                          f"read its shards (study.shards.format.ShardIndex)")
-    return load_photo_splits(data_cfg) if data_cfg.name == "photos" else load_digits_splits(data_cfg)
+    return entry.load(data_cfg)

@@ -1,14 +1,16 @@
 """The data-set registry: a new data set is one entry here (issue 9), read by config validation, the
 ladder's geometry and `study prepare`.
 
-An entry names how the set is read (embedded, or a reader layout of study/shards/readers.py), its image
-channels, whether labels exist for the domain classifier, the rule for evaluation prompts and its checks.
+An entry names how the set is read (an embedded set's loader, or a reader layout of study/shards/readers.py), its
+image channels, whether labels exist for the domain classifier, the rule for evaluation prompts and its checks.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
+
+from study.data import load_digits_splits, load_photo_splits
 
 
 def _held_out_prompts(data_cfg, held_captions: list[str], held_labels) -> tuple[list[str], object]:
@@ -60,14 +62,15 @@ class DataSet:
     # Shard order: the key hash (streamed sets: mixes every source file into every shard, whoever read it),
     # or the set's native order (the digits: bit for bit the arrays, and so the FIDs, of the in-memory path).
     hash_order: bool = True
+    load: Callable | None = None  # embedded sets: data_cfg -> (train, held-out) ImageCaptionSets in memory
 
 
 DATASETS: dict[str, DataSet] = {
     "digits": DataSet("digits", channels=1, layout=None, classifier=True, eval_prompts=_held_out_prompts,
-                      validate=_no_checks, hash_order=False),
+                      validate=_no_checks, hash_order=False, load=load_digits_splits),
     # grey patches of the photographs in scikit-image's wheel, labelled by photograph (study/data.py)
     "photos": DataSet("photos", channels=1, layout=None, classifier=True, eval_prompts=_held_out_prompts,
-                      validate=_no_checks, hash_order=False),
+                      validate=_no_checks, hash_order=False, load=load_photo_splits),
     "imagefolder": DataSet("imagefolder", 3, "imagefolder", False, _held_out_prompts,
                            _needs_root("a folder (or s3:// prefix) with images and metadata.jsonl")),
     "webdataset": DataSet("webdataset", 3, "webdataset", False, _held_out_prompts,
