@@ -250,7 +250,6 @@ def _prepare_text(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool)
 
 def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: bool) -> None:
     from study.metrics import InceptionExtractor, compute_reference, save_classifier, train_digit_classifier
-    from study.metrics.classifier import ClassifierConfig
     from study.paths import reference_folder
 
     if prep.reference_path().exists():
@@ -259,9 +258,8 @@ def _prepare_evaluator(cfg: StudyConfig, prep: Prepared, sets: _Sets, progress: 
         if not (prep.evaluator_dir / "config.json").exists():
             _say(f"training the domain classifier (the domain-FID features) on {len(sets.train_images)} images",
                  progress)
-            classes = int(np.max(sets.train_labels)) + 1  # digits: 10; photographs: 13
             clf = train_digit_classifier(sets.train_images, sets.train_labels, seed=cfg.data.split_seed,
-                                         config=ClassifierConfig(num_classes=classes), progress=progress)
+                                         progress=progress)
             save_classifier(clf, prep.evaluator_dir)
         make = functools.partial(_classifier_extractor, str(prep.evaluator_dir))
     else:

@@ -139,6 +139,14 @@ def test_classifier_reaches_95_percent_held_out_quickly(digits, trained):
     assert cpu_seconds < 20, f"training took {cpu_seconds:.1f} s of CPU"
 
 
+def test_classifier_has_a_class_per_label_value(digits, trained):
+    """Without a config the classifier gets one class per label value: 10 for the digits, 13 for the photographs."""
+    x, y, _, _ = digits
+    assert trained[0].config.num_classes == 10 and trained[0].head.out_features == 10
+    thirteen = train_digit_classifier(x[:130], np.arange(130) % 13, epochs=1, progress=False)
+    assert thirteen.config.num_classes == 13 and thirteen(x[:4]).shape == (4, 13)
+
+
 def test_classifier_any_resolution_and_channels(digits, trained):
     _, _, xh, _ = digits
     clf, _ = trained

@@ -94,13 +94,15 @@ def train_digit_classifier(
     batch_size: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
-    config: ClassifierConfig = ClassifierConfig(),
+    config: ClassifierConfig | None = None,
     progress: bool = True,
 ) -> DigitClassifier:
-    """Train a DigitClassifier on images in [0, 255] (uint8 or float) with integer labels."""
+    """Train a DigitClassifier on images in [0, 255] (uint8 or float) with integer labels; without a config, the
+    default one with a class per label value (digits: 10; the photograph patches: 13)."""
     x, y = as_images(images), torch.as_tensor(np.asarray(labels), dtype=torch.long)
     if len(x) != len(y):
         raise ValueError(f"{len(x)} images but {len(y)} labels")
+    config = config or ClassifierConfig(num_classes=int(y.max()) + 1)
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(seed)
