@@ -87,17 +87,25 @@ def digits_subject(data_cfg, db) -> Subject:
     if db.digit in SYMMETRIC_DIGITS or not 0 <= db.digit <= 9:
         raise ValueError(f"dreambooth.digit={db.digit}: choose an asymmetric digit (not {SYMMETRIC_DIGITS}), "
                          f"whose mirror image differs from it")
-    pool = np.flatnonzero(train.labels == db.digit)
-    # A fixed draw from the training digits: the base models saw these digits, never mirrored.
-    pick = np.sort(np.random.default_rng(db.seed).choice(pool, size=db.num_instances, replace=False))
     contexts = [d for d in range(10) if d not in SYMMETRIC_DIGITS and d != db.digit][: db.num_contexts]
-    labels = [db.digit, *contexts]
-    refs = {d: np.asarray(held.images[held.labels == d]) for d in labels}
-    return Subject(name=f"mirror-{DIGIT_NAMES[db.digit]}", instance_images=mirror(train.images[pick]),
-                   instance_prompt=digit_prompt(db.digit, db.identifier), class_prompt=digit_prompt(db.digit),
-                   eval_prompts=[digit_prompt(d, db.identifier) for d in labels], eval_labels=labels,
-                   class_label=db.digit, styled_references={d: mirror(r) for d, r in refs.items()},
-                   plain_references=refs, style=mirror)
+    # the base models saw these digits, never mirrored
+    return _styled_subject(f"mirror-{DIGIT_NAMES[db.digit]}", train, held, db.digit, contexts, digit_prompt, mirror,
+                           db)
+
+
+def _styled_subject(name: str, train, held, label: int, contexts: list[int], prompt: Callable, style: Callable,
+                    db) -> Subject:
+    """An embedded subject: `db.num_instances` training images of class `label` (a fixed draw by `db.seed`) in the
+    style the base never saw, the contexts' classes "in sks style", their held-out images plain and styled."""
+    pool = np.flatnonzero(train.labels == label)
+    pick = np.sort(np.random.default_rng(db.seed).choice(pool, size=db.num_instances, replace=False))
+    labels = [label, *contexts]
+    refs = {k: np.asarray(held.images[held.labels == k]) for k in labels}
+    return Subject(name=name, instance_images=style(train.images[pick]),
+                   instance_prompt=prompt(label, db.identifier), class_prompt=prompt(label),
+                   eval_prompts=[prompt(k, db.identifier) for k in labels], eval_labels=labels,
+                   class_label=label, styled_references={k: style(r) for k, r in refs.items()},
+                   plain_references=refs, style=style)
 
 
 def photo_prompt(label: int, identifier: str | None = None) -> str:
@@ -116,17 +124,10 @@ def photos_subject(data_cfg, db) -> Subject:
         raise ValueError(f"dreambooth.photo={db.photo!r}: choose one of {', '.join(names)}")
     train, held = load_photo_splits(data_cfg)
     label = names.index(db.photo)
-    pool = np.flatnonzero(train.labels == label)
-    # A fixed draw from the training patches: the base models saw these patches, never inverted.
-    pick = np.sort(np.random.default_rng(db.seed).choice(pool, size=db.num_instances, replace=False))
     contexts = [k for k in range(len(names)) if k != label][: db.num_contexts]
-    labels = [label, *contexts]
-    refs = {k: np.asarray(held.images[held.labels == k]) for k in labels}
-    return Subject(name=f"negative-{db.photo.replace(' ', '-')}", instance_images=negative(train.images[pick]),
-                   instance_prompt=photo_prompt(label, db.identifier), class_prompt=photo_prompt(label),
-                   eval_prompts=[photo_prompt(k, db.identifier) for k in labels], eval_labels=labels,
-                   class_label=label, styled_references={k: negative(r) for k, r in refs.items()},
-                   plain_references=refs, style=negative)
+    # the base models saw these patches, never inverted
+    return _styled_subject(f"negative-{db.photo.replace(' ', '-')}", train, held, label, contexts, photo_prompt,
+                           negative, db)
 
 
 def read_prompts_and_classes(path: str | Path) -> tuple[dict[str, str], dict[str, list[str]]]:
