@@ -135,14 +135,3 @@ def _load_image(path: Path, resolution: int) -> np.ndarray:
 
     return decode_image(Path(path).read_bytes(), resolution)
 
-
-def load_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
-    """The (train, held-out) split of an embedded data set, in memory; streamed sets (image folders,
-    WebDataset, parquet) are never held whole: `study prepare` reads them into shards."""
-    from study.datasets import dataset
-
-    entry = dataset(data_cfg.name)
-    if entry.load is None:
-        raise ValueError(f"data.name={data_cfg.name} is streamed, not loaded in memory: run `study prepare` and "
-                         f"read its shards (study.shards.format.ShardIndex)")
-    return entry.load(data_cfg)

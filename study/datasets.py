@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from study.data import load_digits_splits, load_photo_splits
+from study.data import ImageCaptionSet, load_digits_splits, load_photo_splits
 
 
 def _held_out_prompts(data_cfg, held_captions: list[str], held_labels) -> tuple[list[str], object]:
@@ -91,3 +91,13 @@ def validate_data(d, check) -> None:
     """Config validation of the data section through its registry entry."""
     check(d.name in DATASETS, "data.name", " or ".join(repr(n) for n in DATASETS), d.name)
     dataset(d.name).validate(d, check)
+
+
+def load_splits(data_cfg) -> tuple[ImageCaptionSet, ImageCaptionSet]:
+    """The (train, held-out) split of an embedded data set, in memory; streamed sets (image folders,
+    WebDataset, parquet) are never held whole: `study prepare` reads them into shards."""
+    entry = dataset(data_cfg.name)
+    if entry.load is None:
+        raise ValueError(f"data.name={data_cfg.name} is streamed, not loaded in memory: run `study prepare` and "
+                         f"read its shards (study.shards.format.ShardIndex)")
+    return entry.load(data_cfg)

@@ -8,7 +8,8 @@ import pytest
 
 from study.config import load_config
 from study.captions import load_coco_captions
-from study.data import DIGIT_NAMES, PHOTO_NAMES, PHOTO_SHRINK, load_splits
+from study.data import DIGIT_NAMES, PHOTO_NAMES, PHOTO_SHRINK
+from study.datasets import load_splits
 
 
 def test_digits_split_is_held_out_and_captioned():

@@ -45,7 +45,7 @@ def test_prepare_is_cached_and_keyed(smoke_prepared, monkeypatch):
 def test_evaluator_scores_real_images_near_the_floor(smoke_prepared):
     import torch
 
-    from study.data import load_splits
+    from study.datasets import load_splits
     from study.evaluator import Evaluator
     from study.metrics import evaluate_images
 

@@ -258,7 +258,7 @@ def test_bad_samples_are_skipped_and_listed(tmp_path, local_ray):
 @pytest.mark.parametrize("embedded", [["data.name=digits", "dreambooth.data=digits"],
                                       ["data.name=photos", "data.photo_patches=100"]], ids=["digits", "photos"])
 def test_embedded_sets_go_through_the_same_shards(tmp_path, embedded):
-    from study.data import load_splits
+    from study.datasets import load_splits
     from study.prepare import _write_embedded, prepared_paths
 
     cfg = load_config("tiny", [f"cache_dir={tmp_path}", "data.shard_size=500", *embedded])
