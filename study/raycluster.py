@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 
 
 def ensure_ray(cfg, worker_logs: bool = False) -> bool:
@@ -28,11 +30,54 @@ def ensure_ray(cfg, worker_logs: bool = False) -> bool:
     # study's own progress; errors still surface through the trials and tasks that raise them.
     os.environ.setdefault("WANDB_SILENT", "true")
     # address="local": a new instance even if another Ray runs on this machine (ray.init() would join it).
-    ray.init(address="local", num_cpus=cfg.resources.num_cpus or os.cpu_count(), num_gpus=cfg.resources.num_gpus,
-             include_dashboard=False, logging_level="WARNING",
-             log_to_driver=worker_logs or bool(os.environ.get("LDM_SCALING_DEBUG")))
+    _start_local(lambda: ray.init(address="local", num_cpus=cfg.resources.num_cpus or os.cpu_count(),
+                                  num_gpus=cfg.resources.num_gpus, include_dashboard=False, logging_level="WARNING",
+                                  log_to_driver=worker_logs or bool(os.environ.get("LDM_SCALING_DEBUG"))))
     _started_local = ray.get_runtime_context().gcs_address
     return True
+
+
+START_TRIES = 3
+_START_TIMEOUT = "timed out during startup"  # Ray's words when its raylet does not come up
+
+
+def _start_local(init, tries: int = START_TRIES, pause_s: float = 2.0) -> None:
+    """Start the local Ray, trying again when it times out starting. A raylet waits a fixed 15 s for its
+    dashboard agent's port file and exits when the agent (a Python process importing much of Ray) is slower, as it
+    is on a loaded machine (ray-project/ray#65983); the failed try's processes are stopped before the next."""
+    import psutil
+    import ray
+
+    me = psutil.Process()
+    for attempt in range(1, tries + 1):
+        before = {p.pid for p in me.children(recursive=True)}
+        try:
+            init()
+            return
+        except Exception as err:
+            if _START_TIMEOUT not in str(err):
+                raise
+            _stop_new_children(me, before)
+            ray.shutdown()
+            if attempt == tries:
+                from study.errors import UserError
+
+                raise UserError(f"the local Ray did not start in {tries} tries (its raylet gave up waiting for its "
+                                f"dashboard agent, which starts slowly on a loaded machine): let other heavy jobs "
+                                f"finish and rerun the same command; Ray's own log: "
+                                f"/tmp/ray/session_latest/logs/raylet.err") from err
+            time.sleep(pause_s * attempt)
+
+
+def _stop_new_children(me, before: set[int]) -> None:
+    """Stop the processes a failed start left (the children that were not there before it)."""
+    import psutil
+
+    left = [p for p in me.children(recursive=True) if p.pid not in before]
+    for p in left:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(left, timeout=10)
 
 
 def hush_unread_failures() -> None:

@@ -336,6 +336,52 @@ def test_the_wandb_config_carries_no_secret(tmp_path, monkeypatch):
         assert b"s3cr3t-PW" not in p.read_bytes(), p
 
 
+# --- a local Ray that is slow to start ---------------------------------------------------------------
+
+TIMED_OUT = "The current node timed out during startup. This could happen because some of the raylet failed"
+
+
+def test_a_local_ray_that_times_out_starting_is_started_again_and_its_leftovers_stopped():
+    """Ray's raylet exits when its dashboard agent is slow to start (a loaded machine); the study tries again, and
+    stops what the failed try left running (here a real child process standing in for its GCS server)."""
+    from study.raycluster import _start_local
+
+    tries, left = [], []
+
+    def init():
+        tries.append(1)
+        if len(tries) == 1:
+            left.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]))
+            raise Exception(TIMED_OUT)
+
+    _start_local(init, pause_s=0)
+    assert len(tries) == 2
+    assert left[0].poll() is not None  # the failed try's process was stopped before the second
+
+
+def test_a_local_ray_that_never_starts_is_one_line_and_other_failures_are_not_retried():
+    from study.raycluster import START_TRIES, _start_local
+
+    tries = []
+
+    def never():
+        tries.append(1)
+        raise Exception(TIMED_OUT)
+
+    with pytest.raises(UserError, match=f"did not start in {START_TRIES} tries.*rerun the same command"):
+        _start_local(never, pause_s=0)
+    assert len(tries) == START_TRIES
+
+    def broken():
+        tries.append(1)
+        raise ValueError("num_cpus must be positive")
+
+    tries.clear()
+    with pytest.raises(ValueError, match="num_cpus"):
+        _start_local(broken, pause_s=0)
+    assert len(tries) == 1
+
+
 def test_a_user_error_raised_in_a_ray_task_is_still_one_line():
     from ray.exceptions import RayTaskError
 
