@@ -131,7 +131,8 @@ def _train_small_vae(cfg: StudyConfig, prep: Prepared, images: np.ndarray, progr
 
 
 def _write_embedded(cfg: StudyConfig, prep: Prepared, progress: bool) -> _Sets:
-    """The digits: split in memory as always, then written through the same shards as real data."""
+    """An embedded set (the digits, the photographs): split in memory, then written through the same shards as
+    real data."""
     from study.autoencoder import load_latent_space
     from study.datasets import load_splits
     from study.shards.format import UNCOND, sample_order, shard_done, shard_name, write_index, write_shard
